@@ -1,0 +1,27 @@
+// Run-time CPU ISA selection for the CPU kernels.
+//
+// Kernels for one ISA live in their own translation unit compiled under
+// `#pragma GCC target(...)` and must not include torch headers (inline functions from
+// headers compiled with AVX-512 could otherwise be picked by the linker for callers on
+// CPUs without it). Glue code asks `active_isa()` which variant to call.
+#pragma once
+
+namespace llmkern {
+
+enum class Isa : int { Scalar = 0, Avx2 = 1, Avx512 = 2, Avx512Vnni = 3 };
+
+// Best ISA this CPU (and OS) supports, from cpuid.
+Isa detected_isa();
+
+// detected_isa(), lowered by the environment variable LLMKERN_CPU_ISA
+// (scalar | avx2 | avx512 | avx512_vnni). Throws std::invalid_argument for an unknown
+// name or an ISA the CPU lacks. Read on every call so tests can switch paths.
+Isa active_isa();
+
+// True when the CPU supports AVX512_BF16 (vdpbf16ps, vcvtne2ps2bf16) and the active ISA
+// is at least Avx512.
+bool has_avx512_bf16();
+
+const char* isa_name(Isa isa);
+
+}  // namespace llmkern

@@ -1,0 +1,3 @@
+from llmkern.cli import main
+
+raise SystemExit(main())

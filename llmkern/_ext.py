@@ -1,0 +1,29 @@
+"""Loads the native extension ``llmkern._C`` once and says whether it is there and why not."""
+
+from __future__ import annotations
+
+import importlib
+
+_C = None
+load_error: str | None = None
+
+try:
+    import torch  # noqa: F401  (the extension links against libtorch; import it first)
+
+    _C = importlib.import_module("llmkern._C")
+except ImportError as exc:  # not built: pip install --no-build-isolation -e .
+    load_error = str(exc)
+
+
+def available() -> bool:
+    return _C is not None
+
+
+def require():
+    """The loaded extension, or a RuntimeError that says how to build it."""
+    if _C is None:
+        raise RuntimeError(
+            "llmkern's native extension llmkern._C is not built or failed to load "
+            f"({load_error}); build it with `pip install --no-build-isolation -e .`"
+        )
+    return _C

@@ -1,0 +1,215 @@
+"""Backend detection and per-op kernel selection.
+
+Every public op (llmkern.ops) runs through :func:`dispatch`. Kernels register themselves with
+:func:`register` under a backend name:
+
+- ``reference``: the pure-PyTorch ground truth, any device, always present;
+- ``cpu``: the C++ kernels of ``llmkern._C`` (AVX-512 VNNI / AVX2 / scalar chosen at run time);
+- ``cuda``: the CUDA C++ kernels of ``llmkern._C`` (built when a CUDA toolkit and torch exist);
+- ``triton``: Triton kernels on CUDA tensors; on CPU tensors only under ``TRITON_INTERPRET=1``
+  and only when asked for by name (the interpreter is for tests, not speed).
+
+Selection: an explicit per-call ``backend=`` wins, then the environment variable
+``LLMKERN_BACKEND``, then the automatic order for the tensor's device (:data:`AUTO_ORDER`), where
+the first registered, available kernel that supports the call is used. A backend asked for by
+name that cannot run the call raises :class:`BackendUnavailableError`; it never falls back.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from llmkern import _ext
+
+BACKENDS = ("reference", "cpu", "cuda", "triton")
+AUTO_ORDER = {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")}
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend was requested by name but cannot run this call."""
+
+
+@dataclass(frozen=True)
+class Kernel:
+    op: str
+    backend: str
+    fn: Callable
+    devices: tuple[str, ...]
+    # Optional predicate on the op's arguments: False means "this kernel does not handle
+    # these inputs" (e.g. a shape where 2:4 loses to dense); auto-selection then moves on and
+    # an explicit request raises with `why`.
+    supports: Callable[..., bool] | None = None
+    why: str = ""
+
+
+_REGISTRY: dict[str, dict[str, Kernel]] = {}
+
+
+def register(
+    op: str,
+    backend: str,
+    devices: tuple[str, ...] = ("cpu",),
+    supports: Callable[..., bool] | None = None,
+    why: str = "",
+):
+    """Decorator: register ``fn`` as the ``backend`` kernel of ``op`` on ``devices``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+    def deco(fn):
+        _REGISTRY.setdefault(op, {})[backend] = Kernel(op, backend, fn, tuple(devices), supports, why)
+        return fn
+
+    return deco
+
+
+def registered_ops() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def kernels(op: str) -> dict[str, Kernel]:
+    return dict(_REGISTRY.get(op, {}))
+
+
+# ---------------------------------------------------------------------------------------------
+# Detection
+# ---------------------------------------------------------------------------------------------
+
+
+def triton_interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.lru_cache(maxsize=None)
+def triton_version() -> str | None:
+    try:
+        import triton
+    except Exception:  # triton missing or broken: the backend is simply absent
+        return None
+    return triton.__version__
+
+
+def cpu_isa() -> str:
+    """ISA path the CPU kernels use now (after LLMKERN_CPU_ISA), or 'unavailable'."""
+    return _ext._C.active_isa() if _ext.available() else "unavailable"
+
+
+def cuda_ext_available() -> bool:
+    return _ext.available() and _ext._C.built_with_cuda() and torch.cuda.is_available()
+
+
+def gpu_info() -> dict | None:
+    if not torch.cuda.is_available():
+        return None
+    props = torch.cuda.get_device_properties(0)
+    return {
+        "name": props.name,
+        "capability": f"{props.major}.{props.minor}",
+        "memory_gb": round(props.total_memory / 2**30, 1),
+        "count": torch.cuda.device_count(),
+    }
+
+
+def backend_available(backend: str, device: str) -> tuple[bool, str]:
+    """(available, reason-if-not) for ``backend`` on tensors of ``device`` type."""
+    if backend == "reference":
+        return True, ""
+    if backend == "cpu":
+        if device != "cpu":
+            return False, "the cpu backend runs on CPU tensors only"
+        if not _ext.available():
+            return False, f"llmkern._C is not built ({_ext.load_error})"
+        return True, ""
+    if backend == "cuda":
+        if device != "cuda":
+            return False, "the cuda backend runs on CUDA tensors only"
+        if not _ext.available():
+            return False, f"llmkern._C is not built ({_ext.load_error})"
+        if not _ext._C.built_with_cuda():
+            return False, "llmkern._C was built without CUDA (no CUDA toolkit or CPU-only torch)"
+        return True, ""
+    if backend == "triton":
+        if triton_version() is None:
+            return False, "triton is not installed"
+        if device == "cpu" and not triton_interpret():
+            return False, "triton runs on CPU tensors only with TRITON_INTERPRET=1"
+        return True, ""
+    return False, f"unknown backend {backend!r}; expected one of {BACKENDS}"
+
+
+def requested_backend(backend: str | None = None) -> str | None:
+    """The per-call backend, else LLMKERN_BACKEND, else None (automatic)."""
+    name = backend or os.environ.get("LLMKERN_BACKEND") or None
+    if name is not None and name not in BACKENDS:
+        src = "backend" if backend else "LLMKERN_BACKEND"
+        raise ValueError(f"{src} must be one of {BACKENDS}, got {name!r}")
+    return name
+
+
+def select(op: str, device: torch.device | str, args: tuple = (), backend: str | None = None) -> Kernel:
+    """The kernel that runs ``op`` for ``args`` on ``device`` (see module docstring)."""
+    dev = torch.device(device).type
+    table = _REGISTRY.get(op)
+    if table is None:
+        raise KeyError(f"no op named {op!r} is registered")
+    want = requested_backend(backend)
+    if want is not None:
+        kernel = table.get(want)
+        if kernel is None or dev not in kernel.devices:
+            have = sorted(k for k, v in table.items() if dev in v.devices)
+            raise BackendUnavailableError(
+                f"llmkern: backend {want!r} has no kernel for op {op!r} on {dev} tensors "
+                f"(kernels there: {', '.join(have) or 'none'})"
+            )
+        ok, reason = backend_available(want, dev)
+        if not ok:
+            raise BackendUnavailableError(f"llmkern: backend {want!r} for op {op!r}: {reason}")
+        if kernel.supports is not None and not kernel.supports(*args):
+            raise BackendUnavailableError(
+                f"llmkern: backend {want!r} does not support this call of {op!r}: {kernel.why}"
+            )
+        return kernel
+    for name in AUTO_ORDER.get(dev, ("reference",)):
+        kernel = table.get(name)
+        if kernel is None or dev not in kernel.devices:
+            continue
+        if name == "triton" and dev == "cpu":
+            continue  # the interpreter is never chosen automatically
+        if not backend_available(name, dev)[0]:
+            continue
+        if kernel.supports is not None and args and not kernel.supports(*args):
+            continue
+        return kernel
+    raise BackendUnavailableError(f"llmkern: no kernel for op {op!r} on {dev} tensors")
+
+
+def dispatch(op: str, device: torch.device | str, backend: str | None, *args):
+    """Select the kernel for ``op`` and run it on ``args``."""
+    return select(op, device, args, backend).fn(*args)
+
+
+def would_use(op: str, device: str) -> str:
+    """The backend automatic selection picks for ``op`` on ``device`` without looking at shapes
+    (for ``llmkern info``), or a reason why none can run."""
+    table = _REGISTRY.get(op, {})
+    for name in AUTO_ORDER.get(device, ()):
+        kernel = table.get(name)
+        if kernel is None or device not in kernel.devices:
+            continue
+        if name == "triton" and device == "cpu":
+            continue
+        if device == "cuda" and name in ("cuda", "triton"):
+            # Without a GPU say what would be used if one were present.
+            if name == "cuda" and not (_ext.available() and _ext._C.built_with_cuda()):
+                continue
+            if name == "triton" and triton_version() is None:
+                continue
+            return name
+        if backend_available(name, device)[0]:
+            return name
+    return "none"

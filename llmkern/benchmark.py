@@ -1,0 +1,250 @@
+"""Shared benchmark utilities (used by bench/bench_*.py and ``llmkern bench``).
+
+Protocol (see README "Benchmarks"): implementations are compared side by side in one process and
+one run and reported as ratios; each time is the median of many repetitions after warm-up; for
+memory-bound shapes the weights are rotated among enough copies to exceed the last-level cache, so
+DRAM rather than cache is measured. Every script writes JSON rows of the form
+
+    {"op", "shape", "dtype", "impl", "median_ms", "peak_mem_mb", "baseline", "speedup_vs_baseline"}
+
+and prints a table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+LLC_BYTES = 32 * 2**20  # last-level cache of the development machines; override with LLMKERN_LLC_MB
+
+
+def llc_bytes() -> int:
+    mb = os.environ.get("LLMKERN_LLC_MB")
+    return int(float(mb) * 2**20) if mb else LLC_BYTES
+
+
+def copies_to_exceed_cache(nbytes: int, factor: float = 2.0) -> int:
+    """How many copies of an ``nbytes`` working set rotate past the last-level cache."""
+    return max(1, int(factor * llc_bytes() // max(nbytes, 1)) + 1)
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_fn(
+    fn: Callable[[int], object],
+    *,
+    device: str = "cpu",
+    warmup: int = 3,
+    reps: int = 20,
+    min_time_s: float = 0.2,
+    max_reps: int = 1000,
+) -> float:
+    """Median milliseconds of ``fn(i)`` (i = repetition index, to rotate inputs).
+
+    Runs at least ``reps`` timed calls and keeps going until ``min_time_s`` has elapsed (capped
+    at ``max_reps``). On CUDA each call is timed with events."""
+    for i in range(warmup):
+        fn(i)
+    _sync(device)
+    times: list[float] = []
+    start_all = time.perf_counter()
+    i = 0
+    while i < reps or (time.perf_counter() - start_all < min_time_s and i < max_reps):
+        if device == "cuda":
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn(i)
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b))
+        else:
+            t0 = time.perf_counter()
+            fn(i)
+            times.append((time.perf_counter() - t0) * 1e3)
+        i += 1
+    return statistics.median(times)
+
+
+def cuda_peak_mb(fn: Callable[[], object]) -> float:
+    """Peak CUDA memory allocated by ``fn()`` above what was allocated before it, in MB."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - before) / 2**20
+
+
+def cpu_peak_mb(fn: Callable[[], object]) -> float:
+    """Peak bytes allocated by torch on the CPU during ``fn()``, above those live before it, in MB.
+
+    Uses the profiler's memory tracking, which sees every CPU tensor allocation and free (process
+    RSS would also count allocator caching and page reuse)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted(
+        (e for e in prof.events() if getattr(e, "cpu_memory_usage", 0)),
+        key=lambda e: e.time_range.start,
+    )
+    live = peak = 0
+    for e in events:
+        live += e.cpu_memory_usage
+        peak = max(peak, live)
+    return peak / 2**20
+
+
+def peak_mb(fn: Callable[[], object], device: str) -> float:
+    return cuda_peak_mb(fn) if device == "cuda" else cpu_peak_mb(fn)
+
+
+def copy_bandwidth_gbs(nbytes: int = 256 * 2**20, reps: int = 5) -> float:
+    """Measured DRAM copy bandwidth (read + write bytes per second), for memory-bound floors."""
+    src = torch.empty(nbytes, dtype=torch.uint8)
+    dst = torch.empty_like(src)
+    src.fill_(1)
+    ms = time_fn(lambda i: dst.copy_(src), warmup=1, reps=reps, min_time_s=0.0)
+    return 2 * nbytes / (ms * 1e-3) / 1e9
+
+
+@dataclass
+class Row:
+    op: str
+    shape: dict
+    dtype: str
+    impl: str
+    median_ms: float
+    peak_mem_mb: float | None = None
+    baseline: str = ""
+    speedup_vs_baseline: float = 1.0
+    extra: dict = field(default_factory=dict)
+
+    def as_json(self) -> dict:
+        d = asdict(self)
+        if not d["extra"]:
+            d.pop("extra")
+        return d
+
+
+def with_speedups(rows: Sequence[Row], baseline: str) -> list[Row]:
+    """Fill ``baseline``/``speedup_vs_baseline`` of each row from the row of impl ``baseline``
+    with the same op, shape and dtype (baseline time / row time)."""
+    base = {
+        (r.op, json.dumps(r.shape, sort_keys=True), r.dtype): r.median_ms
+        for r in rows
+        if r.impl == baseline
+    }
+    for r in rows:
+        ref = base.get((r.op, json.dumps(r.shape, sort_keys=True), r.dtype))
+        if ref is not None:
+            r.baseline = baseline
+            r.speedup_vs_baseline = round(ref / r.median_ms, 3) if r.median_ms > 0 else float("nan")
+    return list(rows)
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    head = ["op", "shape", "dtype", "impl", "median_ms", "peak_MB", "vs", "speedup"]
+    body = []
+    for r in rows:
+        shape = ",".join(f"{k}={v}" for k, v in r.shape.items())
+        mem = "" if r.peak_mem_mb is None else f"{r.peak_mem_mb:.1f}"
+        body.append([r.op, shape, r.dtype, r.impl, f"{r.median_ms:.3f}", mem, r.baseline,
+                     f"{r.speedup_vs_baseline:.2f}x"])  # fmt: skip
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths, strict=True)) for b in body]
+    return "\n".join(lines)
+
+
+def write_json(rows: Sequence[Row], path: str | None, meta: dict | None = None) -> None:
+    if not path:
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    payload = {"meta": {**environment(), **(meta or {})}, "rows": [r.as_json() for r in rows]}
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=1)
+
+
+def environment() -> dict:
+    from llmkern import backends
+
+    return {
+        "torch": torch.__version__,
+        "triton": backends.triton_version(),
+        "cpu_isa": backends.cpu_isa(),
+        "threads": torch.get_num_threads(),
+        "gpu": backends.gpu_info(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+def bench_dir() -> str:
+    """The repository's bench/ folder (benchmarks run from a source checkout)."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.path.join(here, "bench")
+    if not os.path.isdir(path):
+        raise FileNotFoundError(
+            f"bench/ not found next to the llmkern package ({path}); run from a source checkout "
+            "installed with `pip install --no-build-isolation -e .`"
+        )
+    return path
+
+
+def run_bench_scripts(ops: list[str] | None, out_dir: str, plot: bool, quick: bool) -> int:
+    """Run bench/bench_<op>.py for each op (all when None), each writing <out_dir>/<op>.json."""
+    folder = bench_dir()
+    available = sorted(f[6:-3] for f in os.listdir(folder) if f.startswith("bench_") and f.endswith(".py"))
+    if not available:
+        raise FileNotFoundError(f"no bench_*.py scripts in {folder}")
+    chosen = ops or available
+    unknown = [o for o in chosen if o not in available]
+    if unknown:
+        raise ValueError(f"unknown benchmark(s) {unknown}; available: {available}")
+    status = 0
+    for op in chosen:
+        out = os.path.join(out_dir, f"{op}.json")
+        cmd = [sys.executable, os.path.join(folder, f"bench_{op}.py"), "--json", out]
+        cmd += ["--quick"] if quick else []
+        print(f"$ {' '.join(cmd)}", flush=True)
+        status |= subprocess.call(cmd)
+        if plot and os.path.exists(out):
+            plot_json(out, out[:-5] + ".png")
+    return status
+
+
+def plot_json(path: str, png: str) -> None:
+    """Bar chart of speedup_vs_baseline per impl and shape from a results JSON."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(path) as f:
+        rows = json.load(f)["rows"]
+    rows = [r for r in rows if r["impl"] != r["baseline"]]
+    if not rows:
+        return
+    labels = [f"{r['impl']} {','.join(str(v) for v in r['shape'].values())} {r['dtype']}" for r in rows]
+    fig, ax = plt.subplots(figsize=(8, max(3, 0.22 * len(rows))))
+    ax.barh(range(len(rows)), [r["speedup_vs_baseline"] for r in rows])
+    ax.set_yticks(range(len(rows)), labels, fontsize=6)
+    ax.axvline(1.0, color="k", lw=0.8)
+    ax.set_xlabel(f"speedup vs {rows[0]['baseline']}")
+    ax.set_title(os.path.basename(path))
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    print(f"wrote {png}")

@@ -1,0 +1,1 @@
+"""The compression API: quantize, prune, low_rank, distill, save/load."""

@@ -1,0 +1,1 @@
+"""Drop-in ``torch.nn`` modules backed by llmkern's ops."""

@@ -1,0 +1,77 @@
+"""Build of the native extension ``llmkern._C``.
+
+C++ CPU sources (csrc/*.cpp, csrc/cpu/*.cpp) are always compiled. CUDA sources (csrc/cuda/*.cu
+and the torch glue csrc/cuda/*.cpp) are added only when both a CUDA toolkit and a CUDA build of
+torch are present, or LLMKERN_FORCE_CUDA=1. No -march=native: each ISA-specific kernel file
+selects its own target with ``#pragma GCC target`` and is chosen at run time (csrc/cpu/isa.h).
+
+Environment knobs:
+  LLMKERN_NO_CUDA=1      build the CPU extension only
+  LLMKERN_SANITIZE=1     -fsanitize=address,undefined (CI sanitizer step)
+  LLMKERN_DEBUG=1        -O0 -g
+"""
+
+import glob
+import os
+
+from setuptools import setup
+
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _flag(name):
+    return os.environ.get(name, "0") not in ("", "0", "false", "False")
+
+
+def _sources(pattern):
+    return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+
+
+def _want_cuda():
+    if _flag("LLMKERN_NO_CUDA"):
+        return False
+    if _flag("LLMKERN_FORCE_CUDA"):
+        return True
+    import torch
+
+    return CUDA_HOME is not None and torch.version.cuda is not None
+
+
+def extensions():
+    cxx = ["-O3", "-std=c++17", "-fno-math-errno", "-Wall", "-Wno-unknown-pragmas"]
+    ldflags = []
+    if _flag("LLMKERN_DEBUG"):
+        cxx = ["-O0", "-g", "-std=c++17"]
+    if _flag("LLMKERN_SANITIZE"):
+        san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all"]
+        cxx += san + ["-g"]
+        ldflags += san
+    sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
+    include_dirs = [os.path.join(ROOT, "csrc")]
+    if _want_cuda():
+        sources += _sources("csrc/cuda/*.cu") + _sources("csrc/cuda/*.cpp")
+        nvcc = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+        return [
+            CUDAExtension(
+                "llmkern._C",
+                sources,
+                include_dirs=include_dirs,
+                define_macros=[("LLMKERN_WITH_CUDA", "1")],
+                extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+                extra_link_args=ldflags,
+            )
+        ]
+    return [
+        CppExtension(
+            "llmkern._C",
+            sources,
+            include_dirs=include_dirs,
+            extra_compile_args={"cxx": cxx},
+            extra_link_args=ldflags,
+        )
+    ]
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)})

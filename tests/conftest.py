@@ -1,0 +1,58 @@
+"""Test set-up shared by every test file.
+
+- TRITON_INTERPRET=1 is set before anything imports triton, so Triton kernels run on CPU tensors
+  through the interpreter (on a CUDA machine, LLMKERN_TEST_GPU=1 leaves it unset).
+- ``cpu_isa`` parametrises a test over every CPU ISA path this machine supports (the C++ kernels
+  read LLMKERN_CPU_ISA on each call).
+- Tests marked ``gpu`` are skipped without a CUDA device.
+"""
+
+import os
+
+if not os.environ.get("LLMKERN_TEST_GPU"):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from llmkern import _ext  # noqa: E402
+
+ISA_ORDER = ("scalar", "avx2", "avx512", "avx512_vnni")
+
+
+def supported_isas() -> list[str]:
+    if not _ext.available():
+        return []
+    best = _ext._C.detected_isa()
+    return list(ISA_ORDER[: ISA_ORDER.index(best) + 1])
+
+
+@pytest.fixture(params=supported_isas() or [None], ids=lambda p: p or "no-extension")
+def cpu_isa(request, monkeypatch):
+    """Run the test once per CPU ISA path (sets LLMKERN_CPU_ISA)."""
+    if request.param is None:
+        pytest.skip("llmkern._C is not built")
+    monkeypatch.setenv("LLMKERN_CPU_ISA", request.param)
+    return request.param
+
+
+@pytest.fixture
+def needs_ext():
+    if not _ext.available():
+        pytest.skip(f"llmkern._C is not built: {_ext.load_error}")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
