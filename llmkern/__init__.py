@@ -8,6 +8,7 @@ llmkern.backends), drop-in ``torch.nn`` modules (llmkern.nn) and a compression A
 __version__ = "0.1.0"
 
 from llmkern import backends, ops  # noqa: E402,F401
+from llmkern import cpu, cuda, triton  # noqa: E402,F401  (register the fast backends)
 from llmkern.backends import BackendUnavailableError  # noqa: E402,F401
 from llmkern.ops import (  # noqa: E402,F401
     compress_24,
