@@ -83,6 +83,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # output piped into `head` and closed early
+        return 0
     except (ValueError, TypeError, FileNotFoundError, RuntimeError) as exc:
         if os.environ.get("LLMKERN_TRACEBACK"):
             raise
