@@ -136,25 +136,35 @@ struct W8a8S16 {
     const int16_t* x = static_cast<const int16_t*>(a.a) + m * a.kp;
     const int8_t* b = a.w + p * kPanel * a.kp + v0 * 64;
     __m256i acc[MR][NV][4];
+    _Pragma("GCC unroll 32")
     for (int r = 0; r < MR; ++r)
+      _Pragma("GCC unroll 32")
       for (int v = 0; v < NV; ++v)
+        _Pragma("GCC unroll 32")
         for (int q = 0; q < 4; ++q) acc[r][v][q] = _mm256_setzero_si256();
     for (int64_t kk = 0; kk < a.kp / 4; ++kk) {
       __m256i w[NV][4];
+      _Pragma("GCC unroll 32")
       for (int v = 0; v < NV; ++v)
+        _Pragma("GCC unroll 32")
         for (int q = 0; q < 4; ++q)
           w[v][q] = _mm256_cvtepi8_epi16(_mm_loadu_si128(
               reinterpret_cast<const __m128i*>(b + (kk * width + v * 16 + q * 4) * 4)));
+      _Pragma("GCC unroll 32")
       for (int r = 0; r < MR; ++r) {
         int64_t four;
         std::memcpy(&four, x + r * a.kp + kk * 4, 8);
         const __m256i xb = _mm256_set1_epi64x(four);
+        _Pragma("GCC unroll 32")
         for (int v = 0; v < NV; ++v)
+          _Pragma("GCC unroll 32")
           for (int q = 0; q < 4; ++q)
             acc[r][v][q] = _mm256_add_epi32(acc[r][v][q], _mm256_madd_epi16(w[v][q], xb));
       }
     }
+    _Pragma("GCC unroll 32")
     for (int r = 0; r < MR; ++r)
+      _Pragma("GCC unroll 32")
       for (int v = 0; v < NV; ++v)
         for (int h = 0; h < 2; ++h) {
           const int64_t n0 = p * kPanel + (v0 + v) * 16 + h * 8;
@@ -180,24 +190,31 @@ struct W8Kernel {
     const float* s = a.scales + p * kPanel * a.groups + v0 * 16;
     const float* x = a.x + m * a.ld_x;
     __m256 acc[MR][2 * NV];
+    _Pragma("GCC unroll 32")
     for (int r = 0; r < MR; ++r)
+      _Pragma("GCC unroll 32")
       for (int v = 0; v < 2 * NV; ++v) acc[r][v] = _mm256_setzero_ps();
     for (int64_t g = 0; g < a.groups; ++g) {
       const float* sg = s + g * width;
       const int64_t k_end = std::min(a.k, (g + 1) * a.group_size);
       for (int64_t k = g * a.group_size; k < k_end; ++k) {
         __m256 wv[2 * NV];
+        _Pragma("GCC unroll 32")
         for (int v = 0; v < 2 * NV; ++v) {
           const __m128i w8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(b + k * width + v * 8));
           wv[v] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(w8)), _mm256_loadu_ps(sg + v * 8));
         }
+        _Pragma("GCC unroll 32")
         for (int r = 0; r < MR; ++r) {
           const __m256 xb = _mm256_set1_ps(x[r * a.ld_x + k]);
+          _Pragma("GCC unroll 32")
           for (int v = 0; v < 2 * NV; ++v) acc[r][v] = _mm256_fmadd_ps(xb, wv[v], acc[r][v]);
         }
       }
     }
+    _Pragma("GCC unroll 32")
     for (int r = 0; r < MR; ++r)
+      _Pragma("GCC unroll 32")
       for (int v = 0; v < 2 * NV; ++v) {
         const int64_t n0 = p * kPanel + v0 * 16 + v * 8;
         if (n0 >= a.n) continue;

@@ -69,19 +69,24 @@ struct W8a8S16 {
     const int16_t* x = static_cast<const int16_t*>(a.a) + m * a.kp;
     const int8_t* b = a.w + p * kPanel * a.kp + v0 * 64;
     __m512i acc[MR][NV][2];
+    _Pragma("GCC unroll 32")
     for (int r = 0; r < MR; ++r)
+      _Pragma("GCC unroll 32")
       for (int v = 0; v < NV; ++v) acc[r][v][0] = acc[r][v][1] = _mm512_setzero_si512();
     for (int64_t kk = 0; kk < a.kp / 4; ++kk) {
       __m512i lo[NV], hi[NV];
+      _Pragma("GCC unroll 32")
       for (int v = 0; v < NV; ++v) {
         const int8_t* src = b + (kk * width + v * 16) * 4;
         lo[v] = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src)));
         hi[v] = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 32)));
       }
+      _Pragma("GCC unroll 32")
       for (int r = 0; r < MR; ++r) {
         int64_t four;
         std::memcpy(&four, x + r * a.kp + kk * 4, 8);
         const __m512i xb = _mm512_set1_epi64(four);
+        _Pragma("GCC unroll 32")
         for (int v = 0; v < NV; ++v) {
           acc[r][v][0] = _mm512_add_epi32(acc[r][v][0], _mm512_madd_epi16(lo[v], xb));
           acc[r][v][1] = _mm512_add_epi32(acc[r][v][1], _mm512_madd_epi16(hi[v], xb));
@@ -90,7 +95,9 @@ struct W8a8S16 {
     }
     const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    _Pragma("GCC unroll 32")
     for (int r = 0; r < MR; ++r)
+      _Pragma("GCC unroll 32")
       for (int v = 0; v < NV; ++v) {
         const __m512i sum =
             _mm512_add_epi32(_mm512_permutex2var_epi32(acc[r][v][0], even, acc[r][v][1]),
@@ -109,25 +116,33 @@ struct W8Kernel {
     const float* s = a.scales + p * kPanel * a.groups + v0 * 16;
     const float* x = a.x + m * a.ld_x;
     __m512 acc[MR][NV];
+    _Pragma("GCC unroll 32")
     for (int r = 0; r < MR; ++r)
+      _Pragma("GCC unroll 32")
       for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
     for (int64_t g = 0; g < a.groups; ++g) {
       __m512 sv[NV];
+      _Pragma("GCC unroll 32")
       for (int v = 0; v < NV; ++v) sv[v] = _mm512_loadu_ps(s + g * width + v * 16);
       const int64_t k_end = std::min(a.k, (g + 1) * a.group_size);
       for (int64_t k = g * a.group_size; k < k_end; ++k) {
         __m512 wv[NV];
+        _Pragma("GCC unroll 32")
         for (int v = 0; v < NV; ++v) {
           const __m128i w8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + k * width + v * 16));
           wv[v] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(w8)), sv[v]);
         }
+        _Pragma("GCC unroll 32")
         for (int r = 0; r < MR; ++r) {
           const __m512 xb = _mm512_set1_ps(x[r * a.ld_x + k]);
+          _Pragma("GCC unroll 32")
           for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(xb, wv[v], acc[r][v]);
         }
       }
     }
+    _Pragma("GCC unroll 32")
     for (int r = 0; r < MR; ++r)
+      _Pragma("GCC unroll 32")
       for (int v = 0; v < NV; ++v) {
         const int64_t n0 = p * kPanel + (v0 + v) * 16;
         if (n0 >= a.n) continue;

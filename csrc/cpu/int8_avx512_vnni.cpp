@@ -14,6 +14,12 @@
 namespace llmkern::int8 {
 namespace {
 
+// acc += dot4(a as u8, b as s8) per int32 lane. Inline asm ties the accumulator to one register:
+// GCC 12 copies the intrinsic's destination around and spills a 6 x 4 accumulator tile.
+inline void dpbusd(__m512i& acc, __m512i a, __m512i b) {
+  asm("vpdpbusd %[b], %[a], %[acc]" : [acc] "+v"(acc) : [a] "v"(a), [b] "v"(b));
+}
+
 // Rows [m, m + MR) x vectors [v0, v0 + NV) of panel p, over the whole K.
 template <int MR, int NV>
 struct W8a8Vnni {
@@ -21,21 +27,28 @@ struct W8a8Vnni {
     const uint8_t* x = static_cast<const uint8_t*>(a.a) + m * a.kp;
     const int8_t* b = a.w + p * kPanel * a.kp + v0 * 64;
     __m512i acc[MR][NV];
+    _Pragma("GCC unroll 32")
     for (int r = 0; r < MR; ++r)
+      _Pragma("GCC unroll 32")
       for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_si512();
     for (int64_t kk = 0; kk < a.kp / 4; ++kk) {
       __m512i w[NV];
+      _Pragma("GCC unroll 32")
       for (int v = 0; v < NV; ++v) w[v] = _mm512_loadu_si512(b + (kk * width + v * 16) * 4);
+      _Pragma("GCC unroll 32")
       for (int r = 0; r < MR; ++r) {
         int32_t four;
         std::memcpy(&four, x + r * a.kp + kk * 4, 4);
         const __m512i xb = _mm512_set1_epi32(four);
-        for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_dpbusd_epi32(acc[r][v], xb, w[v]);
+        _Pragma("GCC unroll 32")
+        for (int v = 0; v < NV; ++v) dpbusd(acc[r][v], xb, w[v]);
       }
     }
+    _Pragma("GCC unroll 32")
     for (int v = 0; v < NV; ++v) {
       const int64_t n0 = p * kPanel + (v0 + v) * 16;
       const __m512i comp = _mm512_loadu_si512(a.comp + n0);
+      _Pragma("GCC unroll 32")
       for (int r = 0; r < MR; ++r) w8a8_epilogue16(a, m + r, n0, _mm512_sub_epi32(acc[r][v], comp));
     }
   }

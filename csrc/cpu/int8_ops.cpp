@@ -207,17 +207,21 @@ at::Tensor w8a8_gemm_op(const at::Tensor& x_q, const at::Tensor& x_scale, const 
   // Re-express x_q in the kernel's activation format, zero-padded to kp columns.
   const at::Tensor xq = unit_stride_rows(x_q);
   at::Tensor act = at::empty({m, kp}, x_q.options().dtype(act_dtype(fmt)));
+  const int8_t* src = xq.data_ptr<int8_t>();
+  const int64_t ld = xq.stride(0);
+  void* dst = act.data_ptr();
   at::parallel_for(0, m, std::max<int64_t>(1, (1 << 16) / kp), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      const int8_t* src = xq.data_ptr<int8_t>() + r * xq.stride(0);
-      for (int64_t c = 0; c < kp; ++c) {
-        const int8_t v = c < k ? src[c] : 0;
-        if (fmt == ActFormat::U8)
-          act.data_ptr<uint8_t>()[r * kp + c] = static_cast<uint8_t>(v + 128);
-        else if (fmt == ActFormat::S16)
-          act.data_ptr<int16_t>()[r * kp + c] = v;
-        else
-          act.data_ptr<int8_t>()[r * kp + c] = v;
+      const int8_t* row = src + r * ld;
+      if (fmt == ActFormat::U8) {
+        uint8_t* out = static_cast<uint8_t*>(dst) + r * kp;
+        for (int64_t c = 0; c < kp; ++c) out[c] = static_cast<uint8_t>((c < k ? row[c] : 0) + 128);
+      } else if (fmt == ActFormat::S16) {
+        int16_t* out = static_cast<int16_t*>(dst) + r * kp;
+        for (int64_t c = 0; c < kp; ++c) out[c] = c < k ? row[c] : 0;
+      } else {
+        int8_t* out = static_cast<int8_t*>(dst) + r * kp;
+        for (int64_t c = 0; c < kp; ++c) out[c] = c < k ? row[c] : 0;
       }
     }
   });
