@@ -188,7 +188,7 @@ struct W8Kernel {
   static void run(const W8Args& a, int64_t m, int64_t p, int64_t width, int64_t v0) {
     const int8_t* b = a.w + p * kPanel * a.k + v0 * 16;
     const float* s = a.scales + p * kPanel * a.groups + v0 * 16;
-    const float* x = a.x + m * a.ld_x;
+    const float* x = x_block_row(a.x, a.k, m);
     __m256 acc[MR][2 * NV];
     _Pragma("GCC unroll 32")
     for (int r = 0; r < MR; ++r)
@@ -206,7 +206,7 @@ struct W8Kernel {
         }
         _Pragma("GCC unroll 32")
         for (int r = 0; r < MR; ++r) {
-          const __m256 xb = _mm256_set1_ps(x[r * a.ld_x + k]);
+          const __m256 xb = _mm256_set1_ps(x[k * kXRows + r]);
           _Pragma("GCC unroll 32")
           for (int v = 0; v < 2 * NV; ++v) acc[r][v] = _mm256_fmadd_ps(xb, wv[v], acc[r][v]);
         }

@@ -114,7 +114,7 @@ struct W8Kernel {
   static void run(const W8Args& a, int64_t m, int64_t p, int64_t width, int64_t v0) {
     const int8_t* b = a.w + p * kPanel * a.k + v0 * 16;
     const float* s = a.scales + p * kPanel * a.groups + v0 * 16;
-    const float* x = a.x + m * a.ld_x;
+    const float* x = x_block_row(a.x, a.k, m);
     __m512 acc[MR][NV];
     _Pragma("GCC unroll 32")
     for (int r = 0; r < MR; ++r)
@@ -134,7 +134,7 @@ struct W8Kernel {
         }
         _Pragma("GCC unroll 32")
         for (int r = 0; r < MR; ++r) {
-          const __m512 xb = _mm512_set1_ps(x[r * a.ld_x + k]);
+          const __m512 xb = _mm512_set1_ps(x[k * kXRows + r]);
           _Pragma("GCC unroll 32")
           for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(xb, wv[v], acc[r][v]);
         }
@@ -171,7 +171,12 @@ void w8a8_tile_avx512(const W8a8Args& a, int64_t m0, int64_t m1, int64_t p0, int
 }
 
 void w8_tile_avx512(const W8Args& a, int64_t m0, int64_t m1, int64_t p0, int64_t p1) {
-  run_tiles<4, 4, W8Kernel>(a, m0, m1, p0, p1);
+  // Each pass over a panel converts its weights to float once: tall row blocks (8 x 32
+  // channels) convert least often; 1-2 rows take 64 channels for enough independent FMA chains.
+  if (m1 - m0 <= 2)
+    run_tiles<2, 4, W8Kernel>(a, m0, m1, p0, p1);
+  else
+    run_tiles<8, 2, W8Kernel>(a, m0, m1, p0, p1);
 }
 
 }  // namespace llmkern::int8

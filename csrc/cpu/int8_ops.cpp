@@ -247,17 +247,31 @@ at::Tensor w8_linear_op(const at::Tensor& x, const std::optional<at::Tensor>& bi
   TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.size(0) > 0 && x.size(1) == h.k,
               "llmkern int8: x must be [M, ", h.k, "]");
   const Isa isa = active_isa();
-  const at::Tensor xf = unit_stride_rows(x.to(at::kFloat));
+  const int64_t m = x.size(0), k = h.k;
+  // float32 copy of x in the kernels' row-block layout (see W8Args).
+  at::Tensor xb = at::empty({(m + kXRows - 1) / kXRows * kXRows * k}, x.options().dtype(at::kFloat));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "int8_w8_linear", [&] {
+    const scalar_t* src = x.data_ptr<scalar_t>();
+    const int64_t s0 = x.stride(0), s1 = x.stride(1);
+    float* dst = xb.data_ptr<float>();
+    at::parallel_for(0, (m + kXRows - 1) / kXRows, std::max<int64_t>(1, (1 << 14) / k), [&](int64_t b0, int64_t b1) {
+      for (int64_t blk = b0; blk < b1; ++blk)
+        for (int64_t r = 0; r < kXRows; ++r) {
+          const int64_t row = blk * kXRows + r;
+          float* out = dst + blk * k * kXRows + r;
+          for (int64_t c = 0; c < k; ++c)
+            out[c * kXRows] = row < m ? static_cast<float>(src[row * s0 + c * s1]) : 0.f;
+        }
+    });
+  });
   at::Tensor b;
   if (bias.has_value()) {
     check_vector(*bias, h.n, "bias");
     b = float_vector(*bias);
   }
-  const int64_t m = x.size(0);
   at::Tensor out = at::empty({m, h.n}, x.options());
   const uint8_t* base = packed.data_ptr<uint8_t>();
-  const W8Args a{xf.data_ptr<float>(),
-                 xf.stride(0),
+  const W8Args a{xb.data_ptr<float>(),
                  m,
                  h.n,
                  h.k,
