@@ -36,13 +36,14 @@ void quantize_row(const QuantizeArgs& a, int64_t r) {
   }
   a.scale[r] = scale;
   const __m512 vinv = _mm512_set1_ps(inv);
-  const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+  const __m512 lo = _mm512_set1_ps(-127.f), hi = _mm512_set1_ps(127.f);
   // Columns past k load as 0 and so store the zero point; a non-finite row stores it everywhere.
   const int64_t k = finite ? a.k : 0;
   for (int64_t c = 0; c < a.ld_q; c += 16) {
     const __m512 v = load16<D>(a.x, base + c, tail_mask(k - c));
-    __m512i q = _mm512_cvt_roundps_epi32(_mm512_mul_ps(v, vinv), kRne);
-    q = _mm512_min_epi32(_mm512_max_epi32(q, lo), hi);
+    // Clamp before converting: a static scale can map values beyond the int32 range.
+    const __m512 clamped = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(v, vinv), lo), hi);
+    __m512i q = _mm512_cvt_roundps_epi32(clamped, kRne);
     const __mmask16 store = tail_mask(a.ld_q - c);
     switch (a.q_format) {
       case ActFormat::S8:

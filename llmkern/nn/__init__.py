@@ -1,1 +1,3 @@
 """Drop-in ``torch.nn`` modules backed by llmkern's ops."""
+
+from llmkern.nn.int8 import Int8Linear, Int8LinearQAT, Int8WeightOnlyLinear  # noqa: E402,F401

@@ -97,7 +97,9 @@ def w8_matmul_ref(x, w_q, w_scale, bias, group_size):
     return out.to(x.dtype)
 
 
-def quantize_static_ref(x: torch.Tensor, x_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_static_ref(
+    x: torch.Tensor, x_scale: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Static per-tensor quantisation with a calibrated scale (values beyond it saturate)."""
     xf = x.float()
     finite = torch.isfinite(xf).all(dim=1)
@@ -293,7 +295,7 @@ def w8a8_matmul(
     """int8 x_q [M, K] @ int8 w_q [N, K].T with ``x_scale[m] * w_scale[n] + bias[n]`` fused."""
     check_tensor("x_q", x_q, ndim=2, dtypes=(torch.int8,))
     m, k = x_q.shape
-    n = check_w8a8_weight(w_q, w_scale, bias, k, "x_q")
+    check_w8a8_weight(w_q, w_scale, bias, k, "x_q")
     check_tensor("x_scale", x_scale, ndim=1, dtypes=(torch.float32,))
     check_shape("x_scale", x_scale, (m,))
     check_choice("out_dtype", out_dtype, FLOAT_DTYPES)
