@@ -197,7 +197,7 @@ class Int8Linear(_QuantizedLinearBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, self.in_features)
-        x2 = x.reshape(-1, self.in_features)
+        x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)
         if _cpu_kernels_direct(x, self._packed):
             out = torch.ops.llmkern_C.int8_w8a8_linear(
                 x2, self.weight_scale, self.bias, self.input_scale, self._packed
@@ -209,7 +209,7 @@ class Int8Linear(_QuantizedLinearBase):
         else:
             x_q, x_scale = ops.quantize_per_token(x2)
             out = ops.w8a8_matmul(x_q, self.qweight, x_scale, self.weight_scale, self.bias, x.dtype)
-        return out.reshape(*x.shape[:-1], self.out_features)
+        return out if x.dim() == 2 else out.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         acts = "dynamic per-token" if self.input_scale is None else "static per-tensor"
@@ -261,7 +261,7 @@ class Int8WeightOnlyLinear(_QuantizedLinearBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, self.in_features)
-        x2 = x.reshape(-1, self.in_features)
+        x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)
         if _cpu_kernels_direct(x, self._packed):
             out = torch.ops.llmkern_C.int8_w8_linear(x2, self.bias, self._packed)
         elif x.device.type == "cpu":
@@ -270,7 +270,7 @@ class Int8WeightOnlyLinear(_QuantizedLinearBase):
             )
         else:
             out = ops.w8_matmul(x2, self.qweight, self.weight_scale, self.bias, self.group_size)
-        return out.reshape(*x.shape[:-1], self.out_features)
+        return out if x.dim() == 2 else out.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         scales = "per-channel" if self.group_size == 0 else f"group_size={self.group_size}"
