@@ -68,10 +68,12 @@ void w8_tile(Isa isa, const W8Args& a, int64_t m0, int64_t m1, int64_t p) {
   }
 }
 
+int64_t panel_count(int64_t n) { return (round_up(n, kLane) + kPanel - 1) / kPanel; }
+
 // Runs tile(m0, m1, panel) over every (panel, row block): consecutive tiles share a panel.
 template <class Tile>
 void for_each_tile(int64_t m, int64_t n, int64_t k, const Tile& tile) {
-  const int64_t panels = (round_up(n, kLane) + kPanel - 1) / kPanel;
+  const int64_t panels = panel_count(n);
   const int64_t block = std::min(m, kRowBlock);
   const int64_t blocks = (m + block - 1) / block;
   const int64_t grain = std::max<int64_t>(1, kMacsPerTask / (block * kPanel * k));
@@ -121,8 +123,12 @@ at::Tensor pack_w8a8_op(const at::Tensor& w_q) {
                   w_q.numel() > 0,
               "llmkern int8: w_q must be a non-empty 2-D int8 CPU tensor");
   const at::Tensor w = w_q.contiguous();
-  at::Tensor out = at::empty({w8a8_packed_bytes(w.size(0), w.size(1))}, w.options().dtype(at::kByte));
-  pack_w8a8(w.data_ptr<int8_t>(), w.size(0), w.size(1), out.data_ptr<uint8_t>());
+  const int64_t n = w.size(0), k = w.size(1);
+  at::Tensor out = at::empty({w8a8_packed_bytes(n, k)}, w.options().dtype(at::kByte));
+  pack_w8a8_header(n, k, out.data_ptr<uint8_t>());
+  at::parallel_for(0, panel_count(n), 1, [&](int64_t p0, int64_t p1) {
+    pack_w8a8_panels(w.data_ptr<int8_t>(), out.data_ptr<uint8_t>(), p0, p1);
+  });
   return out;
 }
 
@@ -136,7 +142,10 @@ at::Tensor pack_w8_op(const at::Tensor& w_q, const at::Tensor& w_scale, int64_t 
               "llmkern int8: w_scale must have N * groups elements");
   const at::Tensor w = w_q.contiguous(), s = float_vector(w_scale.reshape({-1}));
   at::Tensor out = at::empty({w8_packed_bytes(n, k, groups)}, w.options().dtype(at::kByte));
-  pack_w8(w.data_ptr<int8_t>(), s.data_ptr<float>(), n, k, group_size, out.data_ptr<uint8_t>());
+  pack_w8_header(n, k, group_size, out.data_ptr<uint8_t>());
+  at::parallel_for(0, panel_count(n), 1, [&](int64_t p0, int64_t p1) {
+    pack_w8_panels(w.data_ptr<int8_t>(), s.data_ptr<float>(), out.data_ptr<uint8_t>(), p0, p1);
+  });
   return out;
 }
 
