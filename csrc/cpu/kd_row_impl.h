@@ -82,22 +82,25 @@ RowStats stats_row(const SZ* z, const SV* v, int64_t n, float t) {
       mz = nz;
       if (KD) mv = nv;
     }
+    // Block-local sums, added to the running ones afterwards: each float32 accumulator then
+    // adds at most kBlock / W + n / kBlock terms (accuracy on 150k-entry rows, also for W = 1).
     const T shz = Vec::set1(shift_of(mz)), shv = Vec::set1(shift_of(mv));
+    T bsq = zero, bs1 = zero, bsp = zero, bpd = zero, bqd = zero;
     auto accumulate = [&](T zf, T vf) {
       const T a = zf - shz;
       T eq = zero;
       if (Q) {
         eq = Vec::exp(a * tv);
-        sq = sq + eq;
+        bsq = bsq + eq;
       }
-      if (CE) s1 = s1 + Vec::exp(a);
+      if (CE) bs1 = bs1 + Vec::exp(a);
       if (KD) {
         const T b = vf - shv;
         const T ep = Vec::exp(b * tv);
-        sp = sp + ep;
+        bsp = bsp + ep;
         const T d = (b - a) * tv;
-        pd = pd + Vec::select(Vec::gt(ep, zero), ep * d, zero);
-        if (QD) qd = qd + Vec::select(Vec::gt(eq, zero), eq * d, zero);
+        bpd = bpd + Vec::select(Vec::gt(ep, zero), ep * d, zero);
+        if (QD) bqd = bqd + Vec::select(Vec::gt(eq, zero), eq * d, zero);
       }
     };
     for (i = 0; i + W <= len; i += W)
@@ -105,6 +108,11 @@ RowStats stats_row(const SZ* z, const SV* v, int64_t n, float t) {
     if (i < len)
       accumulate(Vec::load_n(zb + i, len - i, -kInf),
                  KD ? Vec::load_n(vb + i, len - i, -kInf) : zero);
+    sq = sq + bsq;
+    s1 = s1 + bs1;
+    sp = sp + bsp;
+    pd = pd + bpd;
+    qd = qd + bqd;
   }
   RowStats st;
   st.mz = shift_of(mz);
@@ -165,16 +173,23 @@ JsdSums jsd_sums_row(const RowArgs& A) {
   const T zero = Vec::set1(0.0f), shz = Vec::set1(A.st.mz), shv = Vec::set1(A.st.mv);
   const T tv = Vec::set1(A.t), lp = Vec::set1(A.log_sum_p);
   T kl_pm = zero, kl_qm = zero;
-  auto accumulate = [&](T zf, T vf) {
-    const T a = zf - shz, b = vf - shv;
-    const JsdTerms j = jsd_terms(a, b, A);
-    const T log_p = b * tv - lp;
-    kl_pm = kl_pm + Vec::select(Vec::gt(j.p, zero), j.p * (log_p - j.log_m), zero);
-    kl_qm = kl_qm + Vec::select(Vec::gt(j.q, zero), j.q * (j.log_q - j.log_m), zero);
-  };
-  int64_t i = 0;
-  for (; i + W <= A.n; i += W) accumulate(Vec::load(z + i), Vec::load(v + i));
-  if (i < A.n) accumulate(Vec::load_n(z + i, A.n - i, -kInf), Vec::load_n(v + i, A.n - i, -kInf));
+  for (int64_t b0 = 0; b0 < A.n; b0 += kBlock) {  // block-local sums, as in stats_row
+    const int64_t len = min_i64(kBlock, A.n - b0);
+    T bpm = zero, bqm = zero;
+    auto accumulate = [&](T zf, T vf) {
+      const T a = zf - shz, b = vf - shv;
+      const JsdTerms j = jsd_terms(a, b, A);
+      const T log_p = b * tv - lp;
+      bpm = bpm + Vec::select(Vec::gt(j.p, zero), j.p * (log_p - j.log_m), zero);
+      bqm = bqm + Vec::select(Vec::gt(j.q, zero), j.q * (j.log_q - j.log_m), zero);
+    };
+    int64_t i = 0;
+    for (; i + W <= len; i += W) accumulate(Vec::load(z + b0 + i), Vec::load(v + b0 + i));
+    if (i < len)
+      accumulate(Vec::load_n(z + b0 + i, len - i, -kInf), Vec::load_n(v + b0 + i, len - i, -kInf));
+    kl_pm = kl_pm + bpm;
+    kl_qm = kl_qm + bqm;
+  }
   const float pm = Vec::reduce_add(kl_pm), qm = Vec::reduce_add(kl_qm);
   return JsdSums{A.beta * pm + (1.0f - A.beta) * qm, (1.0f - A.beta) * qm};
 }
