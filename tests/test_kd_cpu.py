@@ -84,7 +84,7 @@ def inputs(n, v, vt=None, scale=3.0, dtype=torch.float32):
 TAUS, ALPHAS = (0.5, 1.0, 2.0, 8.0), (0.0, 0.3, 1.0)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def sweep_reference(v, divergence):
     """Inputs and float64 (loss, grad) for every (tau, alpha): computed once, shared by the
     ISA paths."""
@@ -257,7 +257,7 @@ def test_topk_duplicate_indices_match_reference(cpu_isa):
 
 def test_vector_exp_and_log_accuracy(cpu_isa):
     """The documented accuracy of each ISA's exp (2 ulp relative on [-87.3, 0]; at most a
-    denormal below, 0 for -inf) and log (|error| <= 4e-7 for x in [1e-30, 1e4], -inf at 0)."""
+    denormal below, 0 for -inf) and log (error <= 4e-7 max(1, |log x|) for x in [1e-30, 1e4], -inf at 0)."""
     x = torch.cat([-torch.rand(200_001) * 87.3, torch.tensor([0.0, -1e-8, -88.0, -1e4, -math.inf])])
     y = vector_math(x, "exp")
     ref = x.double().exp()
@@ -266,5 +266,6 @@ def test_vector_exp_and_log_accuracy(cpu_isa):
     assert y[-3].item() < 1.2e-38 and y[-2:].eq(0).all()  # below the normal range; -1e4, -inf
     x = torch.cat([torch.logspace(-30, 4, 200_003), torch.tensor([1.0, 0.0])])
     y = vector_math(x, "log")
-    err = (y.double() - x.double().log())[:-1].abs()
+    ref = x.double().log()[:-1]
+    err = (y[:-1].double() - ref).abs() / ref.abs().clamp(min=1.0)
     assert err.max().item() <= 4e-7 and y[-1].item() == -math.inf
