@@ -135,6 +135,15 @@ def test_packed_weight_cache_follows_in_place_changes():
     assert cs.packed_weight(values, meta.clone(), cs.MMA16) is not second
 
 
+def test_packed_weight_cache_entry_dies_with_the_weight():
+    values, meta = ops.compress_24(_random_24(8, 64, torch.float16))
+    cs.packed_weight(values, meta, cs.MMA16)
+    key = (id(values), cs.MMA16)
+    assert key in cs._PACKED
+    del values
+    assert key not in cs._PACKED
+
+
 # ---------------------------------------------------------------------------------------------
 # GPU: the kernels against the reference
 # ---------------------------------------------------------------------------------------------
@@ -159,6 +168,16 @@ def _cuda_available():
         pytest.skip("the CUDA build of llmkern._C with the sparse24 kernels is not present")
 
 
+def _reference(op, *args):
+    """The reference on CPU copies (integer matmul has no CUDA kernel), back on the GPU."""
+    cpu = [a.cpu() if isinstance(a, torch.Tensor) else a for a in args]
+    return op(*cpu, backend="reference").cuda()
+
+
+def _compressed_cuda(n, k, dtype):
+    return [t.cuda() for t in ops.compress_24(_random_24(n, k, dtype))]
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("m", M_SIZES)
 @pytest.mark.parametrize("n,k", NK)
@@ -166,14 +185,12 @@ def _cuda_available():
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_sparse24_matmul_cuda(m, n, k, dtype, with_bias):
     _cuda_available()
-    w = _random_24(n, k, dtype).cuda()
-    values, meta = ops.compress_24(w)
+    values, meta = _compressed_cuda(n, k, dtype)
     x = torch.randn(m, k, device="cuda").to(dtype)
     bias = torch.randn(n, device="cuda").to(dtype) if with_bias else None
     out = ops.sparse24_matmul(x, values, meta, bias, backend="cuda")
-    ref = ops.sparse24_matmul(x, values, meta, bias, backend="reference")
     assert out.dtype == dtype and out.shape == (m, n)
-    _close(out, ref, dtype)
+    _close(out, _reference(ops.sparse24_matmul, x, values, meta, bias), dtype)
 
 
 @pytest.mark.gpu
@@ -182,14 +199,13 @@ def test_sparse24_matmul_cuda(m, n, k, dtype, with_bias):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 def test_sparse24_w8_matmul_cuda(m, n, k, dtype):
     _cuda_available()
-    values, meta = ops.compress_24(_random_24(n, k, torch.int8).cuda())
+    values, meta = _compressed_cuda(n, k, torch.int8)
     w_scale = torch.rand(n, device="cuda") * 0.02 + 1e-3
     x = torch.randn(m, k, device="cuda").to(dtype)
     bias = torch.randn(n, device="cuda", dtype=torch.bfloat16)
     out = ops.sparse24_w8_matmul(x, values, meta, w_scale, bias, backend="cuda")
-    ref = ops.sparse24_w8_matmul(x, values, meta, w_scale, bias, backend="reference")
-    assert out.dtype == dtype
-    _close(out, ref, dtype)
+    assert out.dtype == dtype and out.shape == (m, n)
+    _close(out, _reference(ops.sparse24_w8_matmul, x, values, meta, w_scale, bias), dtype)
 
 
 @pytest.mark.gpu
@@ -198,14 +214,15 @@ def test_sparse24_w8_matmul_cuda(m, n, k, dtype):
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_sparse24_w8a8_matmul_cuda(m, n, k, out_dtype):
     _cuda_available()
-    values, meta = ops.compress_24(_random_24(n, k, torch.int8).cuda())
+    values, meta = _compressed_cuda(n, k, torch.int8)
     x_q = torch.randint(-127, 128, (m, k), device="cuda", dtype=torch.int8)
     x_scale = torch.rand(m, device="cuda") * 0.01 + 1e-4
     w_scale = torch.rand(n, device="cuda") * 0.01 + 1e-4
     bias = torch.randn(n, device="cuda")
     args = (x_q, values, meta, x_scale, w_scale, bias, out_dtype)
     out = ops.sparse24_w8a8_matmul(*args, backend="cuda")
-    ref = ops.sparse24_w8a8_matmul(*args, backend="reference")
+    ref = _reference(ops.sparse24_w8a8_matmul, *args)
+    assert out.dtype == out_dtype and out.shape == (m, n)
     if out_dtype == torch.float32:
         # int32 accumulation is exact and the epilogue is rounded like the reference.
         assert torch.equal(out, ref)
@@ -214,11 +231,11 @@ def test_sparse24_w8a8_matmul_cuda(m, n, k, out_dtype):
 
 
 @pytest.mark.gpu
-def test_sparse24_matmul_cuda_non_contiguous_and_unaligned():
+@pytest.mark.parametrize("m", [2, 40])
+def test_sparse24_matmul_cuda_non_contiguous_x(m):
     _cuda_available()
     n, k = 64, 132
-    values, meta = ops.compress_24(_random_24(n, k, torch.bfloat16).cuda())
-    x = torch.randn(40, k + 3, device="cuda", dtype=torch.bfloat16)[:, 1 : k + 1]
+    values, meta = _compressed_cuda(n, k, torch.bfloat16)
+    x = torch.randn(m, k + 3, device="cuda", dtype=torch.bfloat16)[:, 1 : k + 1]
     out = ops.sparse24_matmul(x, values, meta, backend="cuda")
-    ref = ops.sparse24_matmul(x, values, meta, backend="reference")
-    _close(out, ref, torch.bfloat16)
+    _close(out, _reference(ops.sparse24_matmul, x, values, meta, None), torch.bfloat16)

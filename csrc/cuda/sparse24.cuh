@@ -22,7 +22,8 @@ constexpr int kKPad = 128;
 
 // out[m, n] = epilogue(sum_k x[m, k] * W[n, k]) with W in the mma.sp layout.
 struct MmaArgs {
-  const void* x;         // [m, k], row stride ldx elements; rows 16-byte aligned, ldx >= k
+  const void* x;         // [m, k], row stride ldx elements; rows 16-byte aligned and zero-
+                         // padded past k to a multiple of 16 bytes (read in 16-byte pieces)
   int64_t ldx;
   const void* values;    // mma.sp layout, [n_pad / 16, k_pad / tile_k, 32, *]
   const uint8_t* meta;   // mma.sp layout
