@@ -15,7 +15,6 @@ import glob
 import os
 
 from setuptools import setup
-
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -45,7 +44,11 @@ def extensions():
     if _flag("LLMKERN_DEBUG"):
         cxx = ["-O0", "-g", "-std=c++17"]
     if _flag("LLMKERN_SANITIZE"):
-        san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all"]
+        san = [
+            "-fsanitize=address,undefined",
+            "-fno-omit-frame-pointer",
+            "-fno-sanitize-recover=all",
+        ]
         cxx += san + ["-g"]
         ldflags += san
     sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")

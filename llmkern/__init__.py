@@ -7,8 +7,8 @@ llmkern.backends), drop-in ``torch.nn`` modules (llmkern.nn) and a compression A
 
 __version__ = "0.1.0"
 
-from llmkern import backends, ops  # noqa: E402,F401
-from llmkern import cpu, cuda, triton  # noqa: E402,F401  (register the fast backends)
+# Importing cpu, cuda and triton registers the fast backends of every op.
+from llmkern import backends, cpu, cuda, ops, triton  # noqa: E402,F401
 from llmkern.backends import BackendUnavailableError  # noqa: E402,F401
 from llmkern.ops import (  # noqa: E402,F401
     compress_24,

@@ -162,7 +162,9 @@ def format_table(rows: Sequence[Row]) -> str:
         mem = "" if r.peak_mem_mb is None else f"{r.peak_mem_mb:.1f}"
         body.append([r.op, shape, r.dtype, r.impl, f"{r.median_ms:.3f}", mem, r.baseline,
                      f"{r.speedup_vs_baseline:.2f}x"])  # fmt: skip
-    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
+    widths = [
+        max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)
+    ]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths, strict=True)) for b in body]
@@ -206,7 +208,9 @@ def bench_dir() -> str:
 def run_bench_scripts(ops: list[str] | None, out_dir: str, plot: bool, quick: bool) -> int:
     """Run bench/bench_<op>.py for each op (all when None), each writing <out_dir>/<op>.json."""
     folder = bench_dir()
-    available = sorted(f[6:-3] for f in os.listdir(folder) if f.startswith("bench_") and f.endswith(".py"))
+    available = sorted(
+        f[6:-3] for f in os.listdir(folder) if f.startswith("bench_") and f.endswith(".py")
+    )
     if not available:
         raise FileNotFoundError(f"no bench_*.py scripts in {folder}")
     chosen = ops or available
@@ -237,7 +241,9 @@ def plot_json(path: str, png: str) -> None:
     rows = [r for r in rows if r["impl"] != r["baseline"]]
     if not rows:
         return
-    labels = [f"{r['impl']} {','.join(str(v) for v in r['shape'].values())} {r['dtype']}" for r in rows]
+    labels = [
+        f"{r['impl']} {','.join(str(v) for v in r['shape'].values())} {r['dtype']}" for r in rows
+    ]
     fig, ax = plt.subplots(figsize=(8, max(3, 0.22 * len(rows))))
     ax.barh(range(len(rows)), [r["speedup_vs_baseline"] for r in rows])
     ax.set_yticks(range(len(rows)), labels, fontsize=6)

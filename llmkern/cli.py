@@ -23,13 +23,19 @@ def cmd_info(args) -> int:
         c = _ext._C
         print(f"extension llmkern._C built, cuda={'yes' if c.built_with_cuda() else 'no'}")
         isa = c.active_isa()
-        note = "" if isa == c.detected_isa() else f" (lowered by LLMKERN_CPU_ISA from {c.detected_isa()})"
+        note = (
+            ""
+            if isa == c.detected_isa()
+            else f" (lowered by LLMKERN_CPU_ISA from {c.detected_isa()})"
+        )
         print(f"cpu isa   {isa}{note}, avx512_bf16={'yes' if c.has_avx512_bf16() else 'no'}")
         print(f"threads   {c.parallel_threads()}")
     else:
         print(f"extension not built: {_ext.load_error}")
     if gpu:
-        print(f"gpu       {gpu['name']} (sm_{gpu['capability'].replace('.', '')}, {gpu['memory_gb']} GB) x{gpu['count']}")
+        print(
+            f"gpu       {gpu['name']} (sm_{gpu['capability'].replace('.', '')}, {gpu['memory_gb']} GB) x{gpu['count']}"
+        )
     else:
         print("gpu       none")
     forced = os.environ.get("LLMKERN_BACKEND")
@@ -39,7 +45,9 @@ def cmd_info(args) -> int:
     print(f"{'op':<24}{'cpu tensors':<14}{'cuda tensors':<14}registered")
     for op in backends.registered_ops():
         have = ",".join(sorted(backends.kernels(op)))
-        print(f"{op:<24}{backends.would_use(op, 'cpu'):<14}{backends.would_use(op, 'cuda'):<14}{have}")
+        print(
+            f"{op:<24}{backends.would_use(op, 'cpu'):<14}{backends.would_use(op, 'cuda'):<14}{have}"
+        )
     return 0
 
 
@@ -55,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("info", help="versions, CPU ISA, GPU and the backend each op uses")
     s.set_defaults(func=cmd_info)
     s = sub.add_parser("bench", help="run the microbenchmarks (bench/bench_*.py)")
-    s.add_argument("--op", action="append", help="benchmark name(s), e.g. int8_gemm, sparse24, kd_loss")
+    s.add_argument(
+        "--op", action="append", help="benchmark name(s), e.g. int8_gemm, sparse24, kd_loss"
+    )
     s.add_argument("--json", default="bench/results", help="folder for the JSON results")
     s.add_argument("--plot", action="store_true", help="also draw PNG plots of the speedups")
     s.add_argument("--quick", action="store_true", help="few shapes and repetitions (smoke run)")
@@ -73,6 +83,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # output piped into `head` and closed early
+        return 0
     except (ValueError, TypeError, FileNotFoundError, RuntimeError) as exc:
         if os.environ.get("LLMKERN_TRACEBACK"):
             raise

@@ -62,7 +62,9 @@ def register(
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
     def deco(fn):
-        _REGISTRY.setdefault(op, {})[backend] = Kernel(op, backend, fn, tuple(devices), supports, why)
+        _REGISTRY.setdefault(op, {})[backend] = Kernel(
+            op, backend, fn, tuple(devices), supports, why
+        )
         return fn
 
     return deco
@@ -85,7 +87,7 @@ def triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def triton_version() -> str | None:
     try:
         import triton
@@ -151,7 +153,9 @@ def requested_backend(backend: str | None = None) -> str | None:
     return name
 
 
-def select(op: str, device: torch.device | str, args: tuple = (), backend: str | None = None) -> Kernel:
+def select(
+    op: str, device: torch.device | str, args: tuple = (), backend: str | None = None
+) -> Kernel:
     """The kernel that runs ``op`` for ``args`` on ``device`` (see module docstring)."""
     dev = torch.device(device).type
     table = _REGISTRY.get(op)

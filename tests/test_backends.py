@@ -1,0 +1,104 @@
+"""The backend registry: detection, selection, overrides and their errors, and `llmkern info`."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import llmkern
+from llmkern import _ext, backends
+from llmkern.backends import BackendUnavailableError
+
+
+def test_every_op_has_a_reference():
+    ops = backends.registered_ops()
+    for op in ("quantize_per_token", "w8a8_matmul", "w8_matmul", "compress_24", "decompress_24",
+               "sparse24_matmul", "sparse24_w8a8_matmul", "sparse24_w8_matmul", "kd_loss_rows",
+               "kd_loss_topk_rows"):  # fmt: skip
+        assert op in ops
+        assert "reference" in backends.kernels(op)
+
+
+def test_explicit_reference_backend_runs():
+    x = torch.randn(3, 8)
+    q, s = llmkern.quantize_per_token(x, backend="reference")
+    assert q.dtype == torch.int8 and s.shape == (3,)
+
+
+def test_unknown_backend_name_is_rejected():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        llmkern.quantize_per_token(torch.randn(2, 4), backend="fortran")
+
+
+def test_env_override_unknown_name(monkeypatch):
+    monkeypatch.setenv("LLMKERN_BACKEND", "fortran")
+    with pytest.raises(ValueError, match="LLMKERN_BACKEND must be one of"):
+        llmkern.quantize_per_token(torch.randn(2, 4))
+
+
+def test_requested_backend_without_kernel_raises_instead_of_falling_back(monkeypatch):
+    monkeypatch.setenv("LLMKERN_BACKEND", "cuda")
+    with pytest.raises(BackendUnavailableError, match="backend 'cuda'"):
+        llmkern.quantize_per_token(torch.randn(2, 4))
+
+
+def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    ok, why = backends.backend_available("triton", "cpu")
+    assert not ok and ("TRITON_INTERPRET" in why or "not installed" in why)
+
+
+def test_auto_selection_never_picks_the_interpreter(monkeypatch):
+    calls = []
+    backends.register("_probe", "reference", ("cpu",))(lambda x: calls.append("reference") or x)
+    backends.register("_probe", "triton", ("cpu",))(lambda x: calls.append("triton") or x)
+    try:
+        assert backends.select("_probe", "cpu").backend in ("cpu", "reference")
+    finally:
+        backends._REGISTRY.pop("_probe")
+
+
+def test_supports_predicate_declines_in_auto_and_raises_when_forced():
+    backends.register("_probe", "reference", ("cpu",))(lambda x: "ref")
+    backends.register("_probe", "cpu", ("cpu",), supports=lambda x: x > 0, why="x must be > 0")(
+        lambda x: "cpu"
+    )
+    try:
+        if _ext.available():
+            assert backends.dispatch("_probe", "cpu", None, 1) == "cpu"
+        assert backends.dispatch("_probe", "cpu", None, -1) == "ref"
+        if _ext.available():
+            with pytest.raises(BackendUnavailableError, match="x must be > 0"):
+                backends.dispatch("_probe", "cpu", "cpu", -1)
+    finally:
+        backends._REGISTRY.pop("_probe")
+
+
+def test_cpu_isa_detection_and_override(needs_ext, monkeypatch):
+    c = _ext._C
+    assert c.detected_isa() in ("scalar", "avx2", "avx512", "avx512_vnni")
+    monkeypatch.setenv("LLMKERN_CPU_ISA", "scalar")
+    assert c.active_isa() == "scalar"
+    monkeypatch.setenv("LLMKERN_CPU_ISA", "sse9")
+    with pytest.raises(ValueError, match="unknown"):
+        c.active_isa()
+
+
+def test_cpu_isa_matches_proc_cpuinfo(needs_ext):
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        pytest.skip("no /proc/cpuinfo")
+    expect_vnni = " avx512_vnni" in flags and " avx512bw" in flags
+    assert (_ext._C.detected_isa() == "avx512_vnni") == expect_vnni
+
+
+def test_info_command_reports_this_machine():
+    out = subprocess.run([sys.executable, "-m", "llmkern", "info"], capture_output=True, text=True,
+                         check=True).stdout  # fmt: skip
+    assert "cpu isa" in out and "w8a8_matmul" in out and "kd_loss_rows" in out
+    if not torch.cuda.is_available():
+        assert "gpu       none" in out
+    if _ext.available():
+        assert _ext._C.detected_isa() in out
