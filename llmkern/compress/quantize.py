@@ -70,7 +70,7 @@ def quantize(
         if is_conv1d(m):
             set_module(model, name, as_linear(m))
     names = [n for n, _ in dense]
-    originals = {n: model.get_submodule(n) for n in names}
+    originals = dict(dense)
 
     stats = None
     if needs_data and names:
