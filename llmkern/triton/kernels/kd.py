@@ -60,11 +60,26 @@ def _ce_grad(z, offs, lse_z, y):
 
 @triton.jit
 def _kd_rows_kernel(
-    s_ptr, t_ptr, y_ptr, rows_ptr, g_ptr, V, stride_s, stride_t, stride_g,
-    inv_tau, loss_scale, grad_scale, w_ce, ignore_index, beta,
-    HAS_LABELS: tl.constexpr, DIVERGENCE: tl.constexpr, GRAD: tl.constexpr,
+    s_ptr,
+    t_ptr,
+    y_ptr,
+    rows_ptr,
+    g_ptr,
+    V,
+    stride_s,
+    stride_t,
+    stride_g,
+    inv_tau,
+    loss_scale,
+    grad_scale,
+    w_ce,
+    ignore_index,
+    beta,
+    HAS_LABELS: tl.constexpr,
+    DIVERGENCE: tl.constexpr,
+    GRAD: tl.constexpr,
     BLOCK_V: tl.constexpr,
-):  # fmt: skip
+):
     row = tl.program_id(0).to(tl.int64)
     s_row = s_ptr + row * stride_s
     t_row = t_ptr + row * stride_t
@@ -148,12 +163,31 @@ def _kd_rows_kernel(
 
 @triton.jit
 def _kd_topk_kernel(
-    s_ptr, idx_ptr, lp_ptr, start_ptr, y_ptr, rows_ptr, g_ptr, V, KT,
-    stride_s, stride_i, stride_l, stride_st, stride_g,
-    inv_tau, loss_scale, grad_scale, w_ce, ignore_index,
-    HAS_LABELS: tl.constexpr, GRAD: tl.constexpr,
-    BLOCK_V: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_HIT: tl.constexpr,
-):  # fmt: skip
+    s_ptr,
+    idx_ptr,
+    lp_ptr,
+    start_ptr,
+    y_ptr,
+    rows_ptr,
+    g_ptr,
+    V,
+    KT,
+    stride_s,
+    stride_i,
+    stride_l,
+    stride_st,
+    stride_g,
+    inv_tau,
+    loss_scale,
+    grad_scale,
+    w_ce,
+    ignore_index,
+    HAS_LABELS: tl.constexpr,
+    GRAD: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_HIT: tl.constexpr,
+):
     row = tl.program_id(0).to(tl.int64)
     s_row = s_ptr + row * stride_s
     idx_row = idx_ptr + row * stride_i
@@ -240,7 +274,9 @@ def _warps(block):
     return 4 if block <= 1024 else 8
 
 
-def kd_loss_rows(student, teacher, labels, tau, alpha, ignore_index, divergence, beta, compute_grad):
+def kd_loss_rows(
+    student, teacher, labels, tau, alpha, ignore_index, divergence, beta, compute_grad
+):
     student, teacher = rowmajor(student), rowmajor(teacher)
     n, v = student.shape
     rows, grad = _outputs(student, compute_grad)
@@ -256,7 +292,9 @@ def kd_loss_rows(student, teacher, labels, tau, alpha, ignore_index, divergence,
     return rows, grad
 
 
-def kd_loss_topk_rows(student, topk_idx, topk_logprobs, labels, tau, alpha, ignore_index, compute_grad):
+def kd_loss_topk_rows(
+    student, topk_idx, topk_logprobs, labels, tau, alpha, ignore_index, compute_grad
+):
     student = rowmajor(student)
     n, v = student.shape
     k = topk_idx.shape[1]
