@@ -2,7 +2,7 @@
 so that code which only the interpreter has run is known to lower to real GPU code, and report
 registers, spills and shared memory per configuration.
 
-    python -m llmkern.triton.kernels.compile_check [--all-configs] [--arch 80 90]
+    python -m llmkern.triton.kernels.compile_check [--all-configs] [--arch 80 90] [--only NAME..]
 
 Must run without TRITON_INTERPRET (the kernels must be real JIT functions).
 """
@@ -137,7 +137,12 @@ def variants(all_configs: bool) -> list[Variant]:
                 f"kd {div}",
                 kd._kd_rows_kernel,
                 kd_sig,
-                {"HAS_LABELS": True, "DIVERGENCE": kd._DIVERGENCE_CODE[div], "GRAD": True},
+                {
+                    "HAS_LABELS": True,
+                    "TAU_ONE": div == "kl",
+                    "DIVERGENCE": kd._DIVERGENCE_CODE[div],
+                    "GRAD": True,
+                },
                 [({"BLOCK_V": kd.MAX_BLOCK_V}, 8, 1)],
             )
         )
@@ -153,7 +158,7 @@ def variants(all_configs: bool) -> list[Variant]:
             "kd top-k",
             kd._kd_topk_kernel,
             topk_sig,
-            {"HAS_LABELS": True, "GRAD": True},
+            {"HAS_LABELS": True, "TAU_ONE": False, "GRAD": True},
             [({"BLOCK_V": kd.MAX_BLOCK_V_TOPK, "BLOCK_T": 64, "BLOCK_HIT": kd.BLOCK_HITS}, 8, 1)],
         )
     )
@@ -199,9 +204,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--all-configs", action="store_true")
     parser.add_argument("--arch", type=int, nargs="+", default=[80, 90])
+    parser.add_argument("--only", nargs="+", help="variants whose name contains one of these")
     args = parser.parse_args(argv)
     failures = 0
     for v in variants(args.all_configs):
+        if args.only and not any(part in v.name for part in args.only):
+            continue
         for arch in args.arch:
             for config in v.configs:
                 try:
