@@ -1,3 +1,4 @@
 """Drop-in ``torch.nn`` modules backed by llmkern's ops."""
 
 from llmkern.nn.kd import FusedLinearKDLoss, KDLoss  # noqa: E402,F401
+from llmkern.nn.sparse24 import Sparse24Linear  # noqa: E402,F401
