@@ -21,6 +21,12 @@ d(sum of row_loss)/d student in the student's dtype, [N, V], or an empty tensor 
 ``compute_grad`` is False. ``kd_loss_topk_rows`` is the same for a sparse teacher given as top-k
 (indices [N, k], log-probabilities [N, k]); only ``"kl"`` is defined there (p is renormalised
 over the k entries).
+
+Autograd: the forward computes the gradient when the student requires it, the backward scales
+it in place by the upstream gradient (no second [N, V] buffer; retaining the graph and calling
+backward twice raises instead of reusing scaled values). ``llmkern::fused_linear_kd_loss``
+(:func:`fused_linear_kd_loss`) runs ``kd_loss_rows`` chunk by chunk on logits computed from
+hidden states and LM heads, so every backend of ``kd_loss_rows`` serves it too.
 """
 
 from __future__ import annotations
