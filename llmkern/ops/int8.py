@@ -173,7 +173,9 @@ def w8a8_matmul(
     m, k = x_q.shape
     n = w_q.shape[0]
     if w_q.shape[1] != k:
-        raise ValueError(f"w_q must have shape [N, {k}] to match x_q [M, K], got {tuple(w_q.shape)}")
+        raise ValueError(
+            f"w_q must have shape [N, {k}] to match x_q [M, K], got {tuple(w_q.shape)}"
+        )
     if k > MAX_K_W8A8:
         raise ValueError(
             f"K={k} exceeds MAX_K_W8A8={MAX_K_W8A8}: int32 accumulation could overflow; "

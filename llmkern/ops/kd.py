@@ -26,7 +26,6 @@ over the k entries).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from llmkern.backends import dispatch, register
 from llmkern.ops._checks import (
@@ -65,7 +64,9 @@ def _hard_label_terms(z, labels, ignore_index, valid):
     return ce, grad
 
 
-def kd_loss_rows_ref(student, teacher, labels, tau, alpha, ignore_index, divergence, beta, compute_grad):
+def kd_loss_rows_ref(
+    student, teacher, labels, tau, alpha, ignore_index, divergence, beta, compute_grad
+):
     cd = _compute_dtype(student)
     n, v = student.shape
     z = student.to(cd)
@@ -100,7 +101,9 @@ def kd_loss_rows_ref(student, teacher, labels, tau, alpha, ignore_index, diverge
     return rows, grad.to(student.dtype)
 
 
-def kd_loss_topk_rows_ref(student, topk_idx, topk_logprobs, labels, tau, alpha, ignore_index, compute_grad):
+def kd_loss_topk_rows_ref(
+    student, topk_idx, topk_logprobs, labels, tau, alpha, ignore_index, compute_grad
+):
     cd = _compute_dtype(student)
     z = student.to(cd)
     logq = torch.log_softmax(z / tau, dim=1)
@@ -289,7 +292,9 @@ def kd_loss_topk(
     n, v = student_logits.shape
     check_tensor("topk_indices", topk_indices, ndim=2, dtypes=(torch.int64,))
     if topk_indices.shape[0] != n or topk_indices.shape[1] > v:
-        raise ValueError(f"topk_indices must have shape [{n}, k] with k <= {v}, got {tuple(topk_indices.shape)}")
+        raise ValueError(
+            f"topk_indices must have shape [{n}, k] with k <= {v}, got {tuple(topk_indices.shape)}"
+        )
     check_tensor("topk_logprobs", topk_logprobs, ndim=2, dtypes=FLOAT_DTYPES + (torch.float64,))
     check_shape("topk_logprobs", topk_logprobs, tuple(topk_indices.shape))
     if bool(((topk_indices < 0) | (topk_indices >= v)).any()):
@@ -311,9 +316,13 @@ def fused_linear_kd_loss_ref(
     reference (autograd flows into student_hidden and student_head)."""
     zs = student_hidden.float() @ student_head.float().T
     zt = (teacher_hidden.float() @ teacher_head.float().T).detach()
-    tau, alpha, beta, labels = check_kd_args(zs, labels, temperature, alpha, ignore_index, reduction, beta)
+    tau, alpha, beta, labels = check_kd_args(
+        zs, labels, temperature, alpha, ignore_index, reduction, beta
+    )
     # Differentiable formulation of the same loss through the reference's closed form.
-    rows, grad = kd_loss_rows_ref(zs.detach(), zt, labels, tau, alpha, ignore_index, divergence, beta, True)
+    rows, grad = kd_loss_rows_ref(
+        zs.detach(), zt, labels, tau, alpha, ignore_index, divergence, beta, True
+    )
     rows = rows + (zs * grad).sum(1) - (zs.detach() * grad).sum(1)  # value unchanged, d/dzs = grad
     return reduce_rows(rows, labels, ignore_index, reduction)
 

@@ -125,7 +125,9 @@ def _(w, backend):
 
 
 @torch.library.custom_op("llmkern::decompress_24", mutates_args=())
-def _decompress_24_op(values: torch.Tensor, meta: torch.Tensor, k: int, backend: str) -> torch.Tensor:
+def _decompress_24_op(
+    values: torch.Tensor, meta: torch.Tensor, k: int, backend: str
+) -> torch.Tensor:
     return dispatch("decompress_24", values.device, backend or None, values, meta, k)
 
 
@@ -136,7 +138,11 @@ def _(values, meta, k, backend):
 
 @torch.library.custom_op("llmkern::sparse24_matmul", mutates_args=())
 def _sparse24_matmul_op(
-    x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None, backend: str
+    x: torch.Tensor,
+    values: torch.Tensor,
+    meta: torch.Tensor,
+    bias: torch.Tensor | None,
+    backend: str,
 ) -> torch.Tensor:
     return dispatch("sparse24_matmul", x.device, backend or None, x, values, meta, bias)
 
@@ -218,7 +224,9 @@ def check_compressed(values, meta, k: int, value_dtypes, validate_codes: bool = 
     _check_k("K", k)
     n = values.shape[0]
     if values.shape[1] * 2 != k:
-        raise ValueError(f"values must have shape [N, K/2] = [N, {k // 2}], got {tuple(values.shape)}")
+        raise ValueError(
+            f"values must have shape [N, K/2] = [N, {k // 2}], got {tuple(values.shape)}"
+        )
     check_shape("meta", meta, (n, meta_cols(k)))
     if not validate_codes:
         return
@@ -277,16 +285,22 @@ def sparse24_w8a8_matmul(
     _check_x_k("x_q", x_q, values)
     k = x_q.shape[1]
     if k > MAX_K_W8A8:
-        raise ValueError(f"K={k} exceeds MAX_K_W8A8={MAX_K_W8A8}: int32 accumulation could overflow")
+        raise ValueError(
+            f"K={k} exceeds MAX_K_W8A8={MAX_K_W8A8}: int32 accumulation could overflow"
+        )
     check_compressed(values, meta, k, (torch.int8,))
     check_tensor("x_scale", x_scale, ndim=1, dtypes=(torch.float32,))
     check_shape("x_scale", x_scale, (x_q.shape[0],))
     check_w_scale(w_scale, values.shape[0], k, 0)
     if out_dtype not in FLOAT_DTYPES:
         raise ValueError(f"out_dtype must be one of {FLOAT_DTYPES}, got {out_dtype}")
-    check_same_device(x_q=x_q, values=values, meta=meta, x_scale=x_scale, w_scale=w_scale, bias=bias)
+    check_same_device(
+        x_q=x_q, values=values, meta=meta, x_scale=x_scale, w_scale=w_scale, bias=bias
+    )
     check_bias(bias, values.shape[0], x_q.device)
-    return _sparse24_w8a8_matmul_op(x_q, values, meta, x_scale, w_scale, bias, out_dtype, backend or "")
+    return _sparse24_w8a8_matmul_op(
+        x_q, values, meta, x_scale, w_scale, bias, out_dtype, backend or ""
+    )
 
 
 def sparse24_w8_matmul(x, values, meta, w_scale, bias=None, *, backend=None):
