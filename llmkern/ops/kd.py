@@ -210,6 +210,8 @@ def check_kd_args(student, labels, temperature, alpha, ignore_index, reduction, 
     alpha = check_float_scalar("alpha", alpha, low=0.0, high=1.0)
     beta = check_float_scalar("beta", beta, low=0.0, high=1.0)
     check_choice("reduction", reduction, REDUCTIONS)
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
     if labels is not None:
         check_tensor("labels", labels, ndim=1, dtypes=(torch.int64, torch.int32))
         check_shape("labels", labels, (student.shape[0],))

@@ -195,6 +195,8 @@ def _(x, values, meta, w_scale, bias, backend):
 
 
 def _check_k(name: str, k: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"{name} must be an int, got {type(k).__name__}")
     if k % 4 != 0:
         raise ValueError(
             f"{name}: K={k} must be a multiple of 4 for 2:4 sparsity; pad with zero columns first"
@@ -237,6 +239,7 @@ def check_compressed(values, meta, k: int, value_dtypes, validate_codes: bool = 
 
 def decompress_24(values: torch.Tensor, meta: torch.Tensor, k: int | None = None, *, backend=None):
     """Inverse of :func:`compress_24`; K defaults to ``2 * values.shape[1]``."""
+    check_tensor("values", values, ndim=2, dtypes=VALUE_DTYPES)
     k = 2 * values.shape[1] if k is None else k
     check_compressed(values, meta, k, VALUE_DTYPES, validate_codes=True)
     check_same_device(values=values, meta=meta)
@@ -247,9 +250,12 @@ def prune_24(w: torch.Tensor, scores: torch.Tensor | None = None, n: int = 2, m:
     """Zero all but the ``n`` highest-scoring of every ``m`` consecutive weights along K
     (scores default to |w|; ties keep the lower position). Returns the pruned weight."""
     check_tensor("w", w, ndim=2, dtypes=VALUE_DTYPES)
-    scores = w.abs() if scores is None else scores
+    # float before abs: |-128| wraps to -128 in int8 and would be pruned first.
+    scores = w.detach().float().abs() if scores is None else scores
     check_tensor("scores", scores)
     check_shape("scores", scores, tuple(w.shape))
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in (n, m)):
+        raise TypeError(f"n and m must be ints, got n={n!r}, m={m!r}")
     if not (0 < n <= m) or w.shape[1] % m:
         raise ValueError(f"need 0 < n <= m and K % m == 0, got n={n}, m={m}, K={w.shape[1]}")
     rows, k = w.shape
@@ -260,6 +266,7 @@ def prune_24(w: torch.Tensor, scores: torch.Tensor | None = None, n: int = 2, m:
 
 
 def _check_x_k(name, x, values):
+    check_tensor("values", values, ndim=2)
     if x.shape[1] != 2 * values.shape[1]:
         raise ValueError(
             f"{name} must have K = 2 * values.shape[1] = {2 * values.shape[1]} columns, "
