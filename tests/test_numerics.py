@@ -2,6 +2,7 @@
 int8 overflow limit on K, and KD-loss stability for extreme logits and temperatures. Every bound
 is checked for every backend that runs on CPU tensors here (the reference included)."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -76,3 +77,17 @@ def test_prune_24_int8_keeps_minus_128():
     """|-128| does not fit int8: the default magnitude score must not wrap to -128."""
     w = torch.tensor([[-128, 5, 3, -128, 1, 127, -127, 0]], dtype=torch.int8)
     assert llmkern.prune_24(w).tolist() == [[-128, 0, 0, -128, 0, 127, -127, 0]]
+
+
+@pytest.mark.parametrize("backend", cpu_backends("quantize_per_token"))
+def test_quantize_per_token_divides_exactly(backend):
+    """inv = 127 / absmax is one correctly rounded float32 division (found by the property test:
+    torch's ``127.0 / t`` rounds twice and gave 64 here where x * inv = 63.499996)."""
+    x = torch.tensor([[-35840.0, 40192.0, -2288.0, 41216.0, 82432.0]], dtype=torch.bfloat16)
+    q, s = llmkern.quantize_per_token(x, backend=backend)
+    assert q.tolist() == [[-55, 62, -4, 63, 127]]
+    a = torch.rand(10000) * 1000 + 1e-3
+    inv = torch.from_numpy(np.float32(127.0) / a.numpy())
+    q, s = llmkern.quantize_per_token(a[:, None] * torch.tensor([[1.0, 0.5]]), backend=backend)
+    want = torch.round(a * 0.5 * inv).clamp(-127, 127).to(torch.int8)
+    assert torch.equal(q[:, 1], want)

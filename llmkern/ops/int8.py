@@ -40,16 +40,23 @@ _DEVICES = ("cpu", "cuda")
 # ---------------------------------------------------------------------------------------------
 
 
+def _q127(t: torch.Tensor) -> torch.Tensor:
+    """127 as a 0-d tensor on t's device: ``127.0 / t`` with a Python scalar is computed as
+    ``127 * (1 / t)`` (two roundings; 1 in 4 quotients differ from a true division), and CUDA
+    turns ``t / 127.0`` into a multiply by the reciprocal. Tensor / tensor divides exactly."""
+    return t.new_full((), 127.0)
+
+
 def quantize_per_token_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     xf = x.float()
     absmax = xf.abs().amax(dim=1)
     finite = torch.isfinite(absmax)
-    inv = 127.0 / absmax  # inf for zero and for tiny rows (absmax < 127 / FLT_MAX)
+    inv = _q127(absmax) / absmax  # inf for zero and for tiny rows (absmax < 127 / FLT_MAX)
     positive = finite & torch.isfinite(inv)
     inv = torch.where(positive, inv, 0.0)
     q = torch.round(xf * inv[:, None]).clamp_(-127, 127)
     q = torch.where(finite[:, None], q, 0.0).to(torch.int8)
-    scale = torch.where(positive, absmax / 127.0, 1.0)
+    scale = torch.where(positive, absmax / _q127(absmax), 1.0)
     scale = torch.where(finite, scale, float("nan"))
     return q, scale
 
@@ -229,7 +236,7 @@ def w8_matmul(
 
 def _quantizable(absmax: torch.Tensor) -> torch.Tensor:
     """absmax values whose int8 scale is usable: 127 / absmax is finite in float32."""
-    return torch.isfinite(127.0 / absmax)
+    return torch.isfinite(_q127(absmax) / absmax)
 
 
 def quantize_weight(w: torch.Tensor, group_size: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -244,12 +251,12 @@ def quantize_weight(w: torch.Tensor, group_size: int = 0) -> tuple[torch.Tensor,
     wf = w.detach().float()
     if group_size == 0:
         absmax = wf.abs().amax(dim=1)
-        scale = torch.where(_quantizable(absmax), absmax / 127.0, 1.0)
+        scale = torch.where(_quantizable(absmax), absmax / _q127(absmax), 1.0)
         q = torch.round(wf / scale[:, None]).clamp_(-127, 127).to(torch.int8)
         return q, scale
     groups = -(-k // group_size)
     padded = torch.nn.functional.pad(wf, (0, groups * group_size - k)).view(n, groups, group_size)
     absmax = padded.abs().amax(dim=2)
-    scale = torch.where(_quantizable(absmax), absmax / 127.0, 1.0)
+    scale = torch.where(_quantizable(absmax), absmax / _q127(absmax), 1.0)
     q = torch.round(padded / scale[:, :, None]).clamp_(-127, 127).to(torch.int8)
     return q.view(n, groups * group_size)[:, :k].contiguous(), scale
