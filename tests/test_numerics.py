@@ -2,6 +2,8 @@
 int8 overflow limit on K, and KD-loss stability for extreme logits and temperatures. Every bound
 is checked for every backend that runs on CPU tensors here (the reference included)."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -91,3 +93,20 @@ def test_quantize_per_token_divides_exactly(backend):
     q, s = llmkern.quantize_per_token(a[:, None] * torch.tensor([[1.0, 0.5]]), backend=backend)
     want = torch.round(a * 0.5 * inv).clamp(-127, 127).to(torch.int8)
     assert torch.equal(q[:, 1], want)
+
+
+@pytest.mark.parametrize("backend", cpu_backends("kd_loss_rows"))
+@pytest.mark.parametrize("beta", [0.0, 1e-3, 0.5, 1.0])
+def test_kd_jsd_with_underflowing_probabilities_is_finite(backend, beta):
+    """M = beta p + (1 - beta) q taken in log space: with p or q underflowing to 0 the loss and
+    gradient stay finite (found by the property test: beta = 0 gave NaN)."""
+    z = torch.tensor([[0.0, 2000.0, -3000.0], [5.0, -5.0, 0.0]], requires_grad=True)
+    t = torch.tensor([[1000.0, -1000.0, 0.0], [-2000.0, 3000.0, 1.0]])
+    loss = llmkern.kd_loss(z, t, divergence="jsd", beta=beta, reduction="none", backend=backend)
+    loss.sum().backward()
+    assert torch.isfinite(loss).all() and torch.isfinite(z.grad).all()
+    if beta in (0.0, 1.0):  # JSD with one side weightless is KL(q || q) = KL(p || p) = 0
+        assert torch.equal(loss, torch.zeros(2))
+    else:  # disjoint supports: the divergence saturates at the entropy of the mixture weights
+        h = -(beta * math.log(beta) + (1 - beta) * math.log1p(-beta))
+        torch.testing.assert_close(loss[0], torch.tensor(h, dtype=torch.float32), rtol=1e-5, atol=0)
