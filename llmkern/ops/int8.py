@@ -253,7 +253,7 @@ def quantize_weight(w: torch.Tensor, group_size: int = 0) -> tuple[torch.Tensor,
         absmax = wf.abs().amax(dim=1)
         scale = torch.where(_quantizable(absmax), absmax / _q127(absmax), 1.0)
         q = torch.round(wf / scale[:, None]).clamp_(-127, 127).to(torch.int8)
-        return q, scale
+        return q.contiguous(), scale
     groups = -(-k // group_size)
     padded = torch.nn.functional.pad(wf, (0, groups * group_size - k)).view(n, groups, group_size)
     absmax = padded.abs().amax(dim=2)
