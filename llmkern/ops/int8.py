@@ -98,7 +98,10 @@ register("w8a8_matmul", "reference", _DEVICES)(w8a8_matmul_ref)
 register("w8_matmul", "reference", _DEVICES)(w8_matmul_ref)
 
 # ---------------------------------------------------------------------------------------------
-# Custom ops (schema + fake) dispatching to the selected backend
+# Custom ops (schema + fake) dispatching to the selected backend. Checks of tensor *values*
+# (finite scales, here and in the other families) run inside the op, just before dispatch: the
+# op body always sees real tensors, also inside a torch.compile/export graph, where the public
+# function's Python checks can only look at shapes and dtypes without breaking the graph.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -122,6 +125,7 @@ def _w8a8_matmul_op(
     out_dtype: torch.dtype,
     backend: str,
 ) -> torch.Tensor:
+    check_finite("w_scale", w_scale)
     args = (x_q, w_q, x_scale, w_scale, bias, out_dtype)
     return dispatch("w8a8_matmul", x_q.device, backend or None, *args)
 
@@ -140,6 +144,7 @@ def _w8_matmul_op(
     group_size: int,
     backend: str,
 ) -> torch.Tensor:
+    check_finite("w_scale", w_scale)
     return dispatch("w8_matmul", x.device, backend or None, x, w_q, w_scale, bias, group_size)
 
 
@@ -198,7 +203,6 @@ def w8a8_matmul(
     check_choice("out_dtype", out_dtype, FLOAT_DTYPES)
     check_same_device(x_q=x_q, w_q=w_q, x_scale=x_scale, w_scale=w_scale, bias=bias)
     check_bias(bias, n, x_q.device)
-    check_finite("w_scale", w_scale)
     return _w8a8_matmul_op(x_q, w_q, x_scale, w_scale, bias, out_dtype, backend or "")
 
 
@@ -210,7 +214,6 @@ def check_w_scale(w_scale, n: int, k: int, group_size: int) -> None:
         check_shape("w_scale", w_scale, (n,))
     else:
         check_shape("w_scale", w_scale, (n, -(-k // group_size)))
-    check_finite("w_scale", w_scale)
 
 
 def w8_matmul(

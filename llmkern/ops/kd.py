@@ -154,6 +154,8 @@ def _kd_loss_rows_op(
     compute_grad: bool,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    if labels is not None:  # value checks run in the op: compiled graphs run them too
+        check_labels_range(labels, student.shape[1], ignore_index)
     args = (student, teacher, labels, tau, alpha, ignore_index, divergence, beta, compute_grad)
     return dispatch("kd_loss_rows", student.device, backend or None, *args)
 
@@ -176,6 +178,11 @@ def _kd_loss_topk_rows_op(
     compute_grad: bool,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    v = student.shape[1]
+    if bool(((topk_idx < 0) | (topk_idx >= v)).any()):
+        raise ValueError(f"topk_indices must be in [0, {v})")
+    if labels is not None:
+        check_labels_range(labels, v, ignore_index)
     args = (student, topk_idx, topk_logprobs, labels, tau, alpha, ignore_index, compute_grad)
     return dispatch("kd_loss_topk_rows", student.device, backend or None, *args)
 
@@ -213,6 +220,16 @@ torch.library.register_autograd("llmkern::kd_loss_topk_rows", _backward, setup_c
 # ---------------------------------------------------------------------------------------------
 
 
+def check_labels_range(labels, v: int, ignore_index: int) -> None:
+    bad = (labels != ignore_index) & ((labels < 0) | (labels >= v))
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"labels must be in [0, {v}) or ignore_index={ignore_index}; "
+            f"labels[{i}] = {int(labels[i])}"
+        )
+
+
 def check_kd_args(student, labels, temperature, alpha, ignore_index, reduction, beta):
     check_tensor("student_logits", student, ndim=2, dtypes=FLOAT_DTYPES + (torch.float64,))
     tau = check_float_scalar("temperature", temperature, low=0.0, low_open=True)
@@ -224,14 +241,8 @@ def check_kd_args(student, labels, temperature, alpha, ignore_index, reduction, 
     if labels is not None:
         check_tensor("labels", labels, ndim=1, dtypes=(torch.int64, torch.int32))
         check_shape("labels", labels, (student.shape[0],))
-        v = student.shape[1]
-        bad = (labels != ignore_index) & ((labels < 0) | (labels >= v))
-        if bool(bad.any()):
-            i = int(bad.nonzero()[0, 0])
-            raise ValueError(
-                f"labels must be in [0, {v}) or ignore_index={ignore_index}; "
-                f"labels[{i}] = {int(labels[i])}"
-            )
+        if not torch.compiler.is_compiling():  # traced graphs check in the op instead
+            check_labels_range(labels, student.shape[1], ignore_index)
         labels = labels.long()
     return tau, alpha, beta, labels
 
@@ -308,8 +319,6 @@ def kd_loss_topk(
         )
     check_tensor("topk_logprobs", topk_logprobs, ndim=2, dtypes=FLOAT_DTYPES + (torch.float64,))
     check_shape("topk_logprobs", topk_logprobs, tuple(topk_indices.shape))
-    if bool(((topk_indices < 0) | (topk_indices >= v)).any()):
-        raise ValueError(f"topk_indices must be in [0, {v})")
     check_same_device(student_logits=student_logits, topk_indices=topk_indices,
                       topk_logprobs=topk_logprobs, labels=labels)  # fmt: skip
     rows, _ = _kd_loss_topk_rows_op(

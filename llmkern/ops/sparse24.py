@@ -21,7 +21,13 @@ from __future__ import annotations
 import torch
 
 from llmkern.backends import dispatch, register
-from llmkern.ops._checks import FLOAT_DTYPES, check_same_device, check_shape, check_tensor
+from llmkern.ops._checks import (
+    FLOAT_DTYPES,
+    check_finite,
+    check_same_device,
+    check_shape,
+    check_tensor,
+)
 from llmkern.ops.int8 import (
     MAX_K_W8A8,
     check_bias,
@@ -115,6 +121,7 @@ register("sparse24_w8_matmul", "reference", _DEVICES)(sparse24_w8_matmul_ref)
 
 @torch.library.custom_op("llmkern::compress_24", mutates_args=())
 def _compress_24_op(w: torch.Tensor, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    check_24_pattern(w)  # a value check: in the op, so compiled graphs run it too (see ops/int8.py)
     return dispatch("compress_24", w.device, backend or None, w)
 
 
@@ -128,6 +135,7 @@ def _(w, backend):
 def _decompress_24_op(
     values: torch.Tensor, meta: torch.Tensor, k: int, backend: str
 ) -> torch.Tensor:
+    check_codes(meta, k)
     return dispatch("decompress_24", values.device, backend or None, values, meta, k)
 
 
@@ -164,6 +172,7 @@ def _sparse24_w8a8_matmul_op(
     backend: str,
 ) -> torch.Tensor:
     args = (x_q, values, meta, x_scale, w_scale, bias, out_dtype)
+    check_finite("w_scale", w_scale)
     return dispatch("sparse24_w8a8_matmul", x_q.device, backend or None, *args)
 
 
@@ -181,6 +190,7 @@ def _sparse24_w8_matmul_op(
     bias: torch.Tensor | None,
     backend: str,
 ) -> torch.Tensor:
+    check_finite("w_scale", w_scale)
     return dispatch("sparse24_w8_matmul", x.device, backend or None, x, values, meta, w_scale, bias)
 
 
@@ -203,10 +213,7 @@ def _check_k(name: str, k: int) -> None:
         )
 
 
-def compress_24(w: torch.Tensor, *, backend: str | None = None):
-    """w [N, K] that is 2:4 along K -> (values [N, K/2], meta uint8 [N, ceil(K/8)])."""
-    check_tensor("w", w, ndim=2, dtypes=VALUE_DTYPES)
-    _check_k("w", w.shape[1])
+def check_24_pattern(w: torch.Tensor) -> None:
     bad = first_violation(w)
     if bad is not None:
         row, group = bad
@@ -214,6 +221,18 @@ def compress_24(w: torch.Tensor, *, backend: str | None = None):
             f"w is not 2:4 sparse: row {row}, columns {4 * group}..{4 * group + 3} have more than "
             "2 non-zeros; make it 2:4 with prune_24(w, scores) first"
         )
+
+
+def check_codes(meta: torch.Tensor, k: int) -> None:
+    codes = unpack_meta(meta, k)
+    if bool((codes[:, :, 0] >= codes[:, :, 1]).any()):
+        raise ValueError("meta holds an invalid 2:4 code (each group needs idx0 < idx1)")
+
+
+def compress_24(w: torch.Tensor, *, backend: str | None = None):
+    """w [N, K] that is 2:4 along K -> (values [N, K/2], meta uint8 [N, ceil(K/8)])."""
+    check_tensor("w", w, ndim=2, dtypes=VALUE_DTYPES)
+    _check_k("w", w.shape[1])
     return _compress_24_op(w.contiguous(), backend or "")
 
 
@@ -230,18 +249,15 @@ def check_compressed(values, meta, k: int, value_dtypes, validate_codes: bool = 
             f"values must have shape [N, K/2] = [N, {k // 2}], got {tuple(values.shape)}"
         )
     check_shape("meta", meta, (n, meta_cols(k)))
-    if not validate_codes:
-        return
-    codes = unpack_meta(meta, k)
-    if bool((codes[:, :, 0] >= codes[:, :, 1]).any()):
-        raise ValueError("meta holds an invalid 2:4 code (each group needs idx0 < idx1)")
+    if validate_codes:
+        check_codes(meta, k)
 
 
 def decompress_24(values: torch.Tensor, meta: torch.Tensor, k: int | None = None, *, backend=None):
     """Inverse of :func:`compress_24`; K defaults to ``2 * values.shape[1]``."""
     check_tensor("values", values, ndim=2, dtypes=VALUE_DTYPES)
     k = 2 * values.shape[1] if k is None else k
-    check_compressed(values, meta, k, VALUE_DTYPES, validate_codes=True)
+    check_compressed(values, meta, k, VALUE_DTYPES)  # the codes are checked in the op
     check_same_device(values=values, meta=meta)
     return _decompress_24_op(values, meta, k, backend or "")
 
