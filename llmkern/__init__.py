@@ -10,6 +10,16 @@ __version__ = "0.1.0"
 # Importing cpu, cuda and triton registers the fast backends of every op.
 from llmkern import backends, cpu, cuda, ops, triton  # noqa: E402,F401
 from llmkern.backends import BackendUnavailableError  # noqa: E402,F401
+from llmkern.compress import (  # noqa: E402,F401
+    convert,
+    distill,
+    load,
+    low_rank,
+    prepare_qat,
+    prune,
+    quantize,
+    save,
+)
 from llmkern.ops import (  # noqa: E402,F401
     compress_24,
     decompress_24,

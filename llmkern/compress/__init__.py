@@ -1,1 +1,17 @@
-"""The compression API: quantize, prune, low_rank, distill, save/load."""
+"""The compression API: quantize, prune, low_rank, distill, save/load.
+
+Each entry point changes the model in place and returns a report of what it did per layer
+(parameters and bytes before/after); ``print(report)`` shows it as a table.
+"""
+
+from llmkern.compress.checkpoint import load, save
+from llmkern.compress.distill import DistillReport, distill
+from llmkern.compress.lowrank import LowRankLinear, low_rank
+from llmkern.compress.prune import prune
+from llmkern.compress.quantize import convert, prepare_qat, quantize
+from llmkern.compress.report import Report
+
+__all__ = [
+    "DistillReport", "LowRankLinear", "Report", "convert", "distill", "load", "low_rank",
+    "prepare_qat", "prune", "quantize", "save",
+]  # fmt: skip

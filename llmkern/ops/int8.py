@@ -14,9 +14,21 @@ Numerical contract (every backend matches the reference below):
   ``out_dtype``. K is limited to :data:`MAX_K_W8A8` so that int32 cannot overflow.
 - ``w8_matmul``: ``out = x @ (w_q * w_scale).T + bias`` with float32 accumulation, in x's dtype.
   ``w_scale`` is per output channel ``[N]`` or per group along K ``[N, ceil(K / group_size)]``.
+- ``w8a8_linear``: ``quantize_per_token`` (or, given a calibrated per-tensor ``x_scale``, static
+  quantisation ``q = clamp(round_half_even(x * (1 / x_scale)), -127, 127)`` with ``1 / x_scale``
+  in float32 and every finite row's scale ``x_scale``) followed by ``w8a8_matmul`` with
+  ``out_dtype = x.dtype``: the whole int8 forward of a linear layer in one call.
+- ``w8_linear``: ``w8_matmul``.
+
+The two ``*_linear`` ops also take ``packed``: an optional copy of ``w_q`` pre-packed once into a
+backend's own layout (``llmkern.cpu.int8.pack_w8a8`` / ``pack_w8`` for the cpu backend). A
+backend that has no packed layout, and the reference, ignore it; the canonical ``w_q`` and
+scales are always passed and always define the result.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -40,23 +52,18 @@ _DEVICES = ("cpu", "cuda")
 # ---------------------------------------------------------------------------------------------
 
 
-def _q127(t: torch.Tensor) -> torch.Tensor:
-    """127 as a 0-d tensor on t's device: ``127.0 / t`` with a Python scalar is computed as
-    ``127 * (1 / t)`` (two roundings; 1 in 4 quotients differ from a true division), and CUDA
-    turns ``t / 127.0`` into a multiply by the reciprocal. Tensor / tensor divides exactly."""
-    return t.new_full((), 127.0)
-
-
 def quantize_per_token_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     xf = x.float()
     absmax = xf.abs().amax(dim=1)
     finite = torch.isfinite(absmax)
-    inv = _q127(absmax) / absmax  # inf for zero and for tiny rows (absmax < 127 / FLT_MAX)
+    # A tensor numerator: torch computes `127.0 / tensor` as reciprocal * 127 (two roundings).
+    numerator = torch.full_like(absmax, 127.0)
+    inv = numerator / absmax  # inf for zero rows and tiny rows (absmax < 127 / FLT_MAX)
     positive = finite & torch.isfinite(inv)
     inv = torch.where(positive, inv, 0.0)
     q = torch.round(xf * inv[:, None]).clamp_(-127, 127)
     q = torch.where(finite[:, None], q, 0.0).to(torch.int8)
-    scale = torch.where(positive, absmax / _q127(absmax), 1.0)
+    scale = torch.where(positive, absmax / 127.0, 1.0)
     scale = torch.where(finite, scale, float("nan"))
     return q, scale
 
@@ -93,15 +100,33 @@ def w8_matmul_ref(x, w_q, w_scale, bias, group_size):
     return out.to(x.dtype)
 
 
+def quantize_static_ref(x: torch.Tensor, x_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Static per-tensor quantisation with a calibrated scale (values beyond it saturate)."""
+    xf = x.float()
+    finite = torch.isfinite(xf).all(dim=1)
+    scale = x_scale.float().reshape(())
+    q = torch.round(xf * (torch.ones_like(scale) / scale)).clamp_(-127, 127)
+    q = torch.where(finite[:, None], q, 0.0).to(torch.int8)
+    return q, torch.where(finite, scale, float("nan"))
+
+
+def w8a8_linear_ref(x, w_q, w_scale, bias, x_scale, packed):
+    q, s = quantize_per_token_ref(x) if x_scale is None else quantize_static_ref(x, x_scale)
+    return w8a8_matmul_ref(q, w_q, s, w_scale, bias, x.dtype)
+
+
+def w8_linear_ref(x, w_q, w_scale, bias, group_size, packed):
+    return w8_matmul_ref(x, w_q, w_scale, bias, group_size)
+
+
 register("quantize_per_token", "reference", _DEVICES)(quantize_per_token_ref)
 register("w8a8_matmul", "reference", _DEVICES)(w8a8_matmul_ref)
 register("w8_matmul", "reference", _DEVICES)(w8_matmul_ref)
+register("w8a8_linear", "reference", _DEVICES)(w8a8_linear_ref)
+register("w8_linear", "reference", _DEVICES)(w8_linear_ref)
 
 # ---------------------------------------------------------------------------------------------
-# Custom ops (schema + fake) dispatching to the selected backend. Checks of tensor *values*
-# (finite scales, here and in the other families) run inside the op, just before dispatch: the
-# op body always sees real tensors, also inside a torch.compile/export graph, where the public
-# function's Python checks can only look at shapes and dtypes without breaking the graph.
+# Custom ops (schema + fake) dispatching to the selected backend
 # ---------------------------------------------------------------------------------------------
 
 
@@ -125,7 +150,6 @@ def _w8a8_matmul_op(
     out_dtype: torch.dtype,
     backend: str,
 ) -> torch.Tensor:
-    check_finite("w_scale", w_scale)
     args = (x_q, w_q, x_scale, w_scale, bias, out_dtype)
     return dispatch("w8a8_matmul", x_q.device, backend or None, *args)
 
@@ -144,7 +168,6 @@ def _w8_matmul_op(
     group_size: int,
     backend: str,
 ) -> torch.Tensor:
-    check_finite("w_scale", w_scale)
     return dispatch("w8_matmul", x.device, backend or None, x, w_q, w_scale, bias, group_size)
 
 
@@ -153,9 +176,53 @@ def _(x, w_q, w_scale, bias, group_size, backend):
     return x.new_empty((x.shape[0], w_q.shape[0]))
 
 
+@torch.library.custom_op("llmkern::w8a8_linear", mutates_args=())
+def _w8a8_linear_op(
+    x: torch.Tensor,
+    w_q: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    x_scale: torch.Tensor | None,
+    packed: torch.Tensor | None,
+    backend: str,
+) -> torch.Tensor:
+    args = (x, w_q, w_scale, bias, x_scale, packed)
+    return dispatch("w8a8_linear", x.device, backend or None, *args)
+
+
+@_w8a8_linear_op.register_fake
+def _(x, w_q, w_scale, bias, x_scale, packed, backend):
+    return x.new_empty((x.shape[0], w_q.shape[0]))
+
+
+@torch.library.custom_op("llmkern::w8_linear", mutates_args=())
+def _w8_linear_op(
+    x: torch.Tensor,
+    w_q: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    group_size: int,
+    packed: torch.Tensor | None,
+    backend: str,
+) -> torch.Tensor:
+    args = (x, w_q, w_scale, bias, group_size, packed)
+    return dispatch("w8_linear", x.device, backend or None, *args)
+
+
+@_w8_linear_op.register_fake
+def _(x, w_q, w_scale, bias, group_size, packed, backend):
+    return x.new_empty((x.shape[0], w_q.shape[0]))
+
+
 # ---------------------------------------------------------------------------------------------
 # Public functions: check, then run
 # ---------------------------------------------------------------------------------------------
+
+
+def check_values_finite(name: str, t: torch.Tensor) -> None:
+    """check_finite, in eager mode only: under torch.compile the tensors hold no values."""
+    if not torch.compiler.is_compiling():
+        check_finite(name, t)
 
 
 def check_bias(bias, n: int, device) -> None:
@@ -164,6 +231,50 @@ def check_bias(bias, n: int, device) -> None:
     check_tensor("bias", bias, ndim=1, dtypes=FLOAT_DTYPES)
     check_shape("bias", bias, (n,))
     check_same_device(weight=torch.empty(0, device=device), bias=bias)
+
+
+def check_w8a8_weight(w_q, w_scale, bias, k: int, x_name: str) -> int:
+    """Checks the weight side of a W8A8 call against activations with K = k; returns N."""
+    check_tensor("w_q", w_q, ndim=2, dtypes=(torch.int8,))
+    n = w_q.shape[0]
+    if w_q.shape[1] != k:
+        raise ValueError(
+            f"w_q must have shape [N, {k}] to match {x_name} [M, K], got {tuple(w_q.shape)}"
+        )
+    if k > MAX_K_W8A8:
+        raise ValueError(
+            f"K={k} exceeds MAX_K_W8A8={MAX_K_W8A8}: int32 accumulation could overflow; "
+            "split K into chunks and add the float outputs"
+        )
+    check_tensor("w_scale", w_scale, ndim=1, dtypes=(torch.float32,))
+    check_shape("w_scale", w_scale, (n,))
+    check_values_finite("w_scale", w_scale)
+    check_bias(bias, n, w_q.device)
+    return n
+
+
+def check_packed(packed, device) -> None:
+    if packed is None:
+        return
+    check_tensor("packed", packed, ndim=1, dtypes=(torch.uint8,))
+    if packed.device != device:
+        raise ValueError(f"packed must be on {device} like x, got {packed.device}")
+
+
+def check_static_scale(x_scale, device) -> None:
+    if x_scale is None:
+        return
+    check_tensor("x_scale", x_scale, dtypes=(torch.float32,))
+    if x_scale.numel() != 1:
+        raise ValueError(
+            f"x_scale (static) must hold one per-tensor value, got shape {tuple(x_scale.shape)}"
+        )
+    check_same_device(x=torch.empty(0, device=device), x_scale=x_scale)
+    if torch.compiler.is_compiling():
+        return
+    value = float(x_scale)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"x_scale (static) must be finite and > 0, got {value}")
 
 
 def quantize_per_token(x: torch.Tensor, *, backend: str | None = None):
@@ -184,25 +295,12 @@ def w8a8_matmul(
 ) -> torch.Tensor:
     """int8 x_q [M, K] @ int8 w_q [N, K].T with ``x_scale[m] * w_scale[n] + bias[n]`` fused."""
     check_tensor("x_q", x_q, ndim=2, dtypes=(torch.int8,))
-    check_tensor("w_q", w_q, ndim=2, dtypes=(torch.int8,))
     m, k = x_q.shape
-    n = w_q.shape[0]
-    if w_q.shape[1] != k:
-        raise ValueError(
-            f"w_q must have shape [N, {k}] to match x_q [M, K], got {tuple(w_q.shape)}"
-        )
-    if k > MAX_K_W8A8:
-        raise ValueError(
-            f"K={k} exceeds MAX_K_W8A8={MAX_K_W8A8}: int32 accumulation could overflow; "
-            "split K into chunks and add the float outputs"
-        )
+    check_w8a8_weight(w_q, w_scale, bias, k, "x_q")
     check_tensor("x_scale", x_scale, ndim=1, dtypes=(torch.float32,))
     check_shape("x_scale", x_scale, (m,))
-    check_tensor("w_scale", w_scale, ndim=1, dtypes=(torch.float32,))
-    check_shape("w_scale", w_scale, (n,))
     check_choice("out_dtype", out_dtype, FLOAT_DTYPES)
     check_same_device(x_q=x_q, w_q=w_q, x_scale=x_scale, w_scale=w_scale, bias=bias)
-    check_bias(bias, n, x_q.device)
     return _w8a8_matmul_op(x_q, w_q, x_scale, w_scale, bias, out_dtype, backend or "")
 
 
@@ -214,6 +312,7 @@ def check_w_scale(w_scale, n: int, k: int, group_size: int) -> None:
         check_shape("w_scale", w_scale, (n,))
     else:
         check_shape("w_scale", w_scale, (n, -(-k // group_size)))
+    check_values_finite("w_scale", w_scale)
 
 
 def w8_matmul(
@@ -237,9 +336,56 @@ def w8_matmul(
     return _w8_matmul_op(x, w_q, w_scale, bias, group_size, backend or "")
 
 
+def w8a8_linear(
+    x: torch.Tensor,
+    w_q: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    x_scale: torch.Tensor | None = None,
+    packed: torch.Tensor | None = None,
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """float x [M, K] -> int8 activations (dynamic per token, or static with a calibrated
+    per-tensor ``x_scale``) -> W8A8 GEMM with int8 w_q [N, K] -> [M, N] in x's dtype.
+
+    ``packed`` is an optional pre-packed copy of ``w_q`` for the backend (the cpu backend packs
+    on every call without it); see the module docstring."""
+    check_tensor("x", x, ndim=2, dtypes=FLOAT_DTYPES)
+    check_w8a8_weight(w_q, w_scale, bias, x.shape[1], "x")
+    check_same_device(x=x, w_q=w_q, w_scale=w_scale, bias=bias)
+    check_static_scale(x_scale, x.device)
+    check_packed(packed, x.device)
+    return _w8a8_linear_op(x, w_q, w_scale, bias, x_scale, packed, backend or "")
+
+
+def w8_linear(
+    x: torch.Tensor,
+    w_q: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    group_size: int = 0,
+    packed: torch.Tensor | None = None,
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """``w8_matmul`` with an optional pre-packed copy of ``w_q`` and its scales for the
+    backend (``llmkern.cpu.int8.pack_w8``)."""
+    check_tensor("x", x, ndim=2, dtypes=FLOAT_DTYPES)
+    check_tensor("w_q", w_q, ndim=2, dtypes=(torch.int8,))
+    n, k = w_q.shape
+    if x.shape[1] != k:
+        raise ValueError(f"x must have shape [M, {k}] to match w_q [N, K], got {tuple(x.shape)}")
+    check_w_scale(w_scale, n, k, group_size)
+    check_same_device(x=x, w_q=w_q, w_scale=w_scale, bias=bias)
+    check_bias(bias, n, x.device)
+    check_packed(packed, x.device)
+    return _w8_linear_op(x, w_q, w_scale, bias, group_size, packed, backend or "")
+
+
 def _quantizable(absmax: torch.Tensor) -> torch.Tensor:
     """absmax values whose int8 scale is usable: 127 / absmax is finite in float32."""
-    return torch.isfinite(_q127(absmax) / absmax)
+    return torch.isfinite(torch.full_like(absmax, 127.0) / absmax)
 
 
 def quantize_weight(w: torch.Tensor, group_size: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -254,12 +400,12 @@ def quantize_weight(w: torch.Tensor, group_size: int = 0) -> tuple[torch.Tensor,
     wf = w.detach().float()
     if group_size == 0:
         absmax = wf.abs().amax(dim=1)
-        scale = torch.where(_quantizable(absmax), absmax / _q127(absmax), 1.0)
+        scale = torch.where(_quantizable(absmax), absmax / 127.0, 1.0)
         q = torch.round(wf / scale[:, None]).clamp_(-127, 127).to(torch.int8)
         return q.contiguous(), scale
     groups = -(-k // group_size)
     padded = torch.nn.functional.pad(wf, (0, groups * group_size - k)).view(n, groups, group_size)
     absmax = padded.abs().amax(dim=2)
-    scale = torch.where(_quantizable(absmax), absmax / _q127(absmax), 1.0)
+    scale = torch.where(_quantizable(absmax), absmax / 127.0, 1.0)
     q = torch.round(padded / scale[:, :, None]).clamp_(-127, 127).to(torch.int8)
     return q.view(n, groups * group_size)[:, :k].contiguous(), scale

@@ -154,8 +154,7 @@ def _kd_loss_rows_op(
     compute_grad: bool,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    if labels is not None:  # value checks run in the op: compiled graphs run them too
-        check_labels_range(labels, student.shape[1], ignore_index)
+    check_label_values(labels, student.shape[1], ignore_index)
     args = (student, teacher, labels, tau, alpha, ignore_index, divergence, beta, compute_grad)
     return dispatch("kd_loss_rows", student.device, backend or None, *args)
 
@@ -178,11 +177,9 @@ def _kd_loss_topk_rows_op(
     compute_grad: bool,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    v = student.shape[1]
-    if bool(((topk_idx < 0) | (topk_idx >= v)).any()):
-        raise ValueError(f"topk_indices must be in [0, {v})")
-    if labels is not None:
-        check_labels_range(labels, v, ignore_index)
+    check_label_values(labels, student.shape[1], ignore_index)
+    if bool(((topk_idx < 0) | (topk_idx >= student.shape[1])).any()):
+        raise ValueError(f"topk_indices must be in [0, {student.shape[1]})")
     args = (student, topk_idx, topk_logprobs, labels, tau, alpha, ignore_index, compute_grad)
     return dispatch("kd_loss_topk_rows", student.device, backend or None, *args)
 
@@ -193,45 +190,42 @@ def _(student, topk_idx, topk_logprobs, labels, tau, alpha, ignore_index, comput
     return rows, (student.new_empty(student.shape) if compute_grad else student.new_empty(0))
 
 
-def _setup_context(ctx, inputs, output):
+def _setup_rows(ctx, inputs, output):
+    ctx.n_inputs = len(inputs)
+    ctx.set_materialize_grads(False)  # no [N, V] zeros for the unused grad of output[1]
     ctx.save_for_backward(output[1])
 
 
-def _backward(ctx, grad_rows, _grad_grad):
+def _backward_rows(ctx, grad_rows, _grad_grad):
+    # The forward's gradient is scaled in place: no second [N, V] buffer, and autograd can hand
+    # it to student.grad without a copy (the saved reference is released before accumulation).
+    # A second backward through the same graph fails the saved tensor's version check
+    # instead of reading the scaled values.
+    if grad_rows is None:
+        return (None,) * ctx.n_inputs
     (grad,) = ctx.saved_tensors
-    return (grad * grad_rows[:, None].to(grad.dtype),) + (None,) * (ctx.n_inputs - 1)
+    return (grad.mul_(grad_rows[:, None]),) + (None,) * (ctx.n_inputs - 1)
 
 
-def _setup_dense(ctx, inputs, output):
-    ctx.n_inputs = 10
-    _setup_context(ctx, inputs, output)
-
-
-def _setup_topk(ctx, inputs, output):
-    ctx.n_inputs = 9
-    _setup_context(ctx, inputs, output)
-
-
-torch.library.register_autograd("llmkern::kd_loss_rows", _backward, setup_context=_setup_dense)
-torch.library.register_autograd("llmkern::kd_loss_topk_rows", _backward, setup_context=_setup_topk)
+torch.library.register_autograd("llmkern::kd_loss_rows", _backward_rows, setup_context=_setup_rows)
+torch.library.register_autograd(
+    "llmkern::kd_loss_topk_rows", _backward_rows, setup_context=_setup_rows
+)
 
 # ---------------------------------------------------------------------------------------------
 # Public functions
 # ---------------------------------------------------------------------------------------------
 
 
-def check_labels_range(labels, v: int, ignore_index: int) -> None:
-    bad = (labels != ignore_index) & ((labels < 0) | (labels >= v))
-    if bool(bad.any()):
-        i = int(bad.nonzero()[0, 0])
-        raise ValueError(
-            f"labels must be in [0, {v}) or ignore_index={ignore_index}; "
-            f"labels[{i}] = {int(labels[i])}"
-        )
-
-
 def check_kd_args(student, labels, temperature, alpha, ignore_index, reduction, beta):
     check_tensor("student_logits", student, ndim=2, dtypes=FLOAT_DTYPES + (torch.float64,))
+    return check_kd_options(
+        student.shape[0], labels, temperature, alpha, ignore_index, reduction, beta
+    )
+
+
+def check_kd_options(n, labels, temperature, alpha, ignore_index, reduction, beta):
+    """Checks the options shared by every KD loss; returns (tau, alpha, beta, labels as int64)."""
     tau = check_float_scalar("temperature", temperature, low=0.0, low_open=True)
     alpha = check_float_scalar("alpha", alpha, low=0.0, high=1.0)
     beta = check_float_scalar("beta", beta, low=0.0, high=1.0)
@@ -240,11 +234,23 @@ def check_kd_args(student, labels, temperature, alpha, ignore_index, reduction, 
         raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
     if labels is not None:
         check_tensor("labels", labels, ndim=1, dtypes=(torch.int64, torch.int32))
-        check_shape("labels", labels, (student.shape[0],))
-        if not torch.compiler.is_compiling():  # traced graphs check in the op instead
-            check_labels_range(labels, student.shape[1], ignore_index)
+        check_shape("labels", labels, (n,))
         labels = labels.long()
     return tau, alpha, beta, labels
+
+
+def check_label_values(labels, v, ignore_index):
+    """Labels in [0, V) or ignore_index. A data-dependent check, so it runs inside the custom
+    ops (before any kernel), where torch.compile sees no graph break."""
+    if labels is None:
+        return
+    bad = (labels != ignore_index) & ((labels < 0) | (labels >= v))
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"labels must be in [0, {v}) or ignore_index={ignore_index}; "
+            f"labels[{i}] = {int(labels[i])}"
+        )
 
 
 def reduce_rows(rows, labels, ignore_index, reduction):
@@ -339,12 +345,183 @@ def fused_linear_kd_loss_ref(
     tau, alpha, beta, labels = check_kd_args(
         zs, labels, temperature, alpha, ignore_index, reduction, beta
     )
+    check_label_values(labels, zs.shape[1], ignore_index)
     # Differentiable formulation of the same loss through the reference's closed form.
     rows, grad = kd_loss_rows_ref(
         zs.detach(), zt, labels, tau, alpha, ignore_index, divergence, beta, True
     )
     rows = rows + (zs * grad).sum(1) - (zs.detach() * grad).sum(1)  # value unchanged, d/dzs = grad
     return reduce_rows(rows, labels, ignore_index, reduction)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fused linear + KD loss: logits chunk by chunk, never [N, V] at once
+# ---------------------------------------------------------------------------------------------
+
+# Token rows per chunk are chosen so that the float32 student and teacher logits of one chunk
+# take about this many bytes (the kernel's gradient of the chunk adds one more student part).
+CHUNK_LOGITS_BYTES = 128 * 2**20
+# Heads stored in 16-bit are converted to float32 this many bytes at a time (vocabulary blocks).
+HEAD_BLOCK_BYTES = 32 * 2**20
+
+
+def _chunk_rows(n, v, vt, chunk_size):
+    if chunk_size:
+        return min(n, chunk_size)
+    return max(1, min(n, CHUNK_LOGITS_BYTES // (4 * (v + vt))))
+
+
+def _vocab_blocks(head):
+    """Row ranges of ``head`` to convert to float32 at a time (the whole head when it is
+    float32 already: no copy)."""
+    v = head.shape[0]
+    if head.dtype == torch.float32:
+        return [(0, v)]
+    step = max(1, HEAD_BLOCK_BYTES // (4 * head.shape[1]))
+    return [(a, min(v, a + step)) for a in range(0, v, step)]
+
+
+def _logits(h32, head, out):
+    """out[C, V] = h32 @ head.T with float32 inputs and accumulation."""
+    for a, b in _vocab_blocks(head):
+        if a == 0 and b == head.shape[0]:
+            torch.mm(h32, head.float().T, out=out)
+        else:
+            out[:, a:b] = h32 @ head[a:b].float().T
+    return out
+
+
+def _fused_linear_kd_forward(
+    student_hidden, student_head, teacher_hidden, teacher_head, labels, tau, alpha, ignore_index,
+    divergence, beta, row_scale, grad_scale, chunk_size, grad_hidden, grad_head, backend,
+):  # fmt: skip
+    """Row losses [N] and, when asked, the gradients of sum_i s_i row_loss_i with respect to the
+    student hidden states and head (s_i = row_scale[i], or grad_scale when row_scale is None)."""
+    n = student_hidden.shape[0]
+    v, vt = student_head.shape[0], teacher_head.shape[0]
+    rows_per_chunk = _chunk_rows(n, v, vt, chunk_size)
+    compute_grad = grad_hidden or grad_head
+    rows = student_hidden.new_empty(n, dtype=torch.float32)
+    gh = torch.empty_like(student_hidden) if grad_hidden else student_hidden.new_empty(0)
+    # The head's gradient sums over every chunk: accumulate it in float32.
+    gw = (
+        torch.zeros(student_head.shape, dtype=torch.float32, device=student_head.device)
+        if grad_head
+        else None
+    )
+    zs_buf = student_hidden.new_empty((rows_per_chunk, v), dtype=torch.float32)
+    zt_buf = student_hidden.new_empty((rows_per_chunk, vt), dtype=torch.float32)
+    for c0 in range(0, n, rows_per_chunk):
+        c1 = min(n, c0 + rows_per_chunk)
+        h = student_hidden[c0:c1].float()
+        zs = _logits(h, student_head, zs_buf[: c1 - c0])
+        zt = _logits(teacher_hidden[c0:c1].float(), teacher_head, zt_buf[: c1 - c0])
+        lab = None if labels is None else labels[c0:c1]
+        r, g = dispatch("kd_loss_rows", zs.device, backend or None, zs, zt, lab, tau, alpha,
+                        ignore_index, divergence, beta, compute_grad)  # fmt: skip
+        rows[c0:c1] = r
+        if not compute_grad:
+            continue
+        g.mul_(row_scale[c0:c1, None] if row_scale is not None else grad_scale)
+        if grad_hidden:
+            if student_head.dtype == torch.float32:
+                gh[c0:c1] = g @ student_head
+            else:
+                acc = torch.zeros_like(h)
+                for a, b in _vocab_blocks(student_head):
+                    acc.addmm_(g[:, a:b], student_head[a:b].float())
+                gh[c0:c1] = acc
+        if grad_head:
+            gw.addmm_(g.T, h)
+    if grad_head:
+        gw = gw.to(student_head.dtype)
+    else:
+        gw = student_head.new_empty(0)
+    return rows, gh, gw
+
+
+def _n_valid(labels, n, ignore_index):
+    return n if labels is None else int((labels != ignore_index).sum())
+
+
+@torch.library.custom_op("llmkern::fused_linear_kd_loss", mutates_args=())
+def _fused_linear_kd_op(
+    student_hidden: torch.Tensor,
+    student_head: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    teacher_head: torch.Tensor,
+    labels: torch.Tensor | None,
+    row_scale: torch.Tensor | None,
+    tau: float,
+    alpha: float,
+    ignore_index: int,
+    divergence: str,
+    beta: float,
+    reduction: str,
+    chunk_size: int,
+    grad_hidden: bool,
+    grad_head: bool,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, d loss/d student_hidden, d loss/d student_head); loss is reduced for "mean"/"sum"
+    and per row for "none". With ``row_scale`` the gradients are those of
+    sum_i row_scale[i] * row_loss_i (the backward of "none")."""
+    check_label_values(labels, student_head.shape[0], ignore_index)
+    n = student_hidden.shape[0]
+    grad_scale = 1.0
+    if reduction == "mean":
+        grad_scale = 1.0 / max(1, _n_valid(labels, n, ignore_index))
+    rows, gh, gw = _fused_linear_kd_forward(
+        student_hidden, student_head, teacher_hidden, teacher_head, labels, tau, alpha,
+        ignore_index, divergence, beta, row_scale, grad_scale, chunk_size, grad_hidden,
+        grad_head, backend,
+    )  # fmt: skip
+    if reduction == "none":
+        return rows, gh, gw
+    total = rows.sum()
+    return (total * grad_scale if reduction == "mean" else total), gh, gw
+
+
+@_fused_linear_kd_op.register_fake
+def _(student_hidden, student_head, teacher_hidden, teacher_head, labels, row_scale, tau, alpha,
+      ignore_index, divergence, beta, reduction, chunk_size, grad_hidden, grad_head, backend):  # fmt: skip
+    n = student_hidden.shape[0]
+    loss = student_hidden.new_empty((n,) if reduction == "none" else (), dtype=torch.float32)
+    gh = student_hidden.new_empty(student_hidden.shape if grad_hidden else (0,))
+    gw = student_head.new_empty(student_head.shape if grad_head else (0,))
+    return loss, gh, gw
+
+
+def _setup_fused_linear(ctx, inputs, output):
+    (hs, ws, ht, wt, labels, _, tau, alpha, ii, div, beta, reduction, chunk, gh, gw, be) = inputs
+    ctx.set_materialize_grads(False)
+    ctx.reduction = reduction
+    ctx.args = (tau, alpha, ii, div, beta, "none", chunk)
+    ctx.backend = be
+    if reduction == "none":  # the per-row upstream gradient is needed: recompute in backward
+        ctx.save_for_backward(hs, ws, ht, wt, labels)
+    else:  # gradients computed in the forward, scaled by the scalar upstream gradient
+        ctx.save_for_backward(output[1], output[2])
+
+
+def _backward_fused_linear(ctx, grad_loss, _g1, _g2):
+    needs = ctx.needs_input_grad[:2]
+    if grad_loss is None or not any(needs):
+        return (None,) * 16
+    if ctx.reduction == "none":
+        hs, ws, ht, wt, labels = ctx.saved_tensors
+        _, gh, gw = _fused_linear_kd_op(
+            hs, ws, ht, wt, labels, grad_loss.float().contiguous(), *ctx.args, *needs, ctx.backend,
+        )  # fmt: skip
+    else:
+        gh, gw = ctx.saved_tensors  # scaled in place, as in _backward_rows
+        gh, gw = gh.mul_(grad_loss), gw.mul_(grad_loss)
+    return (gh if needs[0] else None, gw if needs[1] else None) + (None,) * 14
+
+
+torch.library.register_autograd(
+    "llmkern::fused_linear_kd_loss", _backward_fused_linear, setup_context=_setup_fused_linear
+)
 
 
 def fused_linear_kd_loss(
@@ -363,7 +540,46 @@ def fused_linear_kd_loss(
     chunk_size: int | None = None,
     backend: str | None = None,
 ) -> torch.Tensor:
-    """KD loss from hidden states and LM heads without materialising [N, V] logits.
+    """KD loss of :func:`kd_loss` on the logits ``student_hidden @ student_head.T`` [N, V] and
+    ``teacher_hidden @ teacher_head.T`` [N, V_t >= V], without materialising them.
 
-    Not yet chunked: this is the reference composition until the fused form lands."""
-    raise NotImplementedError("fused_linear_kd_loss: the chunked kernel is not implemented yet")
+    Token rows are processed ``chunk_size`` at a time (default: as many as fit
+    :data:`CHUNK_LOGITS_BYTES` of float32 logits); each chunk's logits are computed with float32
+    accumulation (16-bit heads are converted a vocabulary block at a time), the
+    ``kd_loss_rows`` kernel of the selected backend writes their gradient, and the gradients of
+    the student hidden states and head are accumulated right away (the head's in float32). Extra
+    memory is O(chunk x V), never O(N x V). For "mean"/"sum" the gradients are computed during
+    the forward (no second pass); for "none" the backward recomputes the chunks with the
+    per-row upstream gradient. The teacher gets no gradient."""
+    for name, t in (("student_hidden", student_hidden), ("student_head", student_head),
+                    ("teacher_hidden", teacher_hidden), ("teacher_head", teacher_head)):  # fmt: skip
+        check_tensor(name, t, ndim=2, dtypes=FLOAT_DTYPES + (torch.float64,))
+    n, hs = student_hidden.shape
+    v, ht = student_head.shape[0], teacher_hidden.shape[1]
+    check_shape("student_head", student_head, (v, hs))
+    tau, alpha, beta, labels = check_kd_options(
+        n, labels, temperature, alpha, ignore_index, reduction, beta
+    )
+    if teacher_hidden.shape[0] != n:
+        raise ValueError(
+            f"teacher_hidden must have {n} rows like student_hidden, got {tuple(teacher_hidden.shape)}"
+        )
+    if teacher_head.shape[1] != ht or teacher_head.shape[0] < v:
+        raise ValueError(
+            f"teacher_head must have shape [V_t >= {v}, {ht}], got {tuple(teacher_head.shape)}"
+        )
+    check_choice("divergence", divergence, DIVERGENCES)
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+    ):
+        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    check_same_device(student_hidden=student_hidden, student_head=student_head,
+                      teacher_hidden=teacher_hidden, teacher_head=teacher_head, labels=labels)  # fmt: skip
+    grad_on = torch.is_grad_enabled()
+    loss, _, _ = _fused_linear_kd_op(
+        student_hidden, student_head, teacher_hidden.detach(), teacher_head.detach(), labels, None,
+        tau, alpha, int(ignore_index), divergence, beta, reduction, chunk_size or 0,
+        grad_on and student_hidden.requires_grad and reduction != "none",
+        grad_on and student_head.requires_grad and reduction != "none", backend or "",
+    )  # fmt: skip
+    return loss

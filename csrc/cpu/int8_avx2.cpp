@@ -1,0 +1,249 @@
+// AVX2 INT8 kernels: activation quantisation, W8A8 GEMM (int16 vpmaddwd, exact) and
+// weight-only GEMM. Partial vectors at row ends go through small stack buffers.
+#pragma GCC target("avx2,fma,f16c")
+
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "cpu/int8_kernels.h"
+
+namespace llmkern::int8 {
+namespace {
+
+constexpr int kRne = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+
+int64_t dtype_bytes(DType d) { return d == DType::F32 ? 4 : 2; }
+
+// 8 floats from element i of x; only the first `count` are read (the rest are 0).
+template <DType D>
+__m256 load8(const void* base, int64_t i, int64_t count) {
+  constexpr int64_t bytes = D == DType::F32 ? 4 : 2;
+  alignas(32) uint8_t tmp[32] = {};
+  const uint8_t* src = static_cast<const uint8_t*>(base) + i * bytes;
+  if (count < 8) {
+    if (count > 0) std::memcpy(tmp, src, count * bytes);
+    src = tmp;
+  }
+  if constexpr (D == DType::F32) {
+    return _mm256_loadu_ps(reinterpret_cast<const float*>(src));
+  } else {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src));
+    if constexpr (D == DType::BF16)
+      return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    else
+      return _mm256_cvtph_ps(h);
+  }
+}
+
+// 8 int32 lanes (each within 0..65535) -> 8 uint16 in a 128-bit register.
+__m128i narrow16(__m256i v) {
+  return _mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packus_epi32(v, v), 0xd8));
+}
+
+// Round-to-nearest-even float -> bfloat16, NaN -> 0x7FC0 (torch's conversion).
+__m128i to_bf16(__m256 v) {
+  const __m256i bits = _mm256_castps_si256(v);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(bits, _mm256_set1_epi32(0x7fff)), lsb), 16);
+  const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7fc0), nan);
+  return narrow16(r);
+}
+
+// Stores the first `count` (<= 8) of v at element i of out, converted to dtype.
+void store8(void* base, DType dtype, int64_t i, __m256 v, int64_t count) {
+  alignas(32) uint8_t tmp[32];
+  const int64_t bytes = dtype_bytes(dtype);
+  uint8_t* dst = static_cast<uint8_t*>(base) + i * bytes;
+  uint8_t* to = count == 8 ? dst : tmp;
+  switch (dtype) {
+    case DType::F32: _mm256_storeu_ps(reinterpret_cast<float*>(to), v); break;
+    case DType::BF16: _mm_storeu_si128(reinterpret_cast<__m128i*>(to), to_bf16(v)); break;
+    case DType::F16:
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(to), _mm256_cvtps_ph(v, kRne));
+      break;
+  }
+  if (to == tmp) std::memcpy(dst, tmp, count * bytes);
+}
+
+// 8 floats from p, only the first `count` read.
+__m256 load_f32(const float* p, int64_t count) { return load8<DType::F32>(p, 0, count); }
+
+template <DType D>
+void quantize_row(const QuantizeArgs& a, int64_t r) {
+  const int64_t base = r * a.ld_x;
+  __m256i mx = _mm256_setzero_si256();
+  for (int64_t c = 0; c < a.k; c += 8) {
+    const __m256 v = load8<D>(a.x, base + c, a.k - c);
+    mx = _mm256_max_epu32(mx, _mm256_and_si256(_mm256_castps_si256(v), _mm256_set1_epi32(0x7fffffff)));
+  }
+  alignas(32) uint32_t lanes[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), mx);
+  uint32_t maxbits = 0;
+  for (uint32_t l : lanes) maxbits = std::max(maxbits, l);
+  const bool finite = maxbits < 0x7f800000u;
+  float absmax;
+  std::memcpy(&absmax, &maxbits, 4);
+  float inv = 0.f, scale = std::nanf("");
+  if (finite && a.is_static) {
+    inv = 1.0f / a.static_scale;
+    scale = a.static_scale;
+  } else if (finite) {
+    inv = maxbits == 0 ? 0.f : 127.0f / absmax;
+    scale = maxbits == 0 ? 1.0f : absmax / 127.0f;
+  }
+  a.scale[r] = scale;
+  const __m256 vinv = _mm256_set1_ps(inv);
+  const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
+  const int64_t k = finite ? a.k : 0;  // columns past k (all, for a non-finite row) store 0
+  for (int64_t c = 0; c < a.ld_q; c += 8) {
+    const __m256 v = _mm256_round_ps(_mm256_mul_ps(load8<D>(a.x, base + c, k - c), vinv), kRne);
+    __m256i q = _mm256_min_epi32(_mm256_max_epi32(_mm256_cvttps_epi32(v), lo), hi);
+    const int64_t count = std::min<int64_t>(8, a.ld_q - c);
+    alignas(16) uint8_t tmp[16];
+    int64_t bytes = count;
+    switch (a.q_format) {
+      case ActFormat::S8: {
+        const __m128i w = _mm256_castsi256_si128(
+            _mm256_permute4x64_epi64(_mm256_packs_epi32(q, q), 0xd8));
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(tmp), _mm_packs_epi16(w, w));
+        break;
+      }
+      case ActFormat::U8: {
+        const __m128i w = narrow16(_mm256_add_epi32(q, _mm256_set1_epi32(128)));
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(tmp), _mm_packus_epi16(w, w));
+        break;
+      }
+      case ActFormat::S16:
+        _mm_store_si128(reinterpret_cast<__m128i*>(tmp),
+                        _mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packs_epi32(q, q), 0xd8)));
+        bytes = count * 2;
+        break;
+    }
+    const int64_t elem = a.q_format == ActFormat::S16 ? 2 : 1;
+    std::memcpy(static_cast<uint8_t*>(a.q) + (r * a.ld_q + c) * elem, tmp, bytes);
+  }
+}
+
+// W8A8 micro-kernel: rows [m, m + MR) x 16-channel vectors [v0, v0 + NV) of panel p. Each
+// 16-byte quarter of a 64-byte weight vector (4 channels x 4 k) is widened to int16 and
+// multiplied by 4 broadcast int16 activations with vpmaddwd (two partial sums per channel).
+template <int MR, int NV>
+struct W8a8S16 {
+  static void run(const W8a8Args& a, int64_t m, int64_t p, int64_t width, int64_t v0) {
+    const int16_t* x = static_cast<const int16_t*>(a.a) + m * a.kp;
+    const int8_t* b = a.w + p * kPanel * a.kp + v0 * 64;
+    __m256i acc[MR][NV][4];
+    _Pragma("GCC unroll 32")
+    for (int r = 0; r < MR; ++r)
+      _Pragma("GCC unroll 32")
+      for (int v = 0; v < NV; ++v)
+        _Pragma("GCC unroll 32")
+        for (int q = 0; q < 4; ++q) acc[r][v][q] = _mm256_setzero_si256();
+    for (int64_t kk = 0; kk < a.kp / 4; ++kk) {
+      __m256i w[NV][4];
+      _Pragma("GCC unroll 32")
+      for (int v = 0; v < NV; ++v)
+        _Pragma("GCC unroll 32")
+        for (int q = 0; q < 4; ++q)
+          w[v][q] = _mm256_cvtepi8_epi16(_mm_loadu_si128(
+              reinterpret_cast<const __m128i*>(b + (kk * width + v * 16 + q * 4) * 4)));
+      _Pragma("GCC unroll 32")
+      for (int r = 0; r < MR; ++r) {
+        int64_t four;
+        std::memcpy(&four, x + r * a.kp + kk * 4, 8);
+        const __m256i xb = _mm256_set1_epi64x(four);
+        _Pragma("GCC unroll 32")
+        for (int v = 0; v < NV; ++v)
+          _Pragma("GCC unroll 32")
+          for (int q = 0; q < 4; ++q)
+            acc[r][v][q] = _mm256_add_epi32(acc[r][v][q], _mm256_madd_epi16(w[v][q], xb));
+      }
+    }
+    _Pragma("GCC unroll 32")
+    for (int r = 0; r < MR; ++r)
+      _Pragma("GCC unroll 32")
+      for (int v = 0; v < NV; ++v)
+        for (int h = 0; h < 2; ++h) {
+          const int64_t n0 = p * kPanel + (v0 + v) * 16 + h * 8;
+          if (n0 >= a.n) continue;
+          const int64_t count = std::min<int64_t>(8, a.n - n0);
+          const __m256i sum = _mm256_permute4x64_epi64(
+              _mm256_hadd_epi32(acc[r][v][2 * h], acc[r][v][2 * h + 1]), 0xd8);
+          const int64_t row = m + r;
+          __m256 out = _mm256_cvtepi32_ps(sum);
+          out = _mm256_mul_ps(out, _mm256_set1_ps(a.x_scale[row]));
+          out = _mm256_mul_ps(out, load_f32(a.w_scale + n0, count));
+          if (a.bias) out = _mm256_add_ps(out, load_f32(a.bias + n0, count));
+          store8(a.out, a.out_dtype, row * a.ld_out + n0, out, count);
+        }
+  }
+};
+
+// Weight-only micro-kernel: rows [m, m + MR) x 16-channel vectors [v0, v0 + NV) of panel p.
+template <int MR, int NV>
+struct W8Kernel {
+  static void run(const W8Args& a, int64_t m, int64_t p, int64_t width, int64_t v0) {
+    const int8_t* b = a.w + p * kPanel * a.k + v0 * 16;
+    const float* s = a.scales + p * kPanel * a.groups + v0 * 16;
+    const float* x = a.x + m * a.ld_x;
+    __m256 acc[MR][2 * NV];
+    _Pragma("GCC unroll 32")
+    for (int r = 0; r < MR; ++r)
+      _Pragma("GCC unroll 32")
+      for (int v = 0; v < 2 * NV; ++v) acc[r][v] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < a.groups; ++g) {
+      const float* sg = s + g * width;
+      const int64_t k_end = std::min(a.k, (g + 1) * a.group_size);
+      for (int64_t k = g * a.group_size; k < k_end; ++k) {
+        __m256 wv[2 * NV];
+        _Pragma("GCC unroll 32")
+        for (int v = 0; v < 2 * NV; ++v) {
+          const __m128i w8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(b + k * width + v * 8));
+          wv[v] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(w8)), _mm256_loadu_ps(sg + v * 8));
+        }
+        _Pragma("GCC unroll 32")
+        for (int r = 0; r < MR; ++r) {
+          const __m256 xb = _mm256_set1_ps(x[r * a.ld_x + k]);
+          _Pragma("GCC unroll 32")
+          for (int v = 0; v < 2 * NV; ++v) acc[r][v] = _mm256_fmadd_ps(xb, wv[v], acc[r][v]);
+        }
+      }
+    }
+    _Pragma("GCC unroll 32")
+    for (int r = 0; r < MR; ++r)
+      _Pragma("GCC unroll 32")
+      for (int v = 0; v < 2 * NV; ++v) {
+        const int64_t n0 = p * kPanel + v0 * 16 + v * 8;
+        if (n0 >= a.n) continue;
+        const int64_t count = std::min<int64_t>(8, a.n - n0);
+        __m256 out = acc[r][v];
+        if (a.bias) out = _mm256_add_ps(out, load_f32(a.bias + n0, count));
+        store8(a.out, a.out_dtype, (m + r) * a.ld_out + n0, out, count);
+      }
+  }
+};
+
+}  // namespace
+
+void quantize_rows_avx2(const QuantizeArgs& a, int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) {
+    switch (a.x_dtype) {
+      case DType::F32: quantize_row<DType::F32>(a, r); break;
+      case DType::BF16: quantize_row<DType::BF16>(a, r); break;
+      case DType::F16: quantize_row<DType::F16>(a, r); break;
+    }
+  }
+}
+
+void w8a8_tile_avx2(const W8a8Args& a, int64_t m0, int64_t m1, int64_t p0, int64_t p1) {
+  run_tiles<2, 1, W8a8S16>(a, m0, m1, p0, p1);
+}
+
+void w8_tile_avx2(const W8Args& a, int64_t m0, int64_t m1, int64_t p0, int64_t p1) {
+  run_tiles<2, 2, W8Kernel>(a, m0, m1, p0, p1);
+}
+
+}  // namespace llmkern::int8

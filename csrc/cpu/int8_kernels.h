@@ -1,0 +1,145 @@
+// INT8 CPU kernels: per-token activation quantisation, W8A8 GEMM with a fused epilogue and
+// int8 weight-only GEMM, on weights pre-packed once into the layouts described below.
+//
+// This header has no torch and no intrinsics: it is shared by the ISA-specific kernel files
+// (int8_{scalar,avx2,avx512,avx512_vnni}.cpp) and by the torch glue (int8_ops.cpp), which
+// picks the variant at run time and parallelises over output tiles.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <utility>
+
+namespace llmkern::int8 {
+
+enum class DType : int32_t { F32 = 0, BF16 = 1, F16 = 2 };
+
+// How a kernel wants quantised activations: vpdpbusd multiplies unsigned by signed bytes, so
+// the VNNI path stores q + 128 and subtracts 128 * sum_k w[n, k] afterwards; the AVX2 and
+// AVX-512 paths widen to int16 for vpmaddwd (exact, unlike the saturating vpmaddubsw).
+enum class ActFormat : int32_t { S8 = 0, U8 = 1, S16 = 2 };
+
+constexpr int64_t kPanel = 64;  // output channels per weight panel (4 zmm of 16 lanes)
+constexpr int64_t kLane = 16;   // N is padded to a multiple of this inside a packed weight
+constexpr int64_t kHeaderBytes = 64;
+constexpr int64_t kMagic = 0x38494b4c4d4c4c;  // "LLMLKI8"
+constexpr int64_t kKindW8A8 = 1;
+constexpr int64_t kKindW8 = 2;
+
+inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+// Every packed weight starts with this header, so the glue can check a buffer against the
+// call before any kernel reads it.
+struct PackedHeader {
+  int64_t magic;
+  int64_t kind;        // kKindW8A8 or kKindW8
+  int64_t n, k;        // logical weight shape [N, K]
+  int64_t group_size;  // W8: scale group along K (K for per-channel scales); W8A8: 0
+  int64_t groups;      // W8: ceil(K / group_size); W8A8: 0
+  int64_t aux_offset;  // byte offset of the int32 compensation (W8A8) or float scales (W8)
+  int64_t nbytes;      // total size of the buffer
+};
+static_assert(sizeof(PackedHeader) <= kHeaderBytes, "header must fit its slot");
+
+// W8A8 layout. K is padded to kp = round_up(K, 4) and N to round_up(N, 16), both with zero
+// weights. Panels of 64 output channels (the last one 16, 32, 48 or 64 wide) follow each other;
+// panel p starts at byte 64 * p * kp and holds, for each group of 4 k, 4 bytes per channel:
+//   panel[(kk * width + j) * 4 + t] = w[64 p + j, 4 kk + t]
+// which is the operand order of vpdpbusd. aux: int32 comp[n_pad] = 128 * sum_k w[n, k].
+int64_t w8a8_packed_bytes(int64_t n, int64_t k);
+void pack_w8a8(const int8_t* w, int64_t n, int64_t k, uint8_t* dst);
+
+// W8 (weight-only) layout: N padded to 16, panels of 64 channels, one k per row of a panel:
+//   panel[k * width + j] = w[64 p + j, k]   (panel p starts at byte 64 * p * K)
+// aux: float scales, per panel [groups][width] (per-channel scales are one group of size K).
+int64_t w8_packed_bytes(int64_t n, int64_t k, int64_t groups);
+void pack_w8(const int8_t* w, const float* scale, int64_t n, int64_t k, int64_t group_size,
+             uint8_t* dst);
+
+// Quantise rows [r0, r1) of x: dynamic per-row absmax (see llmkern/ops/int8.py), or a static
+// per-tensor scale when is_static. Row r of q gets ld_q values; columns [k, ld_q) are zero
+// (in q's domain). scale[r] is the row's dequantisation scale (NaN for a non-finite row).
+struct QuantizeArgs {
+  const void* x;
+  DType x_dtype;
+  int64_t ld_x, k;
+  void* q;
+  ActFormat q_format;
+  int64_t ld_q;
+  float* scale;
+  bool is_static;
+  float static_scale;
+};
+
+// out[m, n] = float(sum_k a[m, k] * w[n, k]) * x_scale[m] * w_scale[n] + bias[n], cast to
+// out_dtype, for rows [m0, m1) and panels [p0, p1). a is in the ISA's ActFormat, rows of kp.
+struct W8a8Args {
+  const void* a;
+  int64_t m, n, kp;
+  const int8_t* w;       // packed panels
+  const int32_t* comp;  // [n_pad], used with ActFormat::U8
+  const float* x_scale;  // [m]
+  const float* w_scale;  // [n]
+  const float* bias;     // [n] or nullptr
+  void* out;
+  DType out_dtype;
+  int64_t ld_out;
+};
+
+// out[m, n] = sum_k x[m, k] * (w[n, k] * scale[n, k / group_size]) + bias[n], cast to
+// out_dtype, for rows [m0, m1) and panels [p0, p1). x is float32, rows of ld_x.
+struct W8Args {
+  const float* x;
+  int64_t ld_x, m, n, k;
+  const int8_t* w;       // packed panels
+  const float* scales;   // packed scales
+  int64_t group_size, groups;
+  const float* bias;  // [n] or nullptr
+  void* out;
+  DType out_dtype;
+  int64_t ld_out;
+};
+
+// Micro-kernel table: entry (mr - 1) * MaxNV + (nv - 1) is Kernel<mr, nv>::run.
+template <template <int, int> class Kernel, class Args, int MaxNV, int... I>
+auto kernel_table(std::integer_sequence<int, I...>) {
+  using Fn = void (*)(const Args&, int64_t m, int64_t p, int64_t width, int64_t v0);
+  return std::array<Fn, sizeof...(I)>{&Kernel<I / MaxNV + 1, I % MaxNV + 1>::run...};
+}
+
+// Runs Kernel<MR, NV> over rows [m0, m1) and panels [p0, p1): blocks of at most MaxMR rows
+// and MaxNV 16-channel vectors of a panel.
+template <int MaxMR, int MaxNV, template <int, int> class Kernel, class Args>
+void run_tiles(const Args& a, int64_t m0, int64_t m1, int64_t p0, int64_t p1) {
+  static const auto table =
+      kernel_table<Kernel, Args, MaxNV>(std::make_integer_sequence<int, MaxMR * MaxNV>{});
+  const int64_t n_pad = round_up(a.n, kLane);
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t nvec = std::min(kPanel, n_pad - p * kPanel) / 16;
+    for (int64_t m = m0; m < m1; m += MaxMR) {
+      const int64_t mr = std::min<int64_t>(MaxMR, m1 - m);
+      for (int64_t v0 = 0; v0 < nvec; v0 += MaxNV) {
+        const int64_t nv = std::min<int64_t>(MaxNV, nvec - v0);
+        table[(mr - 1) * MaxNV + (nv - 1)](a, m, p, nvec * 16, v0);
+      }
+    }
+  }
+}
+
+#define LLMKERN_INT8_DECLARE(isa)                                                    \
+  void quantize_rows_##isa(const QuantizeArgs& args, int64_t r0, int64_t r1);        \
+  void w8a8_tile_##isa(const W8a8Args& args, int64_t m0, int64_t m1, int64_t p0, \
+                       int64_t p1);                                                  \
+  void w8_tile_##isa(const W8Args& args, int64_t m0, int64_t m1, int64_t p0, int64_t p1);
+
+LLMKERN_INT8_DECLARE(scalar)
+LLMKERN_INT8_DECLARE(avx2)
+LLMKERN_INT8_DECLARE(avx512)
+#undef LLMKERN_INT8_DECLARE
+
+// The VNNI variant differs only in the W8A8 inner product (quantisation and weight-only are
+// the AVX-512 ones).
+void w8a8_tile_avx512_vnni(const W8a8Args& args, int64_t m0, int64_t m1, int64_t p0, int64_t p1);
+
+}  // namespace llmkern::int8

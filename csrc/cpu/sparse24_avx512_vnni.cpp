@@ -1,0 +1,120 @@
+// W8A8 2:4 kernel with AVX512-VNNI + VBMI: 64 kept int8 values per chunk (32 groups, 128 x
+// columns). vpmultishiftqb turns 128 meta bits into 64 byte positions, vpermi2b picks the
+// matching x bytes from two registers, vpdpbusd multiplies and sums four products per lane.
+// vpdpbusd wants unsigned x, so x is flipped to x + 128 and 128 * sum(w) is subtracted at the end
+// (sum(w) from a second vpdpbusd with ones, once per weight row and chunk).
+// GCC 12 warns about the deliberately undefined upper halves inside its own intrinsics
+// (_mm512_reduce_add_*); the values are never read.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512vbmi,fma")
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "cpu/sparse24_driver.h"
+
+namespace llmkern::sparse24 {
+namespace {
+
+constexpr int64_t kChunkGroups = 32;
+
+struct Tables {
+  alignas(64) uint8_t shift[64];  // byte (q, i): bit offset of kept value 8q+i in its meta qword
+  alignas(64) uint8_t base[64];   // byte j: first x column of kept value j's group, 4 * (j >> 1)
+  constexpr Tables() : shift(), base() {
+    for (int j = 0; j < 64; ++j) {
+      shift[j] = static_cast<uint8_t>(16 * ((j / 8) % 4) + 2 * (j % 8));
+      base[j] = static_cast<uint8_t>(4 * (j >> 1));
+    }
+  }
+};
+constexpr Tables kTables;
+
+// 16 meta bytes -> the x column (0..127) of each of the 64 kept values of the chunk.
+inline __m512i chunk_index(const uint8_t* meta) {
+  const __m512i m = _mm512_zextsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(meta)));
+  // Result qword q holds kept values 8q..8q+7, which live in meta qword q / 4.
+  const __m512i src = _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 0, 0, 0, 1, 1, 1, 1), m);
+  const __m512i pos = _mm512_multishift_epi64_epi8(_mm512_load_si512(kTables.shift), src);
+  return _mm512_ternarylogic_epi32(pos, _mm512_set1_epi8(3), _mm512_load_si512(kTables.base), 0xEA);
+}
+
+struct VnniKernel {
+  static constexpr int kMaxM = 3;  // 32 zmm: NR*MR accumulators, 2*MR x, NR weight sums
+
+  template <int NR, int MR>
+  static inline void step(__m512i (&acc)[NR][MR], __m512i (&wsum)[NR], const int8_t* const (&x)[MR],
+                          int64_t c, const int8_t* const (&v)[NR], const uint8_t* const (&mc)[NR]) {
+    const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+    const __m512i ones = _mm512_set1_epi8(1);
+    __m512i xl[MR], xh[MR];
+    for (int i = 0; i < MR; ++i) {
+      xl[i] = _mm512_xor_si512(_mm512_loadu_si512(x[i] + 128 * c), flip);
+      xh[i] = _mm512_xor_si512(_mm512_loadu_si512(x[i] + 128 * c + 64), flip);
+    }
+    for (int r = 0; r < NR; ++r) {
+      const __m512i idx = chunk_index(mc[r]);
+      const __m512i w = _mm512_loadu_si512(v[r]);
+      wsum[r] = _mm512_dpbusd_epi32(wsum[r], ones, w);
+      for (int i = 0; i < MR; ++i)
+        acc[r][i] = _mm512_dpbusd_epi32(acc[r][i], _mm512_permutex2var_epi8(xl[i], idx, xh[i]), w);
+    }
+  }
+
+  template <int NR, int MR>
+  static void tile(const Args& a, int64_t n0, int64_t m0) {
+    const int64_t half = a.k / 2, mbytes = meta_bytes(a.k), groups = a.k / 4;
+    const int64_t full = groups / kChunkGroups, rem = groups % kChunkGroups;
+    const int8_t* vrow[NR];
+    const uint8_t* mrow[NR];
+    for (int r = 0; r < NR; ++r) {
+      vrow[r] = static_cast<const int8_t*>(a.values) + (n0 + r) * half;
+      mrow[r] = a.meta + (n0 + r) * mbytes;
+    }
+    const int8_t* x[MR];
+    for (int i = 0; i < MR; ++i) x[i] = static_cast<const int8_t*>(a.x) + (m0 + i) * a.ldx;
+    __m512i acc[NR][MR], wsum[NR];
+    for (int r = 0; r < NR; ++r) {
+      wsum[r] = _mm512_setzero_si512();
+      for (int i = 0; i < MR; ++i) acc[r][i] = _mm512_setzero_si512();
+    }
+    for (int64_t c = 0; c < full; ++c) {
+      const int8_t* v[NR];
+      const uint8_t* mc[NR];
+      for (int r = 0; r < NR; ++r) {
+        v[r] = vrow[r] + 64 * c;
+        mc[r] = mrow[r] + 16 * c;
+      }
+      step<NR, MR>(acc, wsum, x, c, v, mc);
+    }
+    if (rem) {  // last partial chunk from zero-filled copies (zero values, x padding)
+      alignas(64) int8_t vbuf[NR][64] = {};
+      alignas(16) uint8_t mbuf[NR][16] = {};
+      const int8_t* v[NR];
+      const uint8_t* mc[NR];
+      for (int r = 0; r < NR; ++r) {
+        std::memcpy(vbuf[r], vrow[r] + 64 * full, 2 * rem);
+        std::memcpy(mbuf[r], mrow[r] + 16 * full, (rem + 1) / 2);
+        v[r] = vbuf[r];
+        mc[r] = mbuf[r];
+      }
+      step<NR, MR>(acc, wsum, x, full, v, mc);
+    }
+    int32_t* raw = static_cast<int32_t*>(a.raw);
+    for (int r = 0; r < NR; ++r) {
+      // Wrapping int32 arithmetic, as in the accumulators: exact whenever the true sum fits.
+      const uint32_t corr = 128u * static_cast<uint32_t>(_mm512_reduce_add_epi32(wsum[r]));
+      for (int i = 0; i < MR; ++i)
+        raw[(m0 + i) * a.ldr + n0 + r] =
+            static_cast<int32_t>(static_cast<uint32_t>(_mm512_reduce_add_epi32(acc[r][i])) - corr);
+    }
+  }
+};
+
+}  // namespace
+
+void int_rows_avx512_vnni(const Args& a, int64_t n0, int64_t n1) { run_rows<VnniKernel>(a, n0, n1); }
+
+}  // namespace llmkern::sparse24

@@ -1,0 +1,275 @@
+"""save() / load(): compressed checkpoints as a folder with two files:
+
+- ``model.safetensors``: the model's state dict (each tensor shared under several names stored once);
+- ``llmkern.json``: format version, size and SHA-256 of the tensor file, how to rebuild the base
+  model (a transformers class and its config, when the model is a Hugging Face model), every
+  swapped module (dotted name -> llmkern class and constructor arguments), and the aliases of
+  shared tensors.
+
+``load`` checks everything before it touches a model: the config, the tensor file's size and
+hash, and that every tensor name, shape and kind (integer or floating) matches the rebuilt
+architecture. A truncated, corrupted or mismatched checkpoint raises a ValueError that says
+which, and nothing is loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import json
+import os
+
+import torch
+from torch import nn
+
+FORMAT = "llmkern-compressed"
+VERSION = 1
+CONFIG_FILE = "llmkern.json"
+TENSORS_FILE = "model.safetensors"
+_SKIP_ARGS = {"self", "device", "dtype"}
+
+
+def _is_llmkern_module(m: nn.Module) -> bool:
+    return type(m).__module__.split(".")[0] == "llmkern"
+
+
+def swapped_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """The outermost llmkern modules inside ``model``, by dotted name."""
+    out: dict[str, nn.Module] = {}
+    for name, m in model.named_modules():
+        if name and _is_llmkern_module(m) and not any(name.startswith(p + ".") for p in out):
+            out[name] = m
+    return out
+
+
+def constructor_args(m: nn.Module) -> dict:
+    """The module's constructor arguments, read back from its attributes of the same names."""
+    args = {}
+    for p in inspect.signature(type(m).__init__).parameters.values():
+        if p.name in _SKIP_ARGS or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if p.name == "bias":
+            args["bias"] = getattr(m, "bias", None) is not None
+            continue
+        if not hasattr(m, p.name):
+            if p.default is p.empty:
+                raise ValueError(
+                    f"cannot save {type(m).__name__}: constructor argument {p.name!r} is not an attribute"
+                )
+            continue
+        v = getattr(m, p.name)
+        if isinstance(v, torch.dtype):
+            v = str(v)
+        if not isinstance(v, (int, float, str, bool, type(None), list, tuple)):
+            if p.default is p.empty:
+                raise ValueError(
+                    f"cannot save {type(m).__name__}: argument {p.name!r} is a {type(v).__name__}"
+                )
+            continue
+        args[p.name] = list(v) if isinstance(v, tuple) else v
+    return args
+
+
+def _class_path(m: nn.Module) -> str:
+    cls = type(m)
+    public = cls.__module__
+    # Prefer the public re-export (llmkern.nn.Int8Linear) when there is one.
+    for candidate in ("llmkern.nn", "llmkern.compress"):
+        if getattr(importlib.import_module(candidate), cls.__name__, None) is cls:
+            public = candidate
+            break
+    return f"{public}.{cls.__name__}"
+
+
+def _resolve_class(path: str, allowed_root: str):
+    module, _, name = path.rpartition(".")
+    if module.split(".")[0] != allowed_root:
+        raise ValueError(
+            f"checkpoint names class {path!r}, outside {allowed_root}: refusing to load it"
+        )
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(
+            f"checkpoint needs class {path!r}, which this llmkern does not have ({exc})"
+        ) from None
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _base_spec(model: nn.Module) -> dict:
+    config = getattr(model, "config", None)
+    if type(model).__module__.startswith("transformers.") and hasattr(config, "to_dict"):
+        return {"kind": "transformers", "class": type(model).__name__, "config": config.to_dict()}
+    return {"kind": "module", "class": f"{type(model).__module__}.{type(model).__qualname__}"}
+
+
+def save(model: nn.Module, path: str) -> str:
+    """Write ``model`` (compressed or not) to the folder ``path``; returns ``path``."""
+    from safetensors.torch import save_file
+
+    state = model.state_dict()
+    tensors, aliases, seen = {}, {}, {}
+    for key, t in state.items():
+        ident = (t.data_ptr(), t.dtype, tuple(t.shape), t.stride()) if t.numel() else None
+        if ident is not None and ident in seen:
+            aliases[key] = seen[ident]
+            continue
+        if ident is not None:
+            seen[ident] = key
+        tensors[key] = t.detach().to("cpu").contiguous().clone()
+    modules = {
+        name: {"class": _class_path(m), "args": constructor_args(m)}
+        for name, m in swapped_modules(model).items()
+    }
+    os.makedirs(path, exist_ok=True)
+    tensor_path = os.path.join(path, TENSORS_FILE)
+    save_file(tensors, tensor_path)
+    config = {
+        "format": FORMAT,
+        "version": VERSION,
+        "tensors": {
+            "file": TENSORS_FILE,
+            "bytes": os.path.getsize(tensor_path),
+            "sha256": _sha256(tensor_path),
+        },
+        "base": _base_spec(model),
+        "modules": modules,
+        "aliases": aliases,
+    }
+    with open(os.path.join(path, CONFIG_FILE), "w") as f:
+        json.dump(config, f, indent=1)
+    return path
+
+
+def _read_config(path: str) -> dict:
+    cfg_path = os.path.join(path, CONFIG_FILE)
+    if not os.path.isdir(path) or not os.path.isfile(cfg_path):
+        raise FileNotFoundError(f"{path} is not an llmkern checkpoint folder (no {CONFIG_FILE})")
+    try:
+        with open(cfg_path) as f:
+            cfg = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{cfg_path} is corrupted (not valid JSON: {exc})") from None
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+        raise ValueError(f"{cfg_path} is not an llmkern checkpoint config")
+    if cfg.get("version") != VERSION:
+        raise ValueError(
+            f"{cfg_path} has format version {cfg.get('version')}; this llmkern reads {VERSION}"
+        )
+    for key in ("tensors", "base", "modules", "aliases"):
+        if key not in cfg:
+            raise ValueError(f"{cfg_path} is corrupted (no {key!r} entry)")
+    return cfg
+
+
+def _read_tensors(path: str, spec: dict) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    tpath = os.path.join(path, os.path.basename(spec["file"]))
+    if not os.path.isfile(tpath):
+        raise FileNotFoundError(f"checkpoint tensor file {tpath} is missing")
+    size = os.path.getsize(tpath)
+    if size != spec["bytes"]:
+        raise ValueError(
+            f"{tpath} is truncated or altered: {size} bytes, the checkpoint recorded {spec['bytes']}"
+        )
+    if _sha256(tpath) != spec["sha256"]:
+        raise ValueError(f"{tpath} is corrupted: its SHA-256 does not match the checkpoint's")
+    try:
+        return load_file(tpath)
+    except SafetensorError as exc:
+        raise ValueError(f"{tpath} is not a readable safetensors file ({exc})") from None
+
+
+def _build_base(base: dict, model: nn.Module | None) -> nn.Module:
+    if model is not None:
+        return model
+    if base.get("kind") != "transformers":
+        raise ValueError(
+            f"this checkpoint holds a {base.get('class')}, which load cannot rebuild by itself: "
+            "pass model=<an uncompressed instance of the same architecture>"
+        )
+    cls = _resolve_class(f"transformers.{base['class']}", "transformers")
+    config = cls.config_class.from_dict(base["config"])
+    return cls(config)
+
+
+def _kind(dtype: torch.dtype) -> str:
+    return "float" if dtype.is_floating_point else "integer"
+
+
+def load(path: str, model: nn.Module | None = None) -> nn.Module:
+    """Load a checkpoint written by :func:`save`. Hugging Face models are rebuilt from the stored
+    config; for any other model pass ``model``, an uncompressed instance of the same architecture,
+    which is then compressed and loaded in place (and left untouched when loading fails)."""
+    cfg = _read_config(path)
+    tensors = _read_tensors(path, cfg["tensors"])
+    for alias, target in cfg["aliases"].items():
+        if target not in tensors:
+            raise ValueError(
+                f"checkpoint is corrupted: alias {alias!r} points to missing tensor {target!r}"
+            )
+    base = _build_base(cfg["base"], model)
+    names = {n for n, _ in base.named_modules()}
+
+    replacements: dict[str, nn.Module] = {}
+    for name, spec in cfg["modules"].items():
+        if name not in names:
+            raise ValueError(f"checkpoint does not match the model: it has no module {name!r}")
+        cls = _resolve_class(spec["class"], "llmkern")
+        try:
+            replacements[name] = cls(**spec["args"])
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"checkpoint module {name!r} ({spec['class']}) cannot be built: {exc}"
+            ) from None
+
+    expected: dict[str, torch.Tensor] = {
+        k: v for k, v in base.state_dict().items()
+        if not any(k.startswith(r + ".") for r in replacements)
+    }  # fmt: skip
+    for rname, r in replacements.items():
+        expected.update({f"{rname}.{k}": v for k, v in r.state_dict().items()})
+    stored = set(tensors) | set(cfg["aliases"])
+    missing, unexpected = sorted(set(expected) - stored), sorted(stored - set(expected))
+    if missing or unexpected:
+        raise ValueError(
+            "checkpoint does not match the model: "
+            + (f"missing {missing[:4]}{' ...' if len(missing) > 4 else ''} " if missing else "")
+            + (
+                f"unexpected {unexpected[:4]}{' ...' if len(unexpected) > 4 else ''}"
+                if unexpected
+                else ""
+            )
+        )
+    full = {k: tensors[cfg["aliases"].get(k, k)] for k in expected}
+    for k, want in expected.items():
+        got = full[k]
+        if tuple(got.shape) != tuple(want.shape) or _kind(got.dtype) != _kind(want.dtype):
+            raise ValueError(
+                f"checkpoint does not match the model at {k!r}: stored {tuple(got.shape)} {got.dtype}, "
+                f"model expects {tuple(want.shape)} {want.dtype}"
+            )
+
+    # Everything checked: compress the skeleton and load.
+    from llmkern.compress.modules import set_module
+
+    for name, r in replacements.items():
+        set_module(base, name, r)
+    device = next((t.device for t in base.state_dict().values()), torch.device("cpu"))
+    base.load_state_dict({k: v.to(device) for k, v in full.items()}, strict=True, assign=True)
+    for alias, target in cfg["aliases"].items():  # re-tie shared tensors (e.g. LM head = embedding)
+        owner, _, attr = alias.rpartition(".")
+        t_owner, _, t_attr = target.rpartition(".")
+        setattr(base.get_submodule(owner), attr, getattr(base.get_submodule(t_owner), t_attr))
+    base.eval()
+    return base

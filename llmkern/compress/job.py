@@ -1,0 +1,414 @@
+"""``llmkern compress``: compress one model several ways and compare them side by side.
+
+For a Hugging Face model folder (default: the packaged all-MiniLM-L6-v2) this applies each method
+to a copy of the float model and measures, in one process:
+
+- size: bytes of the model's state dict;
+- latency at batch 1 and at batch 32, 128 tokens each, every model timed in turn (round robin,
+  median), with the ratio to fp32;
+- fidelity: cosine similarity of sentence embeddings to fp32 on a built-in sentence set (mean and
+  minimum) and nearest-neighbour agreement.
+
+"2:4 + recovery" prunes like "2:4 (Wanda)" and then distils the pruned model from the dense one
+for a bounded time on standard-library docstrings, with llmkern's KD loss over in-batch
+similarity distributions plus hidden-state and embedding terms, keeping the 2:4 masks.
+It writes the chosen compressed model (an llmkern checkpoint), a JSON report and a PNG chart.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from llmkern.benchmark import environment, time_fn
+from llmkern.compress import hf, texts
+from llmkern.compress.checkpoint import load, save
+from llmkern.compress.distill import distill
+from llmkern.compress.fidelity import fidelity
+from llmkern.compress.lowrank import low_rank
+from llmkern.compress.prune import prune
+from llmkern.compress.quantize import quantize
+from llmkern.compress.report import count_bytes
+
+METHODS = ("fp32", "w8a8", "w8", "2:4", "2:4+int8", "low-rank", "2:4+recovery")
+LABELS = {
+    "fp32": "fp32 (baseline)",
+    "w8a8": "W8A8",
+    "w8": "W8 weight-only",
+    "2:4": "2:4 (Wanda)",
+    "2:4+int8": "2:4 + int8",
+    "low-rank": "low-rank",
+    "2:4+recovery": "2:4 + recovery",
+}
+
+
+@dataclass
+class Settings:
+    model_dir: str | None = None
+    methods: tuple[str, ...] = METHODS
+    out_dir: str = "llmkern-compress-out"
+    save_method: str = "w8a8"
+    smoothquant: float | None = None
+    energy: float = 0.9
+    rank: int | None = None
+    recovery_seconds: float = 180.0
+    recovery_lr: float = 1e-4
+    shapes: tuple[tuple[int, int], ...] = ((1, 128), (32, 128))
+    reps: int = 7
+    calib_batches: int = 8
+    quick: bool = False
+    seed: int = 0
+    progress: bool = True
+
+
+@dataclass
+class Row:
+    method: str
+    label: str
+    size_mb: float
+    latency_ms: dict = field(default_factory=dict)
+    speedup: dict = field(default_factory=dict)
+    fidelity: dict = field(default_factory=dict)
+    note: str = ""
+
+
+def quick_settings(s: Settings) -> Settings:
+    """Seconds instead of minutes: small shapes, few repetitions, a short recovery."""
+    s.shapes, s.reps, s.calib_batches = ((1, 16), (4, 16)), 2, 2
+    s.recovery_seconds = min(s.recovery_seconds, 5.0)
+    s.quick = True
+    return s
+
+
+def _batches(tokenizer, sentences, batch_size, n, max_length=64):
+    return [
+        hf.tokenize(tokenizer, sentences[i * batch_size : (i + 1) * batch_size], max_length)
+        for i in range(min(n, len(sentences) // batch_size))
+    ]
+
+
+def transformer_blocks(model: nn.Module) -> nn.ModuleList:
+    """The model's stack of transformer blocks: its largest nn.ModuleList."""
+    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
+    if not lists:
+        raise ValueError(f"cannot find the transformer blocks of {type(model).__name__}")
+    return max(lists, key=lambda m: sum(p.numel() for p in m.parameters()))
+
+
+def _block_output(out):
+    return out if isinstance(out, torch.Tensor) else out[0]
+
+
+class _BlockTaps:
+    """Forward hooks on every block: record each block's input and output (``force=None``), or
+    feed each block the given inputs instead of its own (teacher forcing) and record outputs."""
+
+    def __init__(self, model: nn.Module, force: list | None = None):
+        self.blocks, self.force = transformer_blocks(model), force
+        self.inputs, self.outputs, self.handles = [], [], []
+
+    def __enter__(self):
+        for i, b in enumerate(self.blocks):
+            self.handles.append(b.register_forward_pre_hook(self._pre(i), with_kwargs=True))
+            self.handles.append(
+                b.register_forward_hook(lambda _m, _a, out: self.outputs.append(_block_output(out)))
+            )
+        return self
+
+    def _pre(self, i):
+        def hook(_m, args, kwargs):
+            if self.force is None:
+                x = args[0] if args else kwargs["hidden_states"]
+                self.inputs.append(x)
+                return None
+            if args:
+                return (self.force[i],) + tuple(args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": self.force[i]}
+
+        return hook
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+        return False
+
+
+def _masked_nmse(a, b, m):
+    """Squared error of ``a`` to ``b`` over the real tokens, relative to ``b``'s energy there."""
+    return (((a - b) ** 2) * m).sum() / ((b**2) * m).sum().clamp(min=1e-9)
+
+
+def _recovery_loss(pooling: str, tau: float = 2.0, sim_scale: float = 20.0):
+    """Alternating steps of two distillation losses from the dense teacher:
+
+    - end to end: llmkern's kd_loss over in-batch similarity distributions (each sentence's
+      softmax over its cosine similarities to the others in the batch, teacher vs student, at
+      temperature ``tau``) + 10 (1 - cosine) of the embeddings + the normalised MSE of every
+      block's output;
+    - block-wise: every student block is fed the teacher's input to that block and matched to
+      the teacher's output (so all blocks learn at once, without compounding errors).
+    """
+    from llmkern.ops import kd_loss
+
+    calls = [0]
+
+    def loss_fn(student, teacher, batch):
+        inputs = hf.backbone_inputs(batch)
+        m = batch["attention_mask"].unsqueeze(-1).float()
+        with torch.no_grad(), _BlockTaps(teacher) as t_taps:
+            t = teacher(**inputs)
+        calls[0] += 1
+        if calls[0] % 2 == 0:
+            with _BlockTaps(student, force=[x.detach() for x in t_taps.inputs]) as s_taps:
+                student(**inputs)
+            pairs = zip(s_taps.outputs, t_taps.outputs, strict=True)
+            return sum(_masked_nmse(a, b, m) for a, b in pairs) / len(t_taps.outputs)
+        with _BlockTaps(student) as s_taps:
+            s = student(**inputs)
+        mask = batch["attention_mask"]
+        es, et = (
+            hf.pool(s.last_hidden_state, mask, pooling),
+            hf.pool(t.last_hidden_state, mask, pooling),
+        )
+        sim = kd_loss(sim_scale * es @ es.T, sim_scale * et @ et.T, temperature=tau)
+        cos = (1.0 - (es * et).sum(1)).mean()
+        pairs = zip(s_taps.outputs, t_taps.outputs, strict=True)
+        hidden = sum(_masked_nmse(a, b, m) for a, b in pairs) / len(t_taps.outputs)
+        return sim + 10.0 * cos + hidden
+
+    return loss_fn
+
+
+def _prune_and_recover(settings, teacher, model, tokenizer, pooling, calib, train):
+    """Wanda 2:4 pruning of ``model`` followed, with the masks held, by a time-bounded
+    distillation from ``teacher``."""
+    corpus = _batches(tokenizer, train[16 * settings.calib_batches :], 32, 10_000)
+    runs = []
+
+    def recover(m, step):
+        runs.append(distill(teacher, m, corpus, steps=3 if settings.quick else None,
+                            loss_fn=_recovery_loss(pooling), lr=settings.recovery_lr,
+                            max_seconds=settings.recovery_seconds, progress=settings.progress))  # fmt: skip
+
+    report = prune(model, importance="wanda", calibration=calib, fine_tune=recover)
+    return report, runs[-1]
+
+
+def build_variants(settings: Settings, base: nn.Module, tokenizer, pooling: str, log) -> dict:
+    """name -> (model, [reports], note) for every requested method."""
+    train = texts.sentences_from(texts.docstring_corpus("train"))
+    random.Random(settings.seed).shuffle(train)
+    calib = _batches(tokenizer, train, 16, settings.calib_batches)
+    out = {}
+    pruned, prune_report = None, None  # shared by the 2:4 rows (Wanda scores computed once)
+    for method in settings.methods:
+        t0 = time.perf_counter()
+        model = copy.deepcopy(base)
+        reports, note = [], ""
+        if method == "w8a8":
+            reports.append(quantize(model, "w8a8", calibration=calib if settings.smoothquant else None,
+                                    smoothquant=settings.smoothquant))  # fmt: skip
+        elif method == "w8":
+            reports.append(quantize(model, "w8"))
+        elif method in ("2:4", "2:4+int8"):
+            if pruned is None:
+                pruned = copy.deepcopy(base)
+                prune_report = prune(pruned, importance="wanda", calibration=calib)
+            model = copy.deepcopy(pruned)
+            reports.append(prune_report)
+            if method == "2:4+int8":
+                reports.append(quantize(model, "w8a8"))
+        elif method == "low-rank":
+            reports.append(
+                low_rank(
+                    model, rank=settings.rank, energy=None if settings.rank else settings.energy
+                )
+            )
+            note = f"rank {settings.rank}" if settings.rank else f"{settings.energy:.0%} energy"
+        elif method == "2:4+recovery":
+            prune_rep, run = _prune_and_recover(
+                settings, base, model, tokenizer, pooling, calib, train
+            )
+            reports += [prune_rep, run]
+            note = f"{run.steps} distillation steps, {run.seconds:.0f} s"
+        if method != "fp32" and not reports:
+            raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+        model.eval()
+        out[method] = (model, reports, note)
+        log(f"  {LABELS[method]:<16} built in {time.perf_counter() - t0:.1f} s")
+    return out
+
+
+def measure_latency(
+    models: dict[str, nn.Module], shapes, reps: int, vocab: int, seed: int = 0
+) -> dict:
+    """Median ms per model and shape, the models timed in turn so they share the machine's state."""
+    g = torch.Generator().manual_seed(seed)
+    result = {name: {} for name in models}
+    for b, t in shapes:
+        ids = torch.randint(1000, max(1001, vocab), (b, t), generator=g)
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        times = {name: [] for name in models}
+        with torch.inference_mode():
+            for m in models.values():  # warm-up
+                m(**inputs)
+            for _ in range(reps):
+                for name, m in models.items():
+                    times[name].append(
+                        time_fn(lambda i, m=m, x=inputs: m(**x), warmup=0, reps=1, min_time_s=0.0)
+                    )
+        for name, ts in times.items():
+            result[name][f"{b}x{t}"] = sorted(ts)[len(ts) // 2]
+    return result
+
+
+def format_table(rows: list[Row]) -> str:
+    shapes = list(rows[0].latency_ms)
+    head = ["method", "size MB", "x smaller"]
+    for s in shapes:
+        head += [f"{s} ms", "vs fp32"]
+    head += ["mean cos", "min cos", "NN agree"]
+    base_mb = rows[0].size_mb
+    body = []
+    for r in rows:
+        cells = [r.label, f"{r.size_mb:.1f}", f"{base_mb / r.size_mb:.2f}x"]
+        for s in shapes:
+            cells += [f"{r.latency_ms[s]:.2f}", f"{r.speedup[s]:.2f}x"]
+        f = r.fidelity
+        cells += [f"{f['mean_cosine']:.4f}", f"{f['min_cosine']:.4f}", f"{f['nn_agreement']:.1%}"]
+        body.append(cells)
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
+    line = lambda cells: "  ".join(
+        c.ljust(w) if i == 0 else c.rjust(w)
+        for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+    )
+    return "\n".join([line(head), line(["-" * w for w in widths])] + [line(b) for b in body])
+
+
+def plot(rows: list[Row], path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [r.label for r in rows]
+    shapes = list(rows[0].latency_ms)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 0.45 * len(rows) + 1.8), sharey=True)
+    y = range(len(rows))
+    axes[0].barh(y, [r.size_mb for r in rows], color="tab:blue")
+    axes[0].set_xlabel("size (MB)")
+    for j, s in enumerate(shapes):
+        axes[1].barh(
+            [i + 0.4 * j - 0.2 for i in y], [r.speedup[s] for r in rows], height=0.4, label=s
+        )
+    axes[1].axvline(1.0, color="k", lw=0.8)
+    axes[1].set_xlabel("speedup vs fp32")
+    axes[1].legend(fontsize=7)
+    axes[2].barh(y, [r.fidelity["mean_cosine"] for r in rows], color="tab:green")
+    axes[2].set_xlim(min(0.5, min(r.fidelity["mean_cosine"] for r in rows) - 0.05), 1.0)
+    axes[2].set_xlabel("mean cosine to fp32")
+    axes[0].set_yticks(list(y), labels)
+    axes[0].invert_yaxis()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(settings: Settings, log=print) -> dict:
+    torch.manual_seed(settings.seed)
+    unknown = [m for m in settings.methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+    if settings.save_method and settings.save_method not in settings.methods:
+        raise ValueError(
+            f"--save {settings.save_method} is not among the methods run ({', '.join(settings.methods)})"
+        )
+    methods = ("fp32",) + tuple(m for m in settings.methods if m != "fp32")
+    settings.methods = methods
+    t_start = time.perf_counter()
+    name = settings.model_dir or "all-MiniLM-L6-v2 (packaged)"
+    log(f"llmkern compress: {name}")
+    base, tokenizer, pooling = hf.load_backbone(settings.model_dir)
+    log(
+        f"  loaded {type(base).__name__}: {sum(p.numel() for p in base.parameters()) / 1e6:.1f} M parameters"
+    )
+    variants = build_variants(settings, base, tokenizer, pooling, log)
+
+    log(
+        f"  measuring fidelity on {len(texts.SENTENCES)} sentences and latency at {settings.shapes}"
+    )
+    ref = hf.embed(base, tokenizer, texts.SENTENCES, pooling)
+    fid = {
+        m: fidelity(ref, hf.embed(v[0], tokenizer, texts.SENTENCES, pooling))
+        for m, v in variants.items()
+    }
+    vocab = getattr(getattr(base, "config", None), "vocab_size", 30000)
+    lat = measure_latency(
+        {m: v[0] for m, v in variants.items()}, settings.shapes, settings.reps, vocab, settings.seed
+    )
+
+    rows = []
+    for m, (model, _, note) in variants.items():
+        speed = {s: lat["fp32"][s] / lat[m][s] for s in lat[m]}
+        rows.append(
+            Row(m, LABELS[m], count_bytes(model) / 2**20, lat[m], speed, fid[m].as_dict(), note)
+        )
+    table = format_table(rows)
+    log("")
+    log(table)
+    for r in rows:
+        if r.method == "2:4+recovery":
+            before = fid.get("2:4")
+            before_txt = f"{before.mean_cosine:.4f} -> " if before else ""
+            log(
+                f"  2:4 + recovery: mean cosine {before_txt}{r.fidelity['mean_cosine']:.4f} ({r.note})"
+            )
+        elif r.note:
+            log(f"  {r.label}: {r.note}")
+
+    os.makedirs(settings.out_dir, exist_ok=True)
+    saved = None
+    if settings.save_method:
+        saved = os.path.join(
+            settings.out_dir, f"model-{settings.save_method.replace(':', '').replace('+', '-')}"
+        )
+        model = variants[settings.save_method][0]
+        save(model, saved)
+        again = load(saved)
+        same = torch.equal(hf.embed(again, tokenizer, texts.SENTENCES[:8], pooling),
+                           hf.embed(model, tokenizer, texts.SENTENCES[:8], pooling))  # fmt: skip
+        log(
+            f"  saved {LABELS[settings.save_method]} model to {saved} (reloaded: {'identical' if same else 'DIFFERENT'} outputs)"
+        )
+        if not same:
+            raise RuntimeError(f"the checkpoint {saved} does not reproduce the model's outputs")
+    result = {
+        "meta": {
+            **environment(),
+            "model": name,
+            "quick": settings.quick,
+            "seconds": time.perf_counter() - t_start,
+        },
+        "rows": [r.__dict__ for r in rows],
+        "reports": {
+            m: [r.__dict__ if not hasattr(r, "as_dict") else r.as_dict() for r in v[1]]
+            for m, v in variants.items()
+        },
+        "saved_model": saved,
+    }
+    json_path = os.path.join(settings.out_dir, "report.json")
+    with open(json_path, "w") as f:
+        json.dump(result, f, indent=1, default=str)
+    png = os.path.join(settings.out_dir, "compress.png")
+    plot(rows, png, f"llmkern compress: {os.path.basename(os.path.normpath(name))}")
+    log(f"  wrote {json_path} and {png} ({time.perf_counter() - t_start:.0f} s in all)")
+    result["table"] = table
+    return result

@@ -1,0 +1,100 @@
+"""low_rank(): factorise linear layers by truncated SVD, W [out, in] ~= (U_r S_r) (V_r^T), into a
+``LowRankLinear`` (two smaller linears, in -> rank -> out). A layer is factorised only when that
+stores fewer values than the dense weight, i.e. ``rank * (in + out) < in * out``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from llmkern.compress.modules import as_linear, linear_layers, set_module
+from llmkern.compress.report import Report
+
+
+class LowRankLinear(nn.Module):
+    """``y = up(down(x))``: ``down`` [rank, in] without bias, ``up`` [out, rank] with the bias."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True,
+                 device=None, dtype=None):  # fmt: skip
+        super().__init__()
+        if not 0 < rank <= min(in_features, out_features):
+            raise ValueError(f"rank must be in [1, {min(in_features, out_features)}], got {rank}")
+        self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        self.down = nn.Linear(in_features, rank, bias=False, device=device, dtype=dtype)
+        self.up = nn.Linear(rank, out_features, bias=bias, device=device, dtype=dtype)
+
+    @property
+    def bias(self):
+        return self.up.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.down(x))
+
+    @classmethod
+    @torch.no_grad()
+    def from_float(cls, linear: nn.Linear, rank: int) -> LowRankLinear:
+        w = linear.weight
+        u, s, vh = torch.linalg.svd(w.double(), full_matrices=False)
+        m = cls(linear.in_features, linear.out_features, rank, linear.bias is not None,
+                device=w.device, dtype=w.dtype)  # fmt: skip
+        root = s[:rank].sqrt()  # split the singular values evenly between the two factors
+        m.up.weight.copy_(u[:, :rank] * root)
+        m.down.weight.copy_(root[:, None] * vh[:rank])
+        if linear.bias is not None:
+            m.up.bias.copy_(linear.bias)
+        return m
+
+    def to_float(self) -> nn.Linear:
+        w = self.up.weight @ self.down.weight
+        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                        device=w.device, dtype=w.dtype)  # fmt: skip
+        with torch.no_grad():
+            lin.weight.copy_(w)
+            if self.bias is not None:
+                lin.bias.copy_(self.bias)
+        return lin
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
+
+
+def rank_for_energy(singular_values: torch.Tensor, energy: float) -> int:
+    """Smallest rank whose singular values keep ``energy`` of the squared Frobenius norm."""
+    e = singular_values.double().square()
+    cum = torch.cumsum(e, 0) / e.sum().clamp(min=1e-300)
+    return int(torch.searchsorted(cum, torch.tensor(energy, dtype=cum.dtype) - 1e-12)) + 1
+
+
+def low_rank(
+    model: nn.Module,
+    rank: int | None = None,
+    energy: float | None = 0.9,
+    skip: list[str] | None = None,
+) -> Report:
+    """Factorise each linear layer (in place) to ``rank``, or to the smallest rank keeping
+    ``energy`` of its squared singular values when ``rank`` is None. Returns a :class:`Report`;
+    layers where the factors would not be smaller stay dense."""
+    if rank is None and energy is None:
+        raise ValueError("give rank or energy")
+    if rank is not None and (not isinstance(rank, int) or rank < 1):
+        raise ValueError(f"rank must be a positive int, got {rank!r}")
+    if rank is None and not 0.0 < energy <= 1.0:
+        raise ValueError(f"energy must be in (0, 1], got {energy}")
+    report = Report("low_rank" + (f" rank={rank}" if rank is not None else f" energy={energy}"))
+    report.start(model)
+    for name, m in linear_layers(model, skip):
+        lin = as_linear(m)
+        n_out, n_in = lin.weight.shape
+        if rank is None:
+            s = torch.linalg.svdvals(lin.weight.detach().double())
+            r = rank_for_energy(s, energy)
+        else:
+            r = min(rank, n_in, n_out)
+        if r * (n_in + n_out) >= n_in * n_out:
+            report.add(name, m, m, f"kept dense (rank {r} would not save memory)")
+            continue
+        new = LowRankLinear.from_float(lin, r)
+        set_module(model, name, new)
+        report.add(name, m, new, f"SVD rank {r} of {min(n_in, n_out)}")
+    return report.finish(model)

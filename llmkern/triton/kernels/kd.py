@@ -1,0 +1,279 @@
+"""Fused KD loss rows (llmkern.ops.kd): per row the loss and, optionally, d loss / d student,
+one program per row looping over the vocabulary in blocks, all math in float32.
+
+With a = z / tau (student), b = t / tau (teacher, first V columns), q = softmax(a),
+p = softmax(b):
+
+- pass 1 keeps running (max, sum of exp) for a, b and, with labels, z (CE is at temperature 1),
+  plus the cross term the divergence needs, rescaled whenever the running max moves:
+  KL(p||q) = sum p (b - a) + lse(a) - lse(b) and KL(q||p) = sum q (a - b) + lse(b) - lse(a).
+  The running sums use a shift of 0 while the max is still -inf, so -inf logits (teacher
+  log-probabilities of impossible tokens) never produce inf - inf.
+- JSD needs the normalised p and q inside its log, so it takes a second pass for its sums.
+- the gradient pass recomputes q, p (and softmax(z)) per block and writes the gradient in the
+  student's dtype. Ignored rows (label == ignore_index) skip the math and write zeros.
+
+The top-k variant (teacher given as sorted top-k indices + log-probabilities) reads the k
+entries instead of a teacher row; its gradient pass subtracts p at the top-k positions that fall
+in each vocabulary block, found through per-block start offsets into the sorted indices.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from llmkern.triton.kernels.common import INTERPRET, next_pow2, rowmajor
+
+_NEG_INF = tl.constexpr(float("-inf"))
+KL, REVERSE_KL, JSD = 0, 1, 2
+_DIVERGENCE_CODE = {"kl": KL, "reverse_kl": REVERSE_KL, "jsd": JSD}
+# Under the interpreter: small blocks so the tests cross several of them.
+MAX_BLOCK_V = 64 if INTERPRET else 4096
+MAX_BLOCK_V_TOPK = 64 if INTERPRET else 2048
+MAX_BLOCK_T = 16 if INTERPRET else 1024
+BLOCK_HITS = 4  # top-k entries matched against a vocabulary block at a time
+
+
+@triton.jit
+def _online(m, s, x):
+    """Fold block x (masked entries -inf) into a running max m and sum s = sum exp(x - m).
+    Returns (m, s, exp(x - m), factor that rescales older sums to the new max)."""
+    m_new = tl.maximum(m, tl.max(x, axis=0))
+    shift = tl.where(m_new == _NEG_INF, 0.0, m_new)
+    e = tl.exp(x - shift)
+    rescale = tl.exp(m - shift)
+    return m_new, s * rescale + tl.sum(e, axis=0), e, rescale
+
+
+@triton.jit
+def _lse(m, s):
+    return tl.where(m == _NEG_INF, 0.0, m) + tl.log(s)
+
+
+@triton.jit
+def _ce_grad(z, offs, lse_z, y):
+    """d CE / d z = softmax(z) - onehot(y)."""
+    return tl.exp(z - lse_z) - (offs == y).to(tl.float32)
+
+
+@triton.jit
+def _kd_rows_kernel(
+    s_ptr, t_ptr, y_ptr, rows_ptr, g_ptr, V, stride_s, stride_t, stride_g,
+    inv_tau, loss_scale, grad_scale, w_ce, ignore_index, beta,
+    HAS_LABELS: tl.constexpr, DIVERGENCE: tl.constexpr, GRAD: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+):  # fmt: skip
+    row = tl.program_id(0).to(tl.int64)
+    s_row = s_ptr + row * stride_s
+    t_row = t_ptr + row * stride_t
+    g_row = g_ptr + row * stride_g
+    lanes = tl.arange(0, BLOCK_V)
+    valid = True
+    y = 0
+    if HAS_LABELS:
+        y = tl.load(y_ptr + row)
+        valid = y != ignore_index
+    if valid:
+        ninf = tl.full((), _NEG_INF, tl.float32)
+        zero = tl.zeros((), tl.float32)
+        ma, sa, mb, sb, mz, sz, cross = ninf, zero, ninf, zero, ninf, zero, zero
+        for v0 in range(0, V, BLOCK_V):
+            offs = v0 + lanes
+            z = tl.load(s_row + offs, mask=offs < V, other=_NEG_INF).to(tl.float32)
+            t = tl.load(t_row + offs, mask=offs < V, other=_NEG_INF).to(tl.float32)
+            a = z * inv_tau
+            b = t * inv_tau
+            ma, sa, ea, ra = _online(ma, sa, a)
+            mb, sb, eb, rb = _online(mb, sb, b)
+            if HAS_LABELS:
+                mz, sz, _ez, _rz = _online(mz, sz, z)
+            if DIVERGENCE == 0:
+                cross = cross * rb + tl.sum(tl.where(eb > 0.0, eb * (b - a), 0.0), axis=0)
+            elif DIVERGENCE == 1:
+                cross = cross * ra + tl.sum(tl.where(ea > 0.0, ea * (a - b), 0.0), axis=0)
+        lse_a = _lse(ma, sa)
+        lse_b = _lse(mb, sb)
+        if DIVERGENCE == 0:
+            div = cross / sb + lse_a - lse_b
+        elif DIVERGENCE == 1:
+            div = cross / sa + lse_b - lse_a
+        else:
+            d_p, d_q = zero, zero
+            for v0 in range(0, V, BLOCK_V):
+                offs = v0 + lanes
+                z = tl.load(s_row + offs, mask=offs < V, other=_NEG_INF).to(tl.float32)
+                t = tl.load(t_row + offs, mask=offs < V, other=_NEG_INF).to(tl.float32)
+                logq = z * inv_tau - lse_a
+                logp = t * inv_tau - lse_b
+                q = tl.exp(logq)
+                p = tl.exp(logp)
+                logm = tl.log(beta * p + (1.0 - beta) * q)
+                d_p += tl.sum(tl.where(p > 0.0, p * (logp - logm), 0.0), axis=0)
+                d_q += tl.sum(tl.where(q > 0.0, q * (logq - logm), 0.0), axis=0)
+            div = beta * d_p + (1.0 - beta) * d_q
+        loss = loss_scale * div
+        lse_z = 0.0
+        if HAS_LABELS:
+            lse_z = _lse(mz, sz)
+            loss += w_ce * (lse_z - tl.load(s_row + y).to(tl.float32))
+        tl.store(rows_ptr + row, loss)
+        if GRAD:
+            for v0 in range(0, V, BLOCK_V):
+                offs = v0 + lanes
+                z = tl.load(s_row + offs, mask=offs < V, other=_NEG_INF).to(tl.float32)
+                t = tl.load(t_row + offs, mask=offs < V, other=_NEG_INF).to(tl.float32)
+                logq = z * inv_tau - lse_a
+                logp = t * inv_tau - lse_b
+                q = tl.exp(logq)
+                if DIVERGENCE == 0:
+                    g = q - tl.exp(logp)
+                elif DIVERGENCE == 1:
+                    g = q * (tl.where(q > 0.0, logq - logp, 0.0) - div)
+                else:
+                    logm = tl.log(beta * tl.exp(logp) + (1.0 - beta) * q)
+                    g = (1.0 - beta) * q * (tl.where(q > 0.0, logq - logm, 0.0) - d_q)
+                g = grad_scale * g
+                if HAS_LABELS:
+                    g += w_ce * _ce_grad(z, offs, lse_z, y)
+                tl.store(g_row + offs, g.to(g_ptr.dtype.element_ty), mask=offs < V)
+    else:
+        tl.store(rows_ptr + row, 0.0)
+        if GRAD:
+            for v0 in range(0, V, BLOCK_V):
+                offs = v0 + lanes
+                tl.store(g_row + offs, tl.zeros((BLOCK_V,), g_ptr.dtype.element_ty), mask=offs < V)
+
+
+@triton.jit
+def _kd_topk_kernel(
+    s_ptr, idx_ptr, lp_ptr, start_ptr, y_ptr, rows_ptr, g_ptr, V, KT,
+    stride_s, stride_i, stride_l, stride_st, stride_g,
+    inv_tau, loss_scale, grad_scale, w_ce, ignore_index,
+    HAS_LABELS: tl.constexpr, GRAD: tl.constexpr,
+    BLOCK_V: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_HIT: tl.constexpr,
+):  # fmt: skip
+    row = tl.program_id(0).to(tl.int64)
+    s_row = s_ptr + row * stride_s
+    idx_row = idx_ptr + row * stride_i
+    lp_row = lp_ptr + row * stride_l
+    g_row = g_ptr + row * stride_g
+    lanes = tl.arange(0, BLOCK_V)
+    valid = True
+    y = 0
+    if HAS_LABELS:
+        y = tl.load(y_ptr + row)
+        valid = y != ignore_index
+    if valid:
+        ninf = tl.full((), _NEG_INF, tl.float32)
+        zero = tl.zeros((), tl.float32)
+        ma, sa, mz, sz = ninf, zero, ninf, zero
+        for v0 in range(0, V, BLOCK_V):
+            offs = v0 + lanes
+            z = tl.load(s_row + offs, mask=offs < V, other=_NEG_INF).to(tl.float32)
+            ma, sa, _ea, _ra = _online(ma, sa, z * inv_tau)
+            if HAS_LABELS:
+                mz, sz, _ez, _rz = _online(mz, sz, z)
+        lse_a = _lse(ma, sa)
+        # Teacher: softmax over the k log-probabilities / tau; KL(p||q) = sum p (b - a) + ...
+        mb, sb, cross = ninf, zero, zero
+        for j0 in range(0, KT, BLOCK_T):
+            offs_j = j0 + tl.arange(0, BLOCK_T)
+            ok = offs_j < KT
+            b = tl.load(lp_row + offs_j, mask=ok, other=_NEG_INF).to(tl.float32) * inv_tau
+            idx = tl.load(idx_row + offs_j, mask=ok, other=0)
+            a = tl.load(s_row + idx, mask=ok, other=0.0).to(tl.float32) * inv_tau
+            mb, sb, eb, rb = _online(mb, sb, b)
+            cross = cross * rb + tl.sum(tl.where(eb > 0.0, eb * (b - a), 0.0), axis=0)
+        lse_b = _lse(mb, sb)
+        loss = loss_scale * (cross / sb + lse_a - lse_b)
+        lse_z = 0.0
+        if HAS_LABELS:
+            lse_z = _lse(mz, sz)
+            loss += w_ce * (lse_z - tl.load(s_row + y).to(tl.float32))
+        tl.store(rows_ptr + row, loss)
+        if GRAD:
+            hits = tl.arange(0, BLOCK_HIT)
+            for v0 in range(0, V, BLOCK_V):
+                offs = v0 + lanes
+                z = tl.load(s_row + offs, mask=offs < V, other=_NEG_INF).to(tl.float32)
+                # p at the top-k positions inside this block (duplicates add up).
+                p = tl.zeros((BLOCK_V,), tl.float32)
+                lo = tl.load(start_ptr + row * stride_st + v0 // BLOCK_V)
+                hi = tl.load(start_ptr + row * stride_st + v0 // BLOCK_V + 1)
+                for j0 in range(lo, hi, BLOCK_HIT):
+                    offs_j = j0 + hits
+                    ok = offs_j < hi
+                    idx = tl.load(idx_row + offs_j, mask=ok, other=-1)
+                    b = tl.load(lp_row + offs_j, mask=ok, other=_NEG_INF).to(tl.float32)
+                    p_j = tl.exp(b * inv_tau - lse_b)
+                    hit = offs[:, None] == idx[None, :]
+                    p += tl.sum(tl.where(hit, p_j[None, :], 0.0), axis=1)
+                g = grad_scale * (tl.exp(z * inv_tau - lse_a) - p)
+                if HAS_LABELS:
+                    g += w_ce * _ce_grad(z, offs, lse_z, y)
+                tl.store(g_row + offs, g.to(g_ptr.dtype.element_ty), mask=offs < V)
+    else:
+        tl.store(rows_ptr + row, 0.0)
+        if GRAD:
+            for v0 in range(0, V, BLOCK_V):
+                offs = v0 + lanes
+                tl.store(g_row + offs, tl.zeros((BLOCK_V,), g_ptr.dtype.element_ty), mask=offs < V)
+
+
+def _weights(labels, tau, alpha):
+    """(loss scale of the divergence, its gradient scale, CE weight): tau^2 scaling, and with
+    labels the alpha / (1 - alpha) mix."""
+    w_kd, w_ce = (alpha, 1.0 - alpha) if labels is not None else (1.0, 0.0)
+    return w_kd * tau * tau, w_kd * tau, w_ce
+
+
+def _outputs(student, compute_grad):
+    n = student.shape[0]
+    rows = torch.empty(n, dtype=torch.float32, device=student.device)
+    grad = torch.empty_like(student) if compute_grad else student.new_empty(0)
+    return rows, grad
+
+
+def _warps(block):
+    return 4 if block <= 1024 else 8
+
+
+def kd_loss_rows(student, teacher, labels, tau, alpha, ignore_index, divergence, beta, compute_grad):
+    student, teacher = rowmajor(student), rowmajor(teacher)
+    n, v = student.shape
+    rows, grad = _outputs(student, compute_grad)
+    loss_scale, grad_scale, w_ce = _weights(labels, tau, alpha)
+    block = min(next_pow2(v), MAX_BLOCK_V)
+    _kd_rows_kernel[(n,)](
+        student, teacher, labels if labels is not None else rows, rows, grad, v,
+        student.stride(0), teacher.stride(0), grad.stride(0) if compute_grad else 0,
+        1.0 / tau, loss_scale, grad_scale, w_ce, ignore_index, beta,
+        HAS_LABELS=labels is not None, DIVERGENCE=_DIVERGENCE_CODE[divergence],
+        GRAD=compute_grad, BLOCK_V=block, num_warps=_warps(block),
+    )  # fmt: skip
+    return rows, grad
+
+
+def kd_loss_topk_rows(student, topk_idx, topk_logprobs, labels, tau, alpha, ignore_index, compute_grad):
+    student = rowmajor(student)
+    n, v = student.shape
+    k = topk_idx.shape[1]
+    rows, grad = _outputs(student, compute_grad)
+    loss_scale, grad_scale, w_ce = _weights(labels, tau, alpha)
+    block = min(next_pow2(v), MAX_BLOCK_V_TOPK)
+    # Sorted indices: the entries falling in vocabulary block i are starts[i]..starts[i+1].
+    topk_idx, order = topk_idx.sort(dim=1)
+    topk_logprobs = topk_logprobs.gather(1, order)
+    bounds = torch.arange(0, triton.cdiv(v, block) + 1, device=student.device) * block
+    starts = torch.searchsorted(topk_idx, bounds.expand(n, -1).contiguous(), out_int32=True)
+    _kd_topk_kernel[(n,)](
+        student, topk_idx, topk_logprobs, starts, labels if labels is not None else rows, rows,
+        grad, v, k, student.stride(0), topk_idx.stride(0), topk_logprobs.stride(0),
+        starts.stride(0), grad.stride(0) if compute_grad else 0,
+        1.0 / tau, loss_scale, grad_scale, w_ce, ignore_index,
+        HAS_LABELS=labels is not None, GRAD=compute_grad, BLOCK_V=block,
+        BLOCK_T=min(next_pow2(k), MAX_BLOCK_T), BLOCK_HIT=BLOCK_HITS, num_warps=_warps(block),
+    )  # fmt: skip
+    return rows, grad
