@@ -31,6 +31,8 @@ hidden states and LM heads, so every backend of ``kd_loss_rows`` serves it too.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from llmkern.backends import dispatch, register
@@ -87,11 +89,18 @@ def kd_loss_rows_ref(
         div = (q * r).sum(1)
         grad_s = q * (r - div[:, None])
     else:  # jsd
-        logm = torch.log(beta * p + (1.0 - beta) * q)
-        div = beta * torch.where(p > 0, p * (logp - logm), 0.0).sum(1) + (1.0 - beta) * torch.where(
-            q > 0, q * (logq - logm), 0.0
-        ).sum(1)
-        g = (1.0 - beta) * torch.where(q > 0, logq - logm, 0.0)
+        # log M in log space: log(beta p + (1 - beta) q) of underflowed p and q would be -inf
+        # (and 0 * inf = NaN); a term with weight 0 (beta = 0 or 1) is left out, not multiplied.
+        log_b = math.log(beta) if beta > 0 else -math.inf
+        log_1b = math.log1p(-beta) if beta < 1 else -math.inf
+        logm = torch.logaddexp(logp + log_b, logq + log_1b)
+        div = torch.zeros_like(logq[:, 0])
+        g = torch.zeros_like(logq)
+        if beta > 0:
+            div = div + beta * torch.where(p > 0, p * (logp - logm), 0.0).sum(1)
+        if beta < 1:
+            g = (1.0 - beta) * torch.where(q > 0, logq - logm, 0.0)
+            div = div + (q * g).sum(1)
         grad_s = q * (g - (q * g).sum(1, keepdim=True))
     w_kd, w_ce = _weights(labels, alpha)
     rows = w_kd * tau * tau * div

@@ -27,7 +27,13 @@ from __future__ import annotations
 import torch
 
 from llmkern.backends import dispatch, register
-from llmkern.ops._checks import FLOAT_DTYPES, check_same_device, check_shape, check_tensor
+from llmkern.ops._checks import (
+    FLOAT_DTYPES,
+    check_finite,
+    check_same_device,
+    check_shape,
+    check_tensor,
+)
 from llmkern.ops.int8 import (
     MAX_K_W8A8,
     check_bias,
@@ -121,6 +127,7 @@ register("sparse24_w8_matmul", "reference", _DEVICES)(sparse24_w8_matmul_ref)
 
 @torch.library.custom_op("llmkern::compress_24", mutates_args=())
 def _compress_24_op(w: torch.Tensor, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    check_24_pattern(w)  # a value check: in the op, so compiled graphs run it too (see ops/int8.py)
     return dispatch("compress_24", w.device, backend or None, w)
 
 
@@ -134,6 +141,7 @@ def _(w, backend):
 def _decompress_24_op(
     values: torch.Tensor, meta: torch.Tensor, k: int, backend: str
 ) -> torch.Tensor:
+    check_codes(meta, k)
     return dispatch("decompress_24", values.device, backend or None, values, meta, k)
 
 
@@ -199,6 +207,7 @@ def _sparse24_w8a8_matmul_op(
     backend: str,
 ) -> torch.Tensor:
     args = (x_q, values, meta, x_scale, w_scale, bias, out_dtype)
+    check_finite("w_scale", w_scale)
     return dispatch("sparse24_w8a8_matmul", x_q.device, backend or None, *args)
 
 
@@ -216,6 +225,7 @@ def _sparse24_w8_matmul_op(
     bias: torch.Tensor | None,
     backend: str,
 ) -> torch.Tensor:
+    check_finite("w_scale", w_scale)
     return dispatch("sparse24_w8_matmul", x.device, backend or None, x, values, meta, w_scale, bias)
 
 
@@ -230,16 +240,15 @@ def _(x, values, meta, w_scale, bias, backend):
 
 
 def _check_k(name: str, k: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"{name} must be an int, got {type(k).__name__}")
     if k % 4 != 0:
         raise ValueError(
             f"{name}: K={k} must be a multiple of 4 for 2:4 sparsity; pad with zero columns first"
         )
 
 
-def compress_24(w: torch.Tensor, *, backend: str | None = None):
-    """w [N, K] that is 2:4 along K -> (values [N, K/2], meta uint8 [N, ceil(K/8)])."""
-    check_tensor("w", w, ndim=2, dtypes=VALUE_DTYPES)
-    _check_k("w", w.shape[1])
+def check_24_pattern(w: torch.Tensor) -> None:
     bad = first_violation(w)
     if bad is not None:
         row, group = bad
@@ -247,6 +256,18 @@ def compress_24(w: torch.Tensor, *, backend: str | None = None):
             f"w is not 2:4 sparse: row {row}, columns {4 * group}..{4 * group + 3} have more than "
             "2 non-zeros; make it 2:4 with prune_24(w, scores) first"
         )
+
+
+def check_codes(meta: torch.Tensor, k: int) -> None:
+    codes = unpack_meta(meta, k)
+    if bool((codes[:, :, 0] >= codes[:, :, 1]).any()):
+        raise ValueError("meta holds an invalid 2:4 code (each group needs idx0 < idx1)")
+
+
+def compress_24(w: torch.Tensor, *, backend: str | None = None):
+    """w [N, K] that is 2:4 along K -> (values [N, K/2], meta uint8 [N, ceil(K/8)])."""
+    check_tensor("w", w, ndim=2, dtypes=VALUE_DTYPES)
+    _check_k("w", w.shape[1])
     return _compress_24_op(w.contiguous(), backend or "")
 
 
@@ -263,17 +284,15 @@ def check_compressed(values, meta, k: int, value_dtypes, validate_codes: bool = 
             f"values must have shape [N, K/2] = [N, {k // 2}], got {tuple(values.shape)}"
         )
     check_shape("meta", meta, (n, meta_cols(k)))
-    if not validate_codes:
-        return
-    codes = unpack_meta(meta, k)
-    if bool((codes[:, :, 0] >= codes[:, :, 1]).any()):
-        raise ValueError("meta holds an invalid 2:4 code (each group needs idx0 < idx1)")
+    if validate_codes:
+        check_codes(meta, k)
 
 
 def decompress_24(values: torch.Tensor, meta: torch.Tensor, k: int | None = None, *, backend=None):
     """Inverse of :func:`compress_24`; K defaults to ``2 * values.shape[1]``."""
+    check_tensor("values", values, ndim=2, dtypes=VALUE_DTYPES)
     k = 2 * values.shape[1] if k is None else k
-    check_compressed(values, meta, k, VALUE_DTYPES, validate_codes=True)
+    check_compressed(values, meta, k, VALUE_DTYPES)  # the codes are checked in the op
     check_same_device(values=values, meta=meta)
     return _decompress_24_op(values, meta, k, backend or "")
 
@@ -282,7 +301,9 @@ def nm_mask(scores: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
     """Boolean mask keeping the ``n`` highest scores of every ``m`` consecutive values along the
     last dim (ties keep the lower position). ``n:m = 2:4`` gives the 2:4 pattern."""
     check_tensor("scores", scores)
-    if isinstance(n, bool) or isinstance(m, bool) or not (0 < n <= m):
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in (n, m)):
+        raise TypeError(f"n and m must be ints, got n={n!r}, m={m!r}")
+    if not (0 < n <= m):
         raise ValueError(f"need integers 0 < n <= m, got n={n!r}, m={m!r}")
     k = scores.shape[-1]
     if k % m:
@@ -296,13 +317,15 @@ def prune_24(w: torch.Tensor, scores: torch.Tensor | None = None, n: int = 2, m:
     """Zero all but the ``n`` highest-scoring of every ``m`` consecutive weights along K
     (scores default to |w|; ties keep the lower position). Returns the pruned weight."""
     check_tensor("w", w, ndim=2, dtypes=VALUE_DTYPES)
-    scores = w.abs() if scores is None else scores
+    # float before abs: |-128| wraps to -128 in int8 and would be pruned first.
+    scores = w.detach().float().abs() if scores is None else scores
     check_tensor("scores", scores)
     check_shape("scores", scores, tuple(w.shape))
     return w * nm_mask(scores, n, m).to(w.dtype)
 
 
 def _check_x_k(name, x, values):
+    check_tensor("values", values, ndim=2)
     if x.shape[1] != 2 * values.shape[1]:
         raise ValueError(
             f"{name} must have K = 2 * values.shape[1] = {2 * values.shape[1]} columns, "
