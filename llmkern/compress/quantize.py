@@ -96,7 +96,7 @@ def quantize(
                 f", groups of {group_size}" if group_size else ", per channel"
             )
         elif activation_scale == "static":
-            new = lnn.Int8Linear.from_float(lin, act_scale=stats[name].tensor_absmax / 127.0)
+            new = lnn.Int8Linear.from_float(lin, input_scale=stats[name].tensor_absmax / 127.0)
             action = "int8 W8A8, static activation scale"
         else:
             new = lnn.Int8Linear.from_float(lin)
