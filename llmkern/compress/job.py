@@ -274,7 +274,7 @@ def build_variants(settings: Settings, base: nn.Module, tokenizer, pooling: str,
             raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
         model.eval()
         out[method] = (model, reports, note)
-        log(f"  {LABELS[method]:<16} built in {time.perf_counter() - t0:.1f} s")
+        log(f"  {LABELS[method]:<20} built in {time.perf_counter() - t0:.1f} s")
     return out
 
 
