@@ -5,9 +5,10 @@ Numerical contract (every backend matches the reference below):
 
 - ``quantize_per_token``: per row, ``absmax = max|x|`` in float32, ``scale = absmax / 127``,
   ``q = clamp(round_half_even(x * (127 / absmax)), -127, 127)`` (the quotient ``127 / absmax``
-  computed once per row in float32). An all-zero row gets ``scale = 1`` and ``q = 0``; a row with
-  a non-finite value gets ``scale = NaN`` and ``q = 0``, so NaN propagates to the GEMM output
-  instead of silently wrong numbers.
+  computed once per row in float32). A row whose quotient is not finite (all zeros, or
+  ``absmax < 127 / FLT_MAX`` ~ 3.7e-37 where ``127 / absmax`` overflows) gets ``scale = 1`` and
+  ``q = 0``; a row with a non-finite value gets ``scale = NaN`` and ``q = 0``, so NaN propagates
+  to the GEMM output instead of silently wrong numbers.
 - ``w8a8_matmul``: ``acc[m, n] = sum_k x_q[m, k] * w_q[n, k]`` exactly in int32, then
   ``out = acc * x_scale[m] * w_scale[n] + bias[n]`` in float32 (left to right), cast to
   ``out_dtype``. K is limited to :data:`MAX_K_W8A8` so that int32 cannot overflow.
@@ -41,8 +42,9 @@ from llmkern.ops._checks import (
     check_tensor,
 )
 
-# |x_q| <= 127 and |w_q| <= 128, so |acc| <= K * 127 * 128 < 2**31 for K <= 2**17.
-MAX_K_W8A8 = 1 << 17
+# int8 operands are in [-128, 127] (callers may pass their own x_q with -128), so
+# |acc| <= K * 128 * 128 <= 2**31 - 1 exactly when K <= 131071.
+MAX_K_W8A8 = (2**31 - 1) // (128 * 128)
 _DEVICES = ("cpu", "cuda")
 
 # ---------------------------------------------------------------------------------------------
@@ -54,10 +56,11 @@ def quantize_per_token_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     xf = x.float()
     absmax = xf.abs().amax(dim=1)
     finite = torch.isfinite(absmax)
-    positive = finite & (absmax > 0)
     # A tensor numerator: torch computes `127.0 / tensor` as reciprocal * 127 (two roundings).
     numerator = torch.full_like(absmax, 127.0)
-    inv = torch.where(positive, numerator / torch.where(positive, absmax, 1.0), 0.0)
+    inv = numerator / absmax  # inf for zero rows and tiny rows (absmax < 127 / FLT_MAX)
+    positive = finite & torch.isfinite(inv)
+    inv = torch.where(positive, inv, 0.0)
     q = torch.round(xf * inv[:, None]).clamp_(-127, 127)
     q = torch.where(finite[:, None], q, 0.0).to(torch.int8)
     scale = torch.where(positive, absmax / 127.0, 1.0)
@@ -73,8 +76,9 @@ def _epilogue(acc_f32, x_scale, w_scale, bias, out_dtype):
 
 
 def int_matmul_ref(x_q: torch.Tensor, w_q: torch.Tensor) -> torch.Tensor:
-    """Exact int32 ``x_q @ w_q.T`` (int64 products, so no overflow inside the reference)."""
-    return (x_q.to(torch.int64) @ w_q.to(torch.int64).T).to(torch.int32)
+    """Exact int32 ``x_q @ w_q.T``. float64 holds every partial sum exactly (|acc| <= K * 2**14
+    < 2**53) and, unlike int64, has a matmul on CUDA too."""
+    return (x_q.to(torch.float64) @ w_q.to(torch.float64).T).to(torch.int32)
 
 
 def w8a8_matmul_ref(x_q, w_q, x_scale, w_scale, bias, out_dtype):
@@ -97,7 +101,9 @@ def w8_matmul_ref(x, w_q, w_scale, bias, group_size):
     return out.to(x.dtype)
 
 
-def quantize_static_ref(x: torch.Tensor, x_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_static_ref(
+    x: torch.Tensor, x_scale: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Static per-tensor quantisation with a calibrated scale (values beyond it saturate)."""
     xf = x.float()
     finite = torch.isfinite(xf).all(dim=1)
@@ -293,7 +299,7 @@ def w8a8_matmul(
     """int8 x_q [M, K] @ int8 w_q [N, K].T with ``x_scale[m] * w_scale[n] + bias[n]`` fused."""
     check_tensor("x_q", x_q, ndim=2, dtypes=(torch.int8,))
     m, k = x_q.shape
-    n = check_w8a8_weight(w_q, w_scale, bias, k, "x_q")
+    check_w8a8_weight(w_q, w_scale, bias, k, "x_q")
     check_tensor("x_scale", x_scale, ndim=1, dtypes=(torch.float32,))
     check_shape("x_scale", x_scale, (m,))
     check_choice("out_dtype", out_dtype, FLOAT_DTYPES)
@@ -380,9 +386,15 @@ def w8_linear(
     return _w8_linear_op(x, w_q, w_scale, bias, group_size, packed, backend or "")
 
 
+def _quantizable(absmax: torch.Tensor) -> torch.Tensor:
+    """absmax values whose int8 scale is usable: 127 / absmax is finite in float32."""
+    return torch.isfinite(torch.full_like(absmax, 127.0) / absmax)
+
+
 def quantize_weight(w: torch.Tensor, group_size: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric int8 weight quantisation: w [N, K] -> (int8 [N, K], float32 scale [N] or
-    [N, ceil(K / group_size)]), ``scale = absmax / 127`` per channel or group (1 if all zero)."""
+    [N, ceil(K / group_size)]), ``scale = absmax / 127`` per channel or group; a group whose
+    absmax is 0 or below 127 / FLT_MAX (scale would underflow) gets scale 1 and q 0."""
     check_tensor("w", w, ndim=2, dtypes=FLOAT_DTYPES)
     check_finite("w", w)
     if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 0:
@@ -391,12 +403,12 @@ def quantize_weight(w: torch.Tensor, group_size: int = 0) -> tuple[torch.Tensor,
     wf = w.detach().float()
     if group_size == 0:
         absmax = wf.abs().amax(dim=1)
-        scale = torch.where(absmax > 0, absmax / 127.0, 1.0)
+        scale = torch.where(_quantizable(absmax), absmax / 127.0, 1.0)
         q = torch.round(wf / scale[:, None]).clamp_(-127, 127).to(torch.int8)
-        return q, scale
+        return q.contiguous(), scale
     groups = -(-k // group_size)
     padded = torch.nn.functional.pad(wf, (0, groups * group_size - k)).view(n, groups, group_size)
     absmax = padded.abs().amax(dim=2)
-    scale = torch.where(absmax > 0, absmax / 127.0, 1.0)
+    scale = torch.where(_quantizable(absmax), absmax / 127.0, 1.0)
     q = torch.round(padded / scale[:, :, None]).clamp_(-127, 127).to(torch.int8)
     return q.view(n, groups * group_size)[:, :k].contiguous(), scale

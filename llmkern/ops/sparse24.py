@@ -14,6 +14,12 @@ Groups with fewer than 2 non-zeros keep their non-zeros and fill up with the low
 positions (whose value is 0), so ``decompress_24(compress_24(w)) == w`` exactly. K that is not a
 multiple of 4 is rejected; pad the weight (and x) with zero columns first.
 Kernel-specific layouts are derived from this form by their own exact conversions.
+
+Matmul contract: ``x @ W.T (+ bias)`` with W the decompressed weight, accumulated in float32
+(int32 for W8A8) in any order, except that pruned weights are never multiplied: a NaN or inf in
+a column of x reaches only the outputs whose weight row keeps that column (a dense product would
+give 0 * inf = NaN everywhere). The references follow the dense formula, so tests compare them on
+finite inputs.
 """
 
 from __future__ import annotations
@@ -21,7 +27,13 @@ from __future__ import annotations
 import torch
 
 from llmkern.backends import dispatch, register
-from llmkern.ops._checks import FLOAT_DTYPES, check_same_device, check_shape, check_tensor
+from llmkern.ops._checks import (
+    FLOAT_DTYPES,
+    check_finite,
+    check_same_device,
+    check_shape,
+    check_tensor,
+)
 from llmkern.ops.int8 import (
     MAX_K_W8A8,
     check_bias,
@@ -115,6 +127,7 @@ register("sparse24_w8_matmul", "reference", _DEVICES)(sparse24_w8_matmul_ref)
 
 @torch.library.custom_op("llmkern::compress_24", mutates_args=())
 def _compress_24_op(w: torch.Tensor, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    check_24_pattern(w)  # a value check: in the op, so compiled graphs run it too (see ops/int8.py)
     return dispatch("compress_24", w.device, backend or None, w)
 
 
@@ -125,7 +138,10 @@ def _(w, backend):
 
 
 @torch.library.custom_op("llmkern::decompress_24", mutates_args=())
-def _decompress_24_op(values: torch.Tensor, meta: torch.Tensor, k: int, backend: str) -> torch.Tensor:
+def _decompress_24_op(
+    values: torch.Tensor, meta: torch.Tensor, k: int, backend: str
+) -> torch.Tensor:
+    check_codes(meta, k)
     return dispatch("decompress_24", values.device, backend or None, values, meta, k)
 
 
@@ -136,7 +152,11 @@ def _(values, meta, k, backend):
 
 @torch.library.custom_op("llmkern::sparse24_matmul", mutates_args=())
 def _sparse24_matmul_op(
-    x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None, backend: str
+    x: torch.Tensor,
+    values: torch.Tensor,
+    meta: torch.Tensor,
+    bias: torch.Tensor | None,
+    backend: str,
 ) -> torch.Tensor:
     return dispatch("sparse24_matmul", x.device, backend or None, x, values, meta, bias)
 
@@ -144,6 +164,35 @@ def _sparse24_matmul_op(
 @_sparse24_matmul_op.register_fake
 def _(x, values, meta, bias, backend):
     return x.new_empty((x.shape[0], values.shape[0]))
+
+
+def _sparse24_matmul_setup(ctx, inputs, output):
+    x, values, meta, bias, _ = inputs
+    ctx.save_for_backward(x, values, meta)
+    ctx.bias_dtype = None if bias is None else bias.dtype
+
+
+def _sparse24_matmul_backward(ctx, grad):
+    """Gradients of the masked dense layer: dx = g @ W, dvalues = (g.T @ x) at the kept
+    positions (the dense weight gradient times the mask, compressed), dbias = sum of g."""
+    x, values, meta = ctx.saved_tensors
+    n, k = values.shape[0], x.shape[1]
+    g = grad.float()
+    grad_x = grad_values = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        grad_x = (g @ decompress_24_ref(values, meta, k).float()).to(x.dtype)
+    if ctx.needs_input_grad[1]:
+        dense = (g.T @ x.float()).reshape(n, k // 4, 4)
+        grad_values = torch.gather(dense, 2, unpack_meta(meta, k)).reshape(n, k // 2)
+        grad_values = grad_values.to(values.dtype)
+    if ctx.needs_input_grad[3]:
+        grad_bias = g.sum(0).to(ctx.bias_dtype)
+    return grad_x, grad_values, None, grad_bias, None
+
+
+_sparse24_matmul_op.register_autograd(
+    _sparse24_matmul_backward, setup_context=_sparse24_matmul_setup
+)
 
 
 @torch.library.custom_op("llmkern::sparse24_w8a8_matmul", mutates_args=())
@@ -158,6 +207,7 @@ def _sparse24_w8a8_matmul_op(
     backend: str,
 ) -> torch.Tensor:
     args = (x_q, values, meta, x_scale, w_scale, bias, out_dtype)
+    check_finite("w_scale", w_scale)
     return dispatch("sparse24_w8a8_matmul", x_q.device, backend or None, *args)
 
 
@@ -175,6 +225,7 @@ def _sparse24_w8_matmul_op(
     bias: torch.Tensor | None,
     backend: str,
 ) -> torch.Tensor:
+    check_finite("w_scale", w_scale)
     return dispatch("sparse24_w8_matmul", x.device, backend or None, x, values, meta, w_scale, bias)
 
 
@@ -189,16 +240,15 @@ def _(x, values, meta, w_scale, bias, backend):
 
 
 def _check_k(name: str, k: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"{name} must be an int, got {type(k).__name__}")
     if k % 4 != 0:
         raise ValueError(
             f"{name}: K={k} must be a multiple of 4 for 2:4 sparsity; pad with zero columns first"
         )
 
 
-def compress_24(w: torch.Tensor, *, backend: str | None = None):
-    """w [N, K] that is 2:4 along K -> (values [N, K/2], meta uint8 [N, ceil(K/8)])."""
-    check_tensor("w", w, ndim=2, dtypes=VALUE_DTYPES)
-    _check_k("w", w.shape[1])
+def check_24_pattern(w: torch.Tensor) -> None:
     bad = first_violation(w)
     if bad is not None:
         row, group = bad
@@ -206,6 +256,18 @@ def compress_24(w: torch.Tensor, *, backend: str | None = None):
             f"w is not 2:4 sparse: row {row}, columns {4 * group}..{4 * group + 3} have more than "
             "2 non-zeros; make it 2:4 with prune_24(w, scores) first"
         )
+
+
+def check_codes(meta: torch.Tensor, k: int) -> None:
+    codes = unpack_meta(meta, k)
+    if bool((codes[:, :, 0] >= codes[:, :, 1]).any()):
+        raise ValueError("meta holds an invalid 2:4 code (each group needs idx0 < idx1)")
+
+
+def compress_24(w: torch.Tensor, *, backend: str | None = None):
+    """w [N, K] that is 2:4 along K -> (values [N, K/2], meta uint8 [N, ceil(K/8)])."""
+    check_tensor("w", w, ndim=2, dtypes=VALUE_DTYPES)
+    _check_k("w", w.shape[1])
     return _compress_24_op(w.contiguous(), backend or "")
 
 
@@ -218,40 +280,52 @@ def check_compressed(values, meta, k: int, value_dtypes, validate_codes: bool = 
     _check_k("K", k)
     n = values.shape[0]
     if values.shape[1] * 2 != k:
-        raise ValueError(f"values must have shape [N, K/2] = [N, {k // 2}], got {tuple(values.shape)}")
+        raise ValueError(
+            f"values must have shape [N, K/2] = [N, {k // 2}], got {tuple(values.shape)}"
+        )
     check_shape("meta", meta, (n, meta_cols(k)))
-    if not validate_codes:
-        return
-    codes = unpack_meta(meta, k)
-    if bool((codes[:, :, 0] >= codes[:, :, 1]).any()):
-        raise ValueError("meta holds an invalid 2:4 code (each group needs idx0 < idx1)")
+    if validate_codes:
+        check_codes(meta, k)
 
 
 def decompress_24(values: torch.Tensor, meta: torch.Tensor, k: int | None = None, *, backend=None):
     """Inverse of :func:`compress_24`; K defaults to ``2 * values.shape[1]``."""
+    check_tensor("values", values, ndim=2, dtypes=VALUE_DTYPES)
     k = 2 * values.shape[1] if k is None else k
-    check_compressed(values, meta, k, VALUE_DTYPES, validate_codes=True)
+    check_compressed(values, meta, k, VALUE_DTYPES)  # the codes are checked in the op
     check_same_device(values=values, meta=meta)
     return _decompress_24_op(values, meta, k, backend or "")
+
+
+def nm_mask(scores: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
+    """Boolean mask keeping the ``n`` highest scores of every ``m`` consecutive values along the
+    last dim (ties keep the lower position). ``n:m = 2:4`` gives the 2:4 pattern."""
+    check_tensor("scores", scores)
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in (n, m)):
+        raise TypeError(f"n and m must be ints, got n={n!r}, m={m!r}")
+    if not (0 < n <= m):
+        raise ValueError(f"need integers 0 < n <= m, got n={n!r}, m={m!r}")
+    k = scores.shape[-1]
+    if k % m:
+        raise ValueError(f"the last dim ({k}) must be a multiple of m={m}; pad with zeros first")
+    s = scores.detach().float().reshape(-1, k // m, m)
+    keep = s.argsort(dim=2, descending=True, stable=True)[:, :, :n]
+    return torch.zeros_like(s, dtype=torch.bool).scatter_(2, keep, True).reshape(scores.shape)
 
 
 def prune_24(w: torch.Tensor, scores: torch.Tensor | None = None, n: int = 2, m: int = 4):
     """Zero all but the ``n`` highest-scoring of every ``m`` consecutive weights along K
     (scores default to |w|; ties keep the lower position). Returns the pruned weight."""
     check_tensor("w", w, ndim=2, dtypes=VALUE_DTYPES)
-    scores = w.abs() if scores is None else scores
+    # float before abs: |-128| wraps to -128 in int8 and would be pruned first.
+    scores = w.detach().float().abs() if scores is None else scores
     check_tensor("scores", scores)
     check_shape("scores", scores, tuple(w.shape))
-    if not (0 < n <= m) or w.shape[1] % m:
-        raise ValueError(f"need 0 < n <= m and K % m == 0, got n={n}, m={m}, K={w.shape[1]}")
-    rows, k = w.shape
-    s = scores.detach().float().reshape(rows, k // m, m)
-    keep = s.argsort(dim=2, descending=True, stable=True)[:, :, :n]
-    mask = torch.zeros_like(s, dtype=torch.bool).scatter_(2, keep, True).reshape(rows, k)
-    return w * mask.to(w.dtype)
+    return w * nm_mask(scores, n, m).to(w.dtype)
 
 
 def _check_x_k(name, x, values):
+    check_tensor("values", values, ndim=2)
     if x.shape[1] != 2 * values.shape[1]:
         raise ValueError(
             f"{name} must have K = 2 * values.shape[1] = {2 * values.shape[1]} columns, "
@@ -260,7 +334,8 @@ def _check_x_k(name, x, values):
 
 
 def sparse24_matmul(x, values, meta, bias=None, *, backend: str | None = None):
-    """float x [M, K] @ W.T + bias where W [N, K] is the 2:4 weight (values, meta), x's dtype."""
+    """float x [M, K] @ W.T + bias where W [N, K] is the 2:4 weight (values, meta), x's dtype.
+    Differentiable in x, values and bias (the gradient of the masked dense layer)."""
     check_tensor("x", x, ndim=2, dtypes=FLOAT_DTYPES)
     _check_x_k("x", x, values)
     check_compressed(values, meta, x.shape[1], (x.dtype,))
@@ -277,16 +352,22 @@ def sparse24_w8a8_matmul(
     _check_x_k("x_q", x_q, values)
     k = x_q.shape[1]
     if k > MAX_K_W8A8:
-        raise ValueError(f"K={k} exceeds MAX_K_W8A8={MAX_K_W8A8}: int32 accumulation could overflow")
+        raise ValueError(
+            f"K={k} exceeds MAX_K_W8A8={MAX_K_W8A8}: int32 accumulation could overflow"
+        )
     check_compressed(values, meta, k, (torch.int8,))
     check_tensor("x_scale", x_scale, ndim=1, dtypes=(torch.float32,))
     check_shape("x_scale", x_scale, (x_q.shape[0],))
     check_w_scale(w_scale, values.shape[0], k, 0)
     if out_dtype not in FLOAT_DTYPES:
         raise ValueError(f"out_dtype must be one of {FLOAT_DTYPES}, got {out_dtype}")
-    check_same_device(x_q=x_q, values=values, meta=meta, x_scale=x_scale, w_scale=w_scale, bias=bias)
+    check_same_device(
+        x_q=x_q, values=values, meta=meta, x_scale=x_scale, w_scale=w_scale, bias=bias
+    )
     check_bias(bias, values.shape[0], x_q.device)
-    return _sparse24_w8a8_matmul_op(x_q, values, meta, x_scale, w_scale, bias, out_dtype, backend or "")
+    return _sparse24_w8a8_matmul_op(
+        x_q, values, meta, x_scale, w_scale, bias, out_dtype, backend or ""
+    )
 
 
 def sparse24_w8_matmul(x, values, meta, w_scale, bias=None, *, backend=None):

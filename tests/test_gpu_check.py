@@ -1,0 +1,122 @@
+"""The CPU-side parts of bench/gpu_check.py: it imports without a GPU, parses and rejects
+arguments, lists its plan with --dry-run, refuses to run without CUDA, and reads pytest's JUnit
+report into the summary table."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "bench", "gpu_check.py")
+
+
+@pytest.fixture(scope="module")
+def gc():
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_dry_run_lists_every_step_from_the_command_line():
+    out = subprocess.run([sys.executable, SCRIPT, "--dry-run"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=60)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    for needle in ("environment", "build", "setup.py build_ext --inplace", "tests",
+                   "LLMKERN_TEST_GPU=1", "-m gpu", "--junitxml", "bench:int8", "bench:sparse24",
+                   "bench:kd", "w8a8_matmul (m=8192,n=8192,k=8192) vs torch._int_mm+epilogue",
+                   "w8_matmul (m=1,n=4096,k=4096) vs F.linear bf16",
+                   "sparse24_matmul (m=2048,n=4096,k=4096)",
+                   "fused_linear_kd_loss (n=8192,h=4096,v=128256) vs naive"):  # fmt: skip
+        assert needle in text, (needle, text)
+
+
+def test_dry_run_limits_add_up_to_the_budget(gc, capsys):
+    assert gc.main(["--dry-run", "--time-budget", "300"]) == 0
+    text = capsys.readouterr().out
+    assert "build [<= 135s]" in text and "tests [<= 105s]" in text
+
+
+def test_skips_quick_and_families_shape_the_plan(gc):
+    names = [s["name"] for s in gc.plan(gc.parse_args(["--skip-build", "--families", "kd"]))]
+    assert names == ["environment", "tests", "bench:kd"]
+    names = [s["name"] for s in gc.plan(gc.parse_args(["--skip-tests", "--skip-bench"]))]
+    assert names == ["environment", "build"]
+    quick = list(gc.cases("int8", quick=True))
+    assert [op for op, _, _ in quick] == ["w8a8_matmul", "w8a8_linear", "w8_matmul"]
+    assert {op: s for op, s, _ in gc.cases("kd", quick=True)}["fused_linear_kd_loss"]["n"] == 2048
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--families", "int4"], "unknown"),
+        (["--families", ","], "empty list"),
+        (["--time-budget", "5"], "between 60 and 7200"),
+        (["--time-budget", "abc"], "invalid float value"),
+        (["--frobnicate"], "unrecognized arguments"),
+        (["--run-bench", "fp8"], "invalid choice"),
+    ],
+)
+def test_bad_arguments_exit_2_with_a_message(gc, capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        gc.parse_args(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")
+def test_without_cuda_it_refuses_to_run(gc, capsys):
+    assert gc.main(["--skip-build"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_junit_report_becomes_the_summary_table(gc, tmp_path):
+    junit = tmp_path / "r.xml"
+    junit.write_text(
+        '<testsuites><testsuite name="pytest">'
+        '<testcase classname="tests.test_cuda_int8" name="test_a"/>'
+        '<testcase classname="tests.test_cuda_int8" name="test_b"><failure message="x"/></testcase>'
+        '<testcase classname="tests.test_triton_kd" name="test_c"><skipped/></testcase>'
+        '<testcase classname="tests.test_triton_kd" name="test_d"/>'
+        "</testsuite></testsuites>"
+    )
+    summary = gc.junit_summary(str(junit))
+    assert summary["files"]["test_cuda_int8"] == {"tests": 2, "failed": 1, "skipped": 0}
+    assert summary["failing"] == ["tests.test_cuda_int8::test_b"]
+    rows = [
+        {"op": "w8a8_matmul", "shape": {"m": 4096}, "impl": "cuda", "baseline": "torch._int_mm",
+         "speedup_vs_baseline": 1.7, "peak_mem_mb": 32.0, "extra": {"check": "ok"}},
+        {"op": "w8a8_matmul", "shape": {"m": 4096}, "impl": "torch._int_mm",
+         "baseline": "torch._int_mm", "speedup_vs_baseline": 1.0, "peak_mem_mb": 64.0},
+    ]  # fmt: skip
+    steps = [{"name": "bench:kd", "status": "timeout"}]
+    table = gc.summary_table({"tests": summary, "rows": rows, "steps": steps})
+    lines = table.splitlines()
+    assert lines[0].split() == ["kernel", "correctness", "speedup", "vs", "baseline", "peak",
+                                "memory"]  # fmt: skip
+    assert any("test_cuda_int8" in ln and "FAIL 1/2" in ln for ln in lines)
+    assert any("test_triton_kd" in ln and "ok 1/2" in ln for ln in lines)
+    assert any("w8a8_matmul[cuda]" in ln and "1.70x vs torch._int_mm" in ln for ln in lines)
+    assert not any("[torch._int_mm]" in ln for ln in lines)  # baselines are not kernels
+    assert any("bench:kd" in ln and "TIMEOUT" in ln for ln in lines)
+
+
+def test_run_reports_timeouts_and_exit_codes(gc):
+    rc, _, out = gc.run([sys.executable, "-c", "print('hi'); import sys; sys.exit(3)"], 30)
+    assert rc == 3 and "hi" in out
+    rc, seconds, _ = gc.run([sys.executable, "-c", "import time; time.sleep(30)"], 1)
+    assert rc is None and seconds < 20
+
+
+def test_check_flags_mismatches(gc):
+    want = torch.ones(4, 4)
+    assert gc._check(want * (1 + 1e-3), want, 1e-2, "x") == "ok"
+    assert "relative error" in gc._check(want * 1.1, want, 1e-2, "x")
+    assert "non-finite" in gc._check(want * float("nan"), want, 1e-2, "x")
+    assert "shape" in gc._check(torch.ones(4), want, 1e-2, "x")
