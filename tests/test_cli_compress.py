@@ -18,7 +18,7 @@ def test_compress_default_model_quick(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["compress", "--quick", "--no-progress", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    for label in ("fp32 (baseline)", "W8A8", "W8 weight-only", "2:4 (Wanda)", "2:4 + int8", "low-rank",
+    for label in ("fp32 (baseline)", "torch dynamic int8", "W8A8", "W8 weight-only", "2:4 (Wanda)", "2:4 + int8", "low-rank",
                   "2:4 + recovery"):  # fmt: skip
         assert f"\n{label} " in text, label
     assert "mean cos" in text and "vs fp32" in text and "reloaded: identical outputs" in text

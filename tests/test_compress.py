@@ -378,3 +378,12 @@ def test_bad_config_is_refused(tmp_path):
 
 def test_public_api_is_reexported():
     assert llmkern.quantize is quantize and llmkern.save is save and llmkern.distill is not None
+
+
+def test_save_load_static_activation_scales(tmp_path):
+    m = Tiny()
+    quantize(m, "w8a8", calibration=_data(), activation_scale="static")
+    save(m, str(tmp_path / "ck"))
+    x = _data(1)[0]
+    with torch.no_grad():
+        assert torch.equal(load(str(tmp_path / "ck"), model=Tiny())(x), m(x))

@@ -59,6 +59,8 @@ def constructor_args(m: nn.Module) -> dict:
                 )
             continue
         v = getattr(m, p.name)
+        if isinstance(v, torch.Tensor) and v.dim() == 0:  # e.g. a static activation scale
+            v = v.item()
         if isinstance(v, torch.dtype):
             v = str(v)
         if not isinstance(v, (int, float, str, bool, type(None), list, tuple)):

@@ -101,10 +101,13 @@ def token_streams(vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def make_lm(vocab: int, layers: int, dim: int, seq_len: int):
+    import transformers
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    transformers.logging.set_verbosity_error()
     cfg = GPT2Config(vocab_size=vocab, n_positions=seq_len, n_embd=dim, n_layer=layers,
-                     n_head=max(1, dim // 32), resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)  # fmt: skip
+                     n_head=max(1, dim // 32), resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                     bos_token_id=None, eos_token_id=None)  # fmt: skip
     return GPT2LMHeadModel(cfg)
 
 

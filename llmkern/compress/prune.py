@@ -187,7 +187,7 @@ def prune(
         lin = model.get_submodule(name)
         with torch.no_grad():
             lin.weight.mul_(masks[name])
-        new = Sparse24Linear.from_float(lin)
+        new = Sparse24Linear.from_weight(lin.weight, lin.bias)
         set_module(model, name, new)
         steps = f", {len(fractions)} steps" if len(fractions) > 1 else ""
         report.add(name, before, new, f"{pattern} by {importance}{steps}")

@@ -107,7 +107,7 @@ def quantize(
         report.add(name, before, new, action)
 
     for name, m in sparse.items():
-        new = lnn.Sparse24Linear.from_float(m.to_float(), int8=method)
+        new = lnn.Sparse24Linear.from_weight(m.dense_weight(), m.bias, int8=method)
         set_module(model, name, new)
         report.add(name, m, new, f"2:4 values to int8 ({method})")
     return report.finish(model)

@@ -16,11 +16,18 @@ from torch import nn
 _BOOKKEEPING = (torch.uint8, torch.bool)
 
 
+def _tensors(value):
+    """Tensors in a state-dict value (torch's packed quantized params are tuples of tensors)."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            yield from _tensors(v)
+
+
 def _unique_tensors(module: nn.Module) -> list[torch.Tensor]:
     seen, out = set(), []
-    for t in module.state_dict(keep_vars=True).values():
-        if not isinstance(t, torch.Tensor):
-            continue
+    for t in (t for v in module.state_dict(keep_vars=True).values() for t in _tensors(v)):
         key = (t.data_ptr(), t.dtype, tuple(t.shape)) if t.numel() else id(t)
         if key not in seen:
             seen.add(key)
