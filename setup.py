@@ -55,6 +55,10 @@ def extensions():
     include_dirs = [os.path.join(ROOT, "csrc")]
     if _want_cuda():
         sources += _sources("csrc/cuda/*.cu") + _sources("csrc/cuda/*.cpp")
+        # Ampere and Hopper SASS (the kernels need sm_80+: cp.async, int8 mma.sync, ldmatrix)
+        # unless the builder asks for other architectures. No --use_fast_math: the kernels
+        # rely on IEEE division and unfused multiplies where they must match the reference.
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         nvcc = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
         return [
             CUDAExtension(

@@ -102,7 +102,9 @@ def _add_compress(sub) -> None:
         default="llmkern-compress-out",
         help="folder for the model, report.json and the chart",
     )
-    s.add_argument("--save", default="w8a8", help="which compressed model to save (a method name)")
+    s.add_argument(
+        "--save", default=None, help="which compressed model to save (default: the first method)"
+    )
     s.add_argument(
         "--smoothquant", type=float, default=None, metavar="ALPHA", help="SmoothQuant for W8A8"
     )

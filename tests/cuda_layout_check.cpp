@@ -46,7 +46,8 @@ int main() {
       const std::pair<int, int> back = logical(off);
       CHECK(back.first == r && back.second == c * 16, "inverse of (%d, %d)", r, c);
     }
-  for (int s = 0; s < kRows * kChunks; ++s) CHECK(seen[s] == 1, "slot %d used %d times", s, seen[s]);
+  for (int s = 0; s < kRows * kChunks; ++s)
+    CHECK(seen[s] == 1, "slot %d used %d times", s, seen[s]);
 
   // 2. Copy: 8 consecutive chunk ids (one shared-memory store phase) hit 8 bank groups, and the
   // ids 0 .. rows*4-1 cover every (row, chunk) once.
@@ -55,7 +56,8 @@ int main() {
   CHECK(static_cast<int>(copied.size()) == kRows * kChunks, "copy mapping not one to one");
   for (int c0 = 0; c0 < kRows * kChunks; c0 += 8) {
     std::set<int> banks;
-    for (int c = c0; c < c0 + 8; ++c) banks.insert((tile_offset(copy_row(c), copy_chunk(c)) / 16) % 8);
+    for (int c = c0; c < c0 + 8; ++c)
+      banks.insert((tile_offset(copy_row(c), copy_chunk(c)) / 16) % 8);
     CHECK(banks.size() == 8, "copy phase at chunk %d has bank conflicts", c0);
   }
 

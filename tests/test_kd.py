@@ -78,6 +78,24 @@ def test_fused_linear_matches_float64_autograd_with_soft_only_and_wider_teacher(
         torch.testing.assert_close(x.grad.double(), r.grad, rtol=1e-4, atol=1e-6)
 
 
+def test_fused_linear_16bit_head_in_vocabulary_blocks(monkeypatch):
+    """bf16 heads are converted to float32 a vocabulary block at a time (here 3 blocks)."""
+    monkeypatch.setattr(kdops, "HEAD_BLOCK_BYTES", 4 * 16 * 40)
+    h, w, th, tw = heads(9, 16, 16, 100, 103, torch.bfloat16)
+    y = torch.randint(0, 100, (9,))
+    a = [h.clone().requires_grad_(), w.clone().requires_grad_()]
+    b = [h.clone().requires_grad_(), w.clone().requires_grad_()]
+    assert len(kdops._vocab_blocks(w)) == 3
+    got = llmkern.fused_linear_kd_loss(a[0], a[1], th, tw, y, 2.0, chunk_size=4)
+    want = kdops.fused_linear_kd_loss_ref(b[0], b[1], th, tw, y, 2.0)
+    got.backward()
+    want.backward()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for x, r in zip(a, b, strict=True):
+        err = (x.grad.float() - r.grad.float()).abs().max() / r.grad.float().abs().max()
+        assert err <= 1e-2
+
+
 def test_fused_linear_frozen_head_and_no_grad():
     h, w, th, tw = heads(10, 8, 8, 50, 50)
     y = torch.randint(0, 50, (10,))

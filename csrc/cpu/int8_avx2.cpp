@@ -96,11 +96,13 @@ void quantize_row(const QuantizeArgs& a, int64_t r) {
   }
   a.scale[r] = scale;
   const __m256 vinv = _mm256_set1_ps(inv);
-  const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
+  const __m256 lo = _mm256_set1_ps(-127.f), hi = _mm256_set1_ps(127.f);
   const int64_t k = finite ? a.k : 0;  // columns past k (all, for a non-finite row) store 0
   for (int64_t c = 0; c < a.ld_q; c += 8) {
-    const __m256 v = _mm256_round_ps(_mm256_mul_ps(load8<D>(a.x, base + c, k - c), vinv), kRne);
-    __m256i q = _mm256_min_epi32(_mm256_max_epi32(_mm256_cvttps_epi32(v), lo), hi);
+    // Clamp before converting: a static scale can map values beyond the int32 range.
+    const __m256 v = _mm256_mul_ps(load8<D>(a.x, base + c, k - c), vinv);
+    const __m256 clamped = _mm256_min_ps(_mm256_max_ps(v, lo), hi);
+    __m256i q = _mm256_cvttps_epi32(_mm256_round_ps(clamped, kRne));
     const int64_t count = std::min<int64_t>(8, a.ld_q - c);
     alignas(16) uint8_t tmp[16];
     int64_t bytes = count;
@@ -188,7 +190,7 @@ struct W8Kernel {
   static void run(const W8Args& a, int64_t m, int64_t p, int64_t width, int64_t v0) {
     const int8_t* b = a.w + p * kPanel * a.k + v0 * 16;
     const float* s = a.scales + p * kPanel * a.groups + v0 * 16;
-    const float* x = a.x + m * a.ld_x;
+    const float* x = x_block_row(a.x, a.k, m);
     __m256 acc[MR][2 * NV];
     _Pragma("GCC unroll 32")
     for (int r = 0; r < MR; ++r)
@@ -206,7 +208,7 @@ struct W8Kernel {
         }
         _Pragma("GCC unroll 32")
         for (int r = 0; r < MR; ++r) {
-          const __m256 xb = _mm256_set1_ps(x[r * a.ld_x + k]);
+          const __m256 xb = _mm256_set1_ps(x[k * kXRows + r]);
           _Pragma("GCC unroll 32")
           for (int v = 0; v < 2 * NV; ++v) acc[r][v] = _mm256_fmadd_ps(xb, wv[v], acc[r][v]);
         }

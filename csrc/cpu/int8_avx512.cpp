@@ -36,13 +36,14 @@ void quantize_row(const QuantizeArgs& a, int64_t r) {
   }
   a.scale[r] = scale;
   const __m512 vinv = _mm512_set1_ps(inv);
-  const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+  const __m512 lo = _mm512_set1_ps(-127.f), hi = _mm512_set1_ps(127.f);
   // Columns past k load as 0 and so store the zero point; a non-finite row stores it everywhere.
   const int64_t k = finite ? a.k : 0;
   for (int64_t c = 0; c < a.ld_q; c += 16) {
     const __m512 v = load16<D>(a.x, base + c, tail_mask(k - c));
-    __m512i q = _mm512_cvt_roundps_epi32(_mm512_mul_ps(v, vinv), kRne);
-    q = _mm512_min_epi32(_mm512_max_epi32(q, lo), hi);
+    // Clamp before converting: a static scale can map values beyond the int32 range.
+    const __m512 clamped = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(v, vinv), lo), hi);
+    __m512i q = _mm512_cvt_roundps_epi32(clamped, kRne);
     const __mmask16 store = tail_mask(a.ld_q - c);
     switch (a.q_format) {
       case ActFormat::S8:
@@ -114,7 +115,7 @@ struct W8Kernel {
   static void run(const W8Args& a, int64_t m, int64_t p, int64_t width, int64_t v0) {
     const int8_t* b = a.w + p * kPanel * a.k + v0 * 16;
     const float* s = a.scales + p * kPanel * a.groups + v0 * 16;
-    const float* x = a.x + m * a.ld_x;
+    const float* x = x_block_row(a.x, a.k, m);
     __m512 acc[MR][NV];
     _Pragma("GCC unroll 32")
     for (int r = 0; r < MR; ++r)
@@ -134,7 +135,7 @@ struct W8Kernel {
         }
         _Pragma("GCC unroll 32")
         for (int r = 0; r < MR; ++r) {
-          const __m512 xb = _mm512_set1_ps(x[r * a.ld_x + k]);
+          const __m512 xb = _mm512_set1_ps(x[k * kXRows + r]);
           _Pragma("GCC unroll 32")
           for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(xb, wv[v], acc[r][v]);
         }
@@ -171,7 +172,12 @@ void w8a8_tile_avx512(const W8a8Args& a, int64_t m0, int64_t m1, int64_t p0, int
 }
 
 void w8_tile_avx512(const W8Args& a, int64_t m0, int64_t m1, int64_t p0, int64_t p1) {
-  run_tiles<4, 4, W8Kernel>(a, m0, m1, p0, p1);
+  // Each pass over a panel converts its weights to float once: tall row blocks (8 x 32
+  // channels) convert least often; 1-2 rows take 64 channels for enough independent FMA chains.
+  if (m1 - m0 <= 2)
+    run_tiles<2, 4, W8Kernel>(a, m0, m1, p0, p1);
+  else
+    run_tiles<8, 2, W8Kernel>(a, m0, m1, p0, p1);
 }
 
 }  // namespace llmkern::int8

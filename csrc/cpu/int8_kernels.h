@@ -48,14 +48,17 @@ static_assert(sizeof(PackedHeader) <= kHeaderBytes, "header must fit its slot");
 //   panel[(kk * width + j) * 4 + t] = w[64 p + j, 4 kk + t]
 // which is the operand order of vpdpbusd. aux: int32 comp[n_pad] = 128 * sum_k w[n, k].
 int64_t w8a8_packed_bytes(int64_t n, int64_t k);
-void pack_w8a8(const int8_t* w, int64_t n, int64_t k, uint8_t* dst);
+// Packing: the header (and zeroed padding) first, then panels [p0, p1) (independent, so the
+// glue packs them in parallel).
+void pack_w8a8_header(int64_t n, int64_t k, uint8_t* dst);
+void pack_w8a8_panels(const int8_t* w, uint8_t* dst, int64_t p0, int64_t p1);
 
 // W8 (weight-only) layout: N padded to 16, panels of 64 channels, one k per row of a panel:
 //   panel[k * width + j] = w[64 p + j, k]   (panel p starts at byte 64 * p * K)
 // aux: float scales, per panel [groups][width] (per-channel scales are one group of size K).
 int64_t w8_packed_bytes(int64_t n, int64_t k, int64_t groups);
-void pack_w8(const int8_t* w, const float* scale, int64_t n, int64_t k, int64_t group_size,
-             uint8_t* dst);
+void pack_w8_header(int64_t n, int64_t k, int64_t group_size, uint8_t* dst);
+void pack_w8_panels(const int8_t* w, const float* scale, uint8_t* dst, int64_t p0, int64_t p1);
 
 // Quantise rows [r0, r1) of x: dynamic per-row absmax (see llmkern/ops/int8.py), or a static
 // per-tensor scale when is_static. Row r of q gets ld_q values; columns [k, ld_q) are zero
@@ -88,10 +91,17 @@ struct W8a8Args {
 };
 
 // out[m, n] = sum_k x[m, k] * (w[n, k] * scale[n, k / group_size]) + bias[n], cast to
-// out_dtype, for rows [m0, m1) and panels [p0, p1). x is float32, rows of ld_x.
+// out_dtype, for rows [m0, m1) and panels [p0, p1). x is float32 in blocks of kXRows rows,
+// k-major inside a block so a micro-kernel's broadcasts read consecutive floats:
+//   x[m, k] at x[((m / kXRows) * k_total + k) * kXRows + m % kXRows]   (rows past M are 0)
+// Row tiles start at multiples of kXRows and micro-kernel heights divide it.
+constexpr int64_t kXRows = 8;
+inline const float* x_block_row(const float* x, int64_t k, int64_t m) {
+  return x + (m / kXRows) * k * kXRows + m % kXRows;
+}
 struct W8Args {
   const float* x;
-  int64_t ld_x, m, n, k;
+  int64_t m, n, k;
   const int8_t* w;       // packed panels
   const float* scales;   // packed scales
   int64_t group_size, groups;

@@ -68,10 +68,12 @@ void w8_tile(Isa isa, const W8Args& a, int64_t m0, int64_t m1, int64_t p) {
   }
 }
 
+int64_t panel_count(int64_t n) { return (round_up(n, kLane) + kPanel - 1) / kPanel; }
+
 // Runs tile(m0, m1, panel) over every (panel, row block): consecutive tiles share a panel.
 template <class Tile>
 void for_each_tile(int64_t m, int64_t n, int64_t k, const Tile& tile) {
-  const int64_t panels = (round_up(n, kLane) + kPanel - 1) / kPanel;
+  const int64_t panels = panel_count(n);
   const int64_t block = std::min(m, kRowBlock);
   const int64_t blocks = (m + block - 1) / block;
   const int64_t grain = std::max<int64_t>(1, kMacsPerTask / (block * kPanel * k));
@@ -121,8 +123,12 @@ at::Tensor pack_w8a8_op(const at::Tensor& w_q) {
                   w_q.numel() > 0,
               "llmkern int8: w_q must be a non-empty 2-D int8 CPU tensor");
   const at::Tensor w = w_q.contiguous();
-  at::Tensor out = at::empty({w8a8_packed_bytes(w.size(0), w.size(1))}, w.options().dtype(at::kByte));
-  pack_w8a8(w.data_ptr<int8_t>(), w.size(0), w.size(1), out.data_ptr<uint8_t>());
+  const int64_t n = w.size(0), k = w.size(1);
+  at::Tensor out = at::empty({w8a8_packed_bytes(n, k)}, w.options().dtype(at::kByte));
+  pack_w8a8_header(n, k, out.data_ptr<uint8_t>());
+  at::parallel_for(0, panel_count(n), 1, [&](int64_t p0, int64_t p1) {
+    pack_w8a8_panels(w.data_ptr<int8_t>(), out.data_ptr<uint8_t>(), p0, p1);
+  });
   return out;
 }
 
@@ -136,7 +142,10 @@ at::Tensor pack_w8_op(const at::Tensor& w_q, const at::Tensor& w_scale, int64_t 
               "llmkern int8: w_scale must have N * groups elements");
   const at::Tensor w = w_q.contiguous(), s = float_vector(w_scale.reshape({-1}));
   at::Tensor out = at::empty({w8_packed_bytes(n, k, groups)}, w.options().dtype(at::kByte));
-  pack_w8(w.data_ptr<int8_t>(), s.data_ptr<float>(), n, k, group_size, out.data_ptr<uint8_t>());
+  pack_w8_header(n, k, group_size, out.data_ptr<uint8_t>());
+  at::parallel_for(0, panel_count(n), 1, [&](int64_t p0, int64_t p1) {
+    pack_w8_panels(w.data_ptr<int8_t>(), s.data_ptr<float>(), out.data_ptr<uint8_t>(), p0, p1);
+  });
   return out;
 }
 
@@ -247,17 +256,31 @@ at::Tensor w8_linear_op(const at::Tensor& x, const std::optional<at::Tensor>& bi
   TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.size(0) > 0 && x.size(1) == h.k,
               "llmkern int8: x must be [M, ", h.k, "]");
   const Isa isa = active_isa();
-  const at::Tensor xf = unit_stride_rows(x.to(at::kFloat));
+  const int64_t m = x.size(0), k = h.k;
+  // float32 copy of x in the kernels' row-block layout (see W8Args).
+  at::Tensor xb = at::empty({(m + kXRows - 1) / kXRows * kXRows * k}, x.options().dtype(at::kFloat));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "int8_w8_linear", [&] {
+    const scalar_t* src = x.data_ptr<scalar_t>();
+    const int64_t s0 = x.stride(0), s1 = x.stride(1);
+    float* dst = xb.data_ptr<float>();
+    at::parallel_for(0, (m + kXRows - 1) / kXRows, std::max<int64_t>(1, (1 << 14) / k), [&](int64_t b0, int64_t b1) {
+      for (int64_t blk = b0; blk < b1; ++blk)
+        for (int64_t r = 0; r < kXRows; ++r) {
+          const int64_t row = blk * kXRows + r;
+          float* out = dst + blk * k * kXRows + r;
+          for (int64_t c = 0; c < k; ++c)
+            out[c * kXRows] = row < m ? static_cast<float>(src[row * s0 + c * s1]) : 0.f;
+        }
+    });
+  });
   at::Tensor b;
   if (bias.has_value()) {
     check_vector(*bias, h.n, "bias");
     b = float_vector(*bias);
   }
-  const int64_t m = x.size(0);
   at::Tensor out = at::empty({m, h.n}, x.options());
   const uint8_t* base = packed.data_ptr<uint8_t>();
-  const W8Args a{xf.data_ptr<float>(),
-                 xf.stride(0),
+  const W8Args a{xb.data_ptr<float>(),
                  m,
                  h.n,
                  h.k,

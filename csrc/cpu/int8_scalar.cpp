@@ -62,24 +62,33 @@ int64_t w8a8_packed_bytes(int64_t n, int64_t k) {
   return kHeaderBytes + round_up(n_pad * round_up(k, 4), 64) + n_pad * 4;
 }
 
-void pack_w8a8(const int8_t* w, int64_t n, int64_t k, uint8_t* dst) {
-  const int64_t n_pad = round_up(n, kLane), kp = round_up(k, 4);
-  const int64_t aux = kHeaderBytes + round_up(n_pad * kp, 64);
+void pack_w8a8_header(int64_t n, int64_t k, uint8_t* dst) {
+  const int64_t aux = kHeaderBytes + round_up(round_up(n, kLane) * round_up(k, 4), 64);
   const PackedHeader h{kMagic, kKindW8A8, n, k, 0, 0, aux, w8a8_packed_bytes(n, k)};
   std::memset(dst, 0, h.nbytes);
   std::memcpy(dst, &h, sizeof(h));
-  int8_t* panels = reinterpret_cast<int8_t*>(dst + kHeaderBytes);
-  int32_t* comp = reinterpret_cast<int32_t*>(dst + aux);
-  for (int64_t n0 = 0; n0 < n_pad; n0 += kPanel) {
-    const int64_t width = std::min(kPanel, n_pad - n0);
-    int8_t* panel = panels + n0 * kp;
-    for (int64_t j = 0; j < width && n0 + j < n; ++j) {
-      const int8_t* row = w + (n0 + j) * k;
-      int32_t sum = 0;
-      for (int64_t c = 0; c < k; ++c) {
-        panel[((c / 4) * width + j) * 4 + c % 4] = row[c];
-        sum += row[c];
+}
+
+void pack_w8a8_panels(const int8_t* w, uint8_t* dst, int64_t p0, int64_t p1) {
+  PackedHeader h;
+  std::memcpy(&h, dst, sizeof(h));
+  const int64_t n = h.n, k = h.k, kp = round_up(k, 4), n_pad = round_up(n, kLane);
+  int32_t* comp = reinterpret_cast<int32_t*>(dst + h.aux_offset);
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t n0 = p * kPanel, width = std::min(kPanel, n_pad - n0);
+    const int64_t rows = std::min(width, n - n0);  // padding channels stay zero
+    int8_t* panel = reinterpret_cast<int8_t*>(dst + kHeaderBytes) + n0 * kp;
+    // Transposed in 256-column blocks so that reads and writes both stay within L1.
+    for (int64_t c0 = 0; c0 < k; c0 += 256)
+      for (int64_t j = 0; j < rows; ++j) {
+        const int8_t* row = w + (n0 + j) * k;
+        const int64_t c1 = std::min(k, c0 + 256), full = c0 + (c1 - c0) / 4 * 4;
+        for (int64_t c = c0; c < full; c += 4) std::memcpy(panel + c * width + j * 4, row + c, 4);
+        for (int64_t c = full; c < c1; ++c) panel[(c / 4 * width + j) * 4 + c % 4] = row[c];
       }
+    for (int64_t j = 0; j < rows; ++j) {
+      int32_t sum = 0;
+      for (int64_t c = 0; c < k; ++c) sum += w[(n0 + j) * k + c];
       comp[n0 + j] = 128 * sum;
     }
   }
@@ -90,26 +99,33 @@ int64_t w8_packed_bytes(int64_t n, int64_t k, int64_t groups) {
   return kHeaderBytes + round_up(n_pad * k, 64) + n_pad * groups * 4;
 }
 
-void pack_w8(const int8_t* w, const float* scale, int64_t n, int64_t k, int64_t group_size,
-             uint8_t* dst) {
+void pack_w8_header(int64_t n, int64_t k, int64_t group_size, uint8_t* dst) {
   // group_size 0 means one scale per channel, i.e. a single group spanning K.
   const int64_t gs = group_size == 0 ? k : group_size;
   const int64_t groups = (k + gs - 1) / gs;
-  const int64_t n_pad = round_up(n, kLane);
-  const int64_t aux = kHeaderBytes + round_up(n_pad * k, 64);
+  const int64_t aux = kHeaderBytes + round_up(round_up(n, kLane) * k, 64);
   const PackedHeader h{kMagic, kKindW8, n, k, gs, groups, aux, w8_packed_bytes(n, k, groups)};
   std::memset(dst, 0, h.nbytes);
   std::memcpy(dst, &h, sizeof(h));
-  int8_t* panels = reinterpret_cast<int8_t*>(dst + kHeaderBytes);
-  float* scales = reinterpret_cast<float*>(dst + aux);
-  for (int64_t n0 = 0; n0 < n_pad; n0 += kPanel) {
-    const int64_t width = std::min(kPanel, n_pad - n0);
-    int8_t* panel = panels + n0 * k;
+}
+
+void pack_w8_panels(const int8_t* w, const float* scale, uint8_t* dst, int64_t p0, int64_t p1) {
+  PackedHeader h;
+  std::memcpy(&h, dst, sizeof(h));
+  const int64_t n = h.n, k = h.k, groups = h.groups, n_pad = round_up(n, kLane);
+  float* scales = reinterpret_cast<float*>(dst + h.aux_offset);
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t n0 = p * kPanel, width = std::min(kPanel, n_pad - n0);
+    const int64_t rows = std::min(width, n - n0);
+    int8_t* panel = reinterpret_cast<int8_t*>(dst + kHeaderBytes) + n0 * k;
+    for (int64_t c0 = 0; c0 < k; c0 += 256)  // blocked transpose, as above
+      for (int64_t j = 0; j < rows; ++j) {
+        const int8_t* row = w + (n0 + j) * k;
+        for (int64_t c = c0; c < std::min(k, c0 + 256); ++c) panel[c * width + j] = row[c];
+      }
     float* pscale = scales + n0 * groups;
-    for (int64_t j = 0; j < width && n0 + j < n; ++j) {
-      for (int64_t c = 0; c < k; ++c) panel[c * width + j] = w[(n0 + j) * k + c];
-      for (int64_t g = 0; g < groups; ++g) pscale[g * width + j] = scale[(n0 + j) * groups + g];
-    }
+    for (int64_t g = 0; g < groups; ++g)
+      for (int64_t j = 0; j < rows; ++j) pscale[g * width + j] = scale[(n0 + j) * groups + g];
   }
 }
 
@@ -180,8 +196,9 @@ void w8_tile_scalar(const W8Args& a, int64_t m0, int64_t m1, int64_t p0, int64_t
     const float* pscale = a.scales + n0 * a.groups;
     for (int64_t m = m0; m < m1; ++m) {
       float acc[kPanel] = {};
+      const float* x = x_block_row(a.x, a.k, m);
       for (int64_t c = 0; c < a.k; ++c) {
-        const float xv = a.x[m * a.ld_x + c];
+        const float xv = x[c * kXRows];
         const float* s = pscale + (c / a.group_size) * width;
         for (int64_t j = 0; j < width; ++j)
           acc[j] += xv * (static_cast<float>(panel[c * width + j]) * s[j]);

@@ -59,7 +59,7 @@ __device__ __forceinline__ void store_floats(T* p, const float (&in)[E]) {
   *reinterpret_cast<Pack<T, E>*>(p) = pk;
 }
 
-__device__ __forceinline__ bool is_aligned(const void* p, int bytes) {
+__host__ __device__ __forceinline__ bool is_aligned(const void* p, int bytes) {
   return (reinterpret_cast<uintptr_t>(p) & static_cast<uintptr_t>(bytes - 1)) == 0;
 }
 

@@ -169,7 +169,8 @@ __device__ __forceinline__ void load_tile(uint8_t* tile, const int8_t* base, int
       uint32_t w[4] = {0u, 0u, 0u, 0u};
 #pragma unroll
       for (int i = 0; i < 16; ++i)
-        if (i < bytes) w[i / 4] |= static_cast<uint32_t>(static_cast<uint8_t>(src[i])) << (8 * (i % 4));
+        if (i < bytes)
+          w[i / 4] |= static_cast<uint32_t>(static_cast<uint8_t>(src[i])) << (8 * (i % 4));
       *reinterpret_cast<uint4*>(dst) = make_uint4(w[0], w[1], w[2], w[3]);
     }
   }

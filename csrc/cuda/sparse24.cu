@@ -400,6 +400,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(const GemvArgs a)
   float acc[kGemvRows][MT] = {};
 
   if constexpr (VEC) {
+#pragma unroll 2  // two chunks of loads in flight per lane
     for (int c = lane; c < a.k / 16; c += 32) {  // chunk c: positions 16c..16c+15
       float w[kGemvRows][8];
       uint32_t code[kGemvRows];

@@ -3,9 +3,9 @@
 The loss, per batch:
 
 - both models are language models with a plain linear LM head (Hugging Face ``*ForCausalLM`` /
-  ``*LMHeadModel`` included): llmkern's fused linear KD loss on the backbones' last hidden states
+  ``*LMHeadModel`` included): llmkern.nn.FusedLinearKDLoss on the backbones' last hidden states
   and the heads' weights, so the [tokens, vocab] logits are never materialised;
-- otherwise: llmkern's KD loss on the two models' output logits;
+- otherwise: llmkern.nn.KDLoss on the two models' output logits;
 - or any ``loss_fn(student, teacher, batch) -> scalar`` the caller gives (e.g. for embedding
   models).
 
@@ -95,37 +95,31 @@ class _StudentLoss(nn.Module):
 
     def __init__(self, student, teacher, kind, loss_fn, temperature, alpha):
         super().__init__()
+        from llmkern.nn import FusedLinearKDLoss, KDLoss
+
         self.student = student
         self._teacher = [teacher]
-        self.kind, self.loss_fn = kind, loss_fn
-        self.temperature, self.alpha = temperature, alpha
+        self.loss_fn = loss_fn
+        self.kind = kind
+        self.kd = (FusedLinearKDLoss if kind == "fused_linear_kd" else KDLoss)(temperature, alpha)
         self.causal = _is_causal_lm(student)
 
     def forward(self, batch):
-        from llmkern.ops import fused_linear_kd_loss, kd_loss
-
         teacher = self._teacher[0]
         if self.loss_fn is not None:
             return self.loss_fn(self.student, teacher, batch)
         labels = lm_labels(batch, self.causal)
-        flat_labels = None if labels is None else labels.reshape(-1)
         if self.kind == "fused_linear_kd":
             s_base, s_head = lm_parts(self.student)
             t_base, t_head = lm_parts(teacher)
             with torch.no_grad():
                 t_h = _shift(_hidden(t_base, batch), self.causal)
             s_h = _shift(_hidden(s_base, batch), self.causal)
-            return fused_linear_kd_loss(
-                s_h.reshape(-1, s_h.shape[-1]), s_head, t_h.reshape(-1, t_h.shape[-1]).to(s_h.dtype),
-                t_head.to(s_head.dtype), flat_labels, self.temperature, self.alpha,
-            )  # fmt: skip
+            return self.kd(s_h, s_head, t_h.to(s_h.dtype), t_head.to(s_head.dtype), labels)
         with torch.no_grad():
             t_logits = _shift(_logits(call_model(teacher, batch)), self.causal)
         s_logits = _shift(_logits(call_model(self.student, batch)), self.causal)
-        return kd_loss(
-            s_logits.reshape(-1, s_logits.shape[-1]), t_logits.reshape(-1, t_logits.shape[-1]),
-            flat_labels, self.temperature, self.alpha,
-        )  # fmt: skip
+        return self.kd(s_logits, t_logits, labels)
 
 
 @dataclass

@@ -54,7 +54,7 @@ class Settings:
     model_dir: str | None = None
     methods: tuple[str, ...] = METHODS
     out_dir: str = "llmkern-compress-out"
-    save_method: str = "w8a8"
+    save_method: str | None = None  # default: the first compressed method run
     smoothquant: float | None = None
     energy: float = 0.9
     rank: int | None = None
@@ -193,9 +193,17 @@ def _prune_and_recover(settings, teacher, model, tokenizer, pooling, calib, trai
     runs = []
 
     def recover(m, step):
+        # Only the transformer blocks learn: the embeddings are not pruned, and freezing them
+        # keeps half of the parameters out of the optimiser.
+        emb = m.get_input_embeddings() if hasattr(m, "get_input_embeddings") else None
+        frozen = [p for p in (emb.parameters() if emb is not None else []) if p.requires_grad]
+        for p in frozen:
+            p.requires_grad_(False)
         runs.append(distill(teacher, m, corpus, steps=3 if settings.quick else None,
                             loss_fn=_recovery_loss(pooling), lr=settings.recovery_lr,
                             max_seconds=settings.recovery_seconds, progress=settings.progress))  # fmt: skip
+        for p in frozen:
+            p.requires_grad_(True)
 
     report = prune(model, importance="wanda", calibration=calib, fine_tune=recover)
     return report, runs[-1]
@@ -327,7 +335,9 @@ def run(settings: Settings, log=print) -> dict:
     unknown = [m for m in settings.methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
-    if settings.save_method and settings.save_method not in settings.methods:
+    if settings.save_method is None:
+        settings.save_method = next((m for m in settings.methods if m != "fp32"), None)
+    elif settings.save_method not in settings.methods:
         raise ValueError(
             f"--save {settings.save_method} is not among the methods run ({', '.join(settings.methods)})"
         )

@@ -18,15 +18,21 @@ def _native(*tensors) -> bool:
 
 
 @register("kd_loss_rows", "cpu", ("cpu",), supports=lambda s, t, *_: _native(s, t), why=_WHY)
-def kd_loss_rows_cpu(student, teacher, labels, tau, alpha, ignore_index, divergence, beta, compute_grad):
+def kd_loss_rows_cpu(
+    student, teacher, labels, tau, alpha, ignore_index, divergence, beta, compute_grad
+):
     _ext.require()
     return torch.ops.llmkern_C.kd_loss_rows(
         student, teacher, labels, tau, alpha, ignore_index, divergence, beta, compute_grad
     )
 
 
-@register("kd_loss_topk_rows", "cpu", ("cpu",), supports=lambda s, i, lp, *_: _native(s, lp), why=_WHY)
-def kd_loss_topk_rows_cpu(student, topk_idx, topk_logprobs, labels, tau, alpha, ignore_index, compute_grad):
+@register(
+    "kd_loss_topk_rows", "cpu", ("cpu",), supports=lambda s, i, lp, *_: _native(s, lp), why=_WHY
+)
+def kd_loss_topk_rows_cpu(
+    student, topk_idx, topk_logprobs, labels, tau, alpha, ignore_index, compute_grad
+):
     _ext.require()
     return torch.ops.llmkern_C.kd_loss_topk_rows(
         student, topk_idx, topk_logprobs, labels, tau, alpha, ignore_index, compute_grad
@@ -35,4 +41,5 @@ def kd_loss_topk_rows_cpu(student, topk_idx, topk_logprobs, labels, tau, alpha, 
 
 def vector_math(x: torch.Tensor, fn: str) -> torch.Tensor:
     """The active ISA's vectorised ``exp`` or ``log`` of the KD kernels (for accuracy tests)."""
-    return _ext.require() and torch.ops.llmkern_C.kd_vector_math(x, fn)
+    _ext.require()
+    return torch.ops.llmkern_C.kd_vector_math(x, fn)

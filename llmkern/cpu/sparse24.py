@@ -14,7 +14,9 @@ from llmkern.backends import register
 
 
 def sparse24_matmul_cpu(x, values, meta, bias):
-    return torch.ops.llmkern_C.sparse24_matmul(x, values.contiguous(), meta.contiguous(), bias, None)
+    return torch.ops.llmkern_C.sparse24_matmul(
+        x, values.contiguous(), meta.contiguous(), bias, None
+    )
 
 
 def sparse24_w8_matmul_cpu(x, values, meta, w_scale, bias):

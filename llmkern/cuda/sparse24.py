@@ -25,6 +25,11 @@ zero values and the valid code ``0b0100`` in padding):
   t in {0, 1} supply it): 16 words, word ``2g + t`` = groups ``4t..4t+3`` of row g (bits 0-15)
   and of row g + 8 (bits 16-31). m16n8k64 (all lanes supply it): 32 words, word ``4g + t`` =
   groups ``8 * (t // 2) .. + 7`` of row ``g + 8 * (t % 2)``.
+
+Sources for the metadata distribution (the PTX ISA gives it only as figures): m16n8k32 as in
+LLVM's sparse-mma-2-4-f16 integration test and TileLang's mma.sp loaders; m16n8k64 as in
+TileLang's int8 loader (32-bit metadata). ``tests/test_cuda_sparse24.py`` states both as an
+emulation of the tensor core; the GPU tests confirm them on hardware.
 """
 
 from __future__ import annotations

@@ -76,8 +76,9 @@ def _epilogue(acc_f32, x_scale, w_scale, bias, out_dtype):
 
 
 def int_matmul_ref(x_q: torch.Tensor, w_q: torch.Tensor) -> torch.Tensor:
-    """Exact int32 ``x_q @ w_q.T`` (int64 products, so no overflow inside the reference)."""
-    return (x_q.to(torch.int64) @ w_q.to(torch.int64).T).to(torch.int32)
+    """Exact int32 ``x_q @ w_q.T``. float64 holds every partial sum exactly (|acc| <= K * 2**14
+    < 2**53) and, unlike int64, has a matmul on CUDA too."""
+    return (x_q.to(torch.float64) @ w_q.to(torch.float64).T).to(torch.int32)
 
 
 def w8a8_matmul_ref(x_q, w_q, x_scale, w_scale, bias, out_dtype):
@@ -100,7 +101,9 @@ def w8_matmul_ref(x, w_q, w_scale, bias, group_size):
     return out.to(x.dtype)
 
 
-def quantize_static_ref(x: torch.Tensor, x_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_static_ref(
+    x: torch.Tensor, x_scale: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Static per-tensor quantisation with a calibrated scale (values beyond it saturate)."""
     xf = x.float()
     finite = torch.isfinite(xf).all(dim=1)

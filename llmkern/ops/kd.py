@@ -21,6 +21,12 @@ d(sum of row_loss)/d student in the student's dtype, [N, V], or an empty tensor 
 ``compute_grad`` is False. ``kd_loss_topk_rows`` is the same for a sparse teacher given as top-k
 (indices [N, k], log-probabilities [N, k]); only ``"kl"`` is defined there (p is renormalised
 over the k entries).
+
+Autograd: the forward computes the gradient when the student requires it, the backward scales
+it in place by the upstream gradient (no second [N, V] buffer; retaining the graph and calling
+backward twice raises instead of reusing scaled values). ``llmkern::fused_linear_kd_loss``
+(:func:`fused_linear_kd_loss`) runs ``kd_loss_rows`` chunk by chunk on logits computed from
+hidden states and LM heads, so every backend of ``kd_loss_rows`` serves it too.
 """
 
 from __future__ import annotations
@@ -196,6 +202,16 @@ def _setup_rows(ctx, inputs, output):
     ctx.save_for_backward(output[1])
 
 
+def _row_scale(grad_rows, dtype):
+    """The upstream per-row gradient as a multiplier of a [N, V] gradient of ``dtype`` that
+    keeps the in-place product in that dtype (a float32 [N, 1] factor would make a 16-bit
+    product go through a float32 [N, V] temporary). For "mean"/"sum" the upstream is one scalar
+    broadcast over the rows: it stays a float32 0-dim factor, exact."""
+    if grad_rows.stride(0) == 0:
+        return grad_rows[0]
+    return grad_rows[:, None].to(dtype)
+
+
 def _backward_rows(ctx, grad_rows, _grad_grad):
     # The forward's gradient is scaled in place: no second [N, V] buffer, and autograd can hand
     # it to student.grad without a copy (the saved reference is released before accumulation).
@@ -204,7 +220,7 @@ def _backward_rows(ctx, grad_rows, _grad_grad):
     if grad_rows is None:
         return (None,) * ctx.n_inputs
     (grad,) = ctx.saved_tensors
-    return (grad.mul_(grad_rows[:, None]),) + (None,) * (ctx.n_inputs - 1)
+    return (grad.mul_(_row_scale(grad_rows, grad.dtype)),) + (None,) * (ctx.n_inputs - 1)
 
 
 torch.library.register_autograd("llmkern::kd_loss_rows", _backward_rows, setup_context=_setup_rows)

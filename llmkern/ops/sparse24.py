@@ -14,6 +14,12 @@ Groups with fewer than 2 non-zeros keep their non-zeros and fill up with the low
 positions (whose value is 0), so ``decompress_24(compress_24(w)) == w`` exactly. K that is not a
 multiple of 4 is rejected; pad the weight (and x) with zero columns first.
 Kernel-specific layouts are derived from this form by their own exact conversions.
+
+Matmul contract: ``x @ W.T (+ bias)`` with W the decompressed weight, accumulated in float32
+(int32 for W8A8) in any order, except that pruned weights are never multiplied: a NaN or inf in
+a column of x reaches only the outputs whose weight row keeps that column (a dense product would
+give 0 * inf = NaN everywhere). The references follow the dense formula, so tests compare them on
+finite inputs.
 """
 
 from __future__ import annotations
@@ -160,6 +166,35 @@ def _(x, values, meta, bias, backend):
     return x.new_empty((x.shape[0], values.shape[0]))
 
 
+def _sparse24_matmul_setup(ctx, inputs, output):
+    x, values, meta, bias, _ = inputs
+    ctx.save_for_backward(x, values, meta)
+    ctx.bias_dtype = None if bias is None else bias.dtype
+
+
+def _sparse24_matmul_backward(ctx, grad):
+    """Gradients of the masked dense layer: dx = g @ W, dvalues = (g.T @ x) at the kept
+    positions (the dense weight gradient times the mask, compressed), dbias = sum of g."""
+    x, values, meta = ctx.saved_tensors
+    n, k = values.shape[0], x.shape[1]
+    g = grad.float()
+    grad_x = grad_values = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        grad_x = (g @ decompress_24_ref(values, meta, k).float()).to(x.dtype)
+    if ctx.needs_input_grad[1]:
+        dense = (g.T @ x.float()).reshape(n, k // 4, 4)
+        grad_values = torch.gather(dense, 2, unpack_meta(meta, k)).reshape(n, k // 2)
+        grad_values = grad_values.to(values.dtype)
+    if ctx.needs_input_grad[3]:
+        grad_bias = g.sum(0).to(ctx.bias_dtype)
+    return grad_x, grad_values, None, grad_bias, None
+
+
+_sparse24_matmul_op.register_autograd(
+    _sparse24_matmul_backward, setup_context=_sparse24_matmul_setup
+)
+
+
 @torch.library.custom_op("llmkern::sparse24_w8a8_matmul", mutates_args=())
 def _sparse24_w8a8_matmul_op(
     x_q: torch.Tensor,
@@ -262,6 +297,22 @@ def decompress_24(values: torch.Tensor, meta: torch.Tensor, k: int | None = None
     return _decompress_24_op(values, meta, k, backend or "")
 
 
+def nm_mask(scores: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
+    """Boolean mask keeping the ``n`` highest scores of every ``m`` consecutive values along the
+    last dim (ties keep the lower position). ``n:m = 2:4`` gives the 2:4 pattern."""
+    check_tensor("scores", scores)
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in (n, m)):
+        raise TypeError(f"n and m must be ints, got n={n!r}, m={m!r}")
+    if not (0 < n <= m):
+        raise ValueError(f"need integers 0 < n <= m, got n={n!r}, m={m!r}")
+    k = scores.shape[-1]
+    if k % m:
+        raise ValueError(f"the last dim ({k}) must be a multiple of m={m}; pad with zeros first")
+    s = scores.detach().float().reshape(-1, k // m, m)
+    keep = s.argsort(dim=2, descending=True, stable=True)[:, :, :n]
+    return torch.zeros_like(s, dtype=torch.bool).scatter_(2, keep, True).reshape(scores.shape)
+
+
 def prune_24(w: torch.Tensor, scores: torch.Tensor | None = None, n: int = 2, m: int = 4):
     """Zero all but the ``n`` highest-scoring of every ``m`` consecutive weights along K
     (scores default to |w|; ties keep the lower position). Returns the pruned weight."""
@@ -270,15 +321,7 @@ def prune_24(w: torch.Tensor, scores: torch.Tensor | None = None, n: int = 2, m:
     scores = w.detach().float().abs() if scores is None else scores
     check_tensor("scores", scores)
     check_shape("scores", scores, tuple(w.shape))
-    if any(isinstance(v, bool) or not isinstance(v, int) for v in (n, m)):
-        raise TypeError(f"n and m must be ints, got n={n!r}, m={m!r}")
-    if not (0 < n <= m) or w.shape[1] % m:
-        raise ValueError(f"need 0 < n <= m and K % m == 0, got n={n}, m={m}, K={w.shape[1]}")
-    rows, k = w.shape
-    s = scores.detach().float().reshape(rows, k // m, m)
-    keep = s.argsort(dim=2, descending=True, stable=True)[:, :, :n]
-    mask = torch.zeros_like(s, dtype=torch.bool).scatter_(2, keep, True).reshape(rows, k)
-    return w * mask.to(w.dtype)
+    return w * nm_mask(scores, n, m).to(w.dtype)
 
 
 def _check_x_k(name, x, values):
@@ -291,7 +334,8 @@ def _check_x_k(name, x, values):
 
 
 def sparse24_matmul(x, values, meta, bias=None, *, backend: str | None = None):
-    """float x [M, K] @ W.T + bias where W [N, K] is the 2:4 weight (values, meta), x's dtype."""
+    """float x [M, K] @ W.T + bias where W [N, K] is the 2:4 weight (values, meta), x's dtype.
+    Differentiable in x, values and bias (the gradient of the masked dense layer)."""
     check_tensor("x", x, ndim=2, dtypes=FLOAT_DTYPES)
     _check_x_k("x", x, values)
     check_compressed(values, meta, x.shape[1], (x.dtype,))

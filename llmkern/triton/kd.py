@@ -15,7 +15,9 @@ def _not_float64(student, *args):
 
 
 @register("kd_loss_rows", "triton", DEVICES, supports=_not_float64, why=_WHY)
-def kd_loss_rows(student, teacher, labels, tau, alpha, ignore_index, divergence, beta, compute_grad):
+def kd_loss_rows(
+    student, teacher, labels, tau, alpha, ignore_index, divergence, beta, compute_grad
+):
     from llmkern.triton.kernels import kd
 
     return kd.kd_loss_rows(
@@ -24,7 +26,9 @@ def kd_loss_rows(student, teacher, labels, tau, alpha, ignore_index, divergence,
 
 
 @register("kd_loss_topk_rows", "triton", DEVICES, supports=_not_float64, why=_WHY)
-def kd_loss_topk_rows(student, topk_idx, topk_logprobs, labels, tau, alpha, ignore_index, compute_grad):
+def kd_loss_topk_rows(
+    student, topk_idx, topk_logprobs, labels, tau, alpha, ignore_index, compute_grad
+):
     from llmkern.triton.kernels import kd
 
     return kd.kd_loss_topk_rows(

@@ -4,7 +4,8 @@ one program per row looping over the vocabulary in blocks, all math in float32.
 With a = z / tau (student), b = t / tau (teacher, first V columns), q = softmax(a),
 p = softmax(b):
 
-- pass 1 keeps running (max, sum of exp) for a, b and, with labels, z (CE is at temperature 1),
+- pass 1 keeps running (max, sum of exp) for a, b and, with labels and tau != 1, z (CE is at
+  temperature 1; with tau == 1 it reuses a's sums and q, a third fewer exponentials),
   plus the cross term the divergence needs, rescaled whenever the running max moves:
   KL(p||q) = sum p (b - a) + lse(a) - lse(b) and KL(q||p) = sum q (a - b) + lse(b) - lse(a).
   The running sums use a shift of 0 while the max is still -inf, so -inf logits (teacher
@@ -53,18 +54,48 @@ def _lse(m, s):
 
 
 @triton.jit
-def _ce_grad(z, offs, lse_z, y):
-    """d CE / d z = softmax(z) - onehot(y)."""
-    return tl.exp(z - lse_z) - (offs == y).to(tl.float32)
+def _ce_grad(z, q, offs, lse_z, y, TAU_ONE: tl.constexpr):
+    """d CE / d z = softmax(z) - onehot(y); softmax(z) is q when tau == 1."""
+    if TAU_ONE:
+        soft = q
+    else:
+        soft = tl.exp(z - lse_z)
+    return soft - (offs == y).to(tl.float32)
+
+
+@triton.jit
+def _ce(s_row, y, lse_a, mz, sz, TAU_ONE: tl.constexpr):
+    """(CE of the row's label, lse(z)); lse(z) is lse(z / tau) when tau == 1."""
+    if TAU_ONE:
+        lse_z = lse_a
+    else:
+        lse_z = _lse(mz, sz)
+    return lse_z - tl.load(s_row + y).to(tl.float32), lse_z
 
 
 @triton.jit
 def _kd_rows_kernel(
-    s_ptr, t_ptr, y_ptr, rows_ptr, g_ptr, V, stride_s, stride_t, stride_g,
-    inv_tau, loss_scale, grad_scale, w_ce, ignore_index, beta,
-    HAS_LABELS: tl.constexpr, DIVERGENCE: tl.constexpr, GRAD: tl.constexpr,
+    s_ptr,
+    t_ptr,
+    y_ptr,
+    rows_ptr,
+    g_ptr,
+    V,
+    stride_s,
+    stride_t,
+    stride_g,
+    inv_tau,
+    loss_scale,
+    grad_scale,
+    w_ce,
+    ignore_index,
+    beta,
+    HAS_LABELS: tl.constexpr,
+    TAU_ONE: tl.constexpr,
+    DIVERGENCE: tl.constexpr,
+    GRAD: tl.constexpr,
     BLOCK_V: tl.constexpr,
-):  # fmt: skip
+):
     row = tl.program_id(0).to(tl.int64)
     s_row = s_ptr + row * stride_s
     t_row = t_ptr + row * stride_t
@@ -87,7 +118,7 @@ def _kd_rows_kernel(
             b = t * inv_tau
             ma, sa, ea, ra = _online(ma, sa, a)
             mb, sb, eb, rb = _online(mb, sb, b)
-            if HAS_LABELS:
+            if HAS_LABELS and not TAU_ONE:
                 mz, sz, _ez, _rz = _online(mz, sz, z)
             if DIVERGENCE == 0:
                 cross = cross * rb + tl.sum(tl.where(eb > 0.0, eb * (b - a), 0.0), axis=0)
@@ -116,8 +147,8 @@ def _kd_rows_kernel(
         loss = loss_scale * div
         lse_z = 0.0
         if HAS_LABELS:
-            lse_z = _lse(mz, sz)
-            loss += w_ce * (lse_z - tl.load(s_row + y).to(tl.float32))
+            ce, lse_z = _ce(s_row, y, lse_a, mz, sz, TAU_ONE)
+            loss += w_ce * ce
         tl.store(rows_ptr + row, loss)
         if GRAD:
             for v0 in range(0, V, BLOCK_V):
@@ -136,7 +167,7 @@ def _kd_rows_kernel(
                     g = (1.0 - beta) * q * (tl.where(q > 0.0, logq - logm, 0.0) - d_q)
                 g = grad_scale * g
                 if HAS_LABELS:
-                    g += w_ce * _ce_grad(z, offs, lse_z, y)
+                    g += w_ce * _ce_grad(z, q, offs, lse_z, y, TAU_ONE)
                 tl.store(g_row + offs, g.to(g_ptr.dtype.element_ty), mask=offs < V)
     else:
         tl.store(rows_ptr + row, 0.0)
@@ -148,12 +179,32 @@ def _kd_rows_kernel(
 
 @triton.jit
 def _kd_topk_kernel(
-    s_ptr, idx_ptr, lp_ptr, start_ptr, y_ptr, rows_ptr, g_ptr, V, KT,
-    stride_s, stride_i, stride_l, stride_st, stride_g,
-    inv_tau, loss_scale, grad_scale, w_ce, ignore_index,
-    HAS_LABELS: tl.constexpr, GRAD: tl.constexpr,
-    BLOCK_V: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_HIT: tl.constexpr,
-):  # fmt: skip
+    s_ptr,
+    idx_ptr,
+    lp_ptr,
+    start_ptr,
+    y_ptr,
+    rows_ptr,
+    g_ptr,
+    V,
+    KT,
+    stride_s,
+    stride_i,
+    stride_l,
+    stride_st,
+    stride_g,
+    inv_tau,
+    loss_scale,
+    grad_scale,
+    w_ce,
+    ignore_index,
+    HAS_LABELS: tl.constexpr,
+    TAU_ONE: tl.constexpr,
+    GRAD: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_HIT: tl.constexpr,
+):
     row = tl.program_id(0).to(tl.int64)
     s_row = s_ptr + row * stride_s
     idx_row = idx_ptr + row * stride_i
@@ -173,7 +224,7 @@ def _kd_topk_kernel(
             offs = v0 + lanes
             z = tl.load(s_row + offs, mask=offs < V, other=_NEG_INF).to(tl.float32)
             ma, sa, _ea, _ra = _online(ma, sa, z * inv_tau)
-            if HAS_LABELS:
+            if HAS_LABELS and not TAU_ONE:
                 mz, sz, _ez, _rz = _online(mz, sz, z)
         lse_a = _lse(ma, sa)
         # Teacher: softmax over the k log-probabilities / tau; KL(p||q) = sum p (b - a) + ...
@@ -190,8 +241,8 @@ def _kd_topk_kernel(
         loss = loss_scale * (cross / sb + lse_a - lse_b)
         lse_z = 0.0
         if HAS_LABELS:
-            lse_z = _lse(mz, sz)
-            loss += w_ce * (lse_z - tl.load(s_row + y).to(tl.float32))
+            ce, lse_z = _ce(s_row, y, lse_a, mz, sz, TAU_ONE)
+            loss += w_ce * ce
         tl.store(rows_ptr + row, loss)
         if GRAD:
             hits = tl.arange(0, BLOCK_HIT)
@@ -210,9 +261,10 @@ def _kd_topk_kernel(
                     p_j = tl.exp(b * inv_tau - lse_b)
                     hit = offs[:, None] == idx[None, :]
                     p += tl.sum(tl.where(hit, p_j[None, :], 0.0), axis=1)
-                g = grad_scale * (tl.exp(z * inv_tau - lse_a) - p)
+                q = tl.exp(z * inv_tau - lse_a)
+                g = grad_scale * (q - p)
                 if HAS_LABELS:
-                    g += w_ce * _ce_grad(z, offs, lse_z, y)
+                    g += w_ce * _ce_grad(z, q, offs, lse_z, y, TAU_ONE)
                 tl.store(g_row + offs, g.to(g_ptr.dtype.element_ty), mask=offs < V)
     else:
         tl.store(rows_ptr + row, 0.0)
@@ -240,7 +292,9 @@ def _warps(block):
     return 4 if block <= 1024 else 8
 
 
-def kd_loss_rows(student, teacher, labels, tau, alpha, ignore_index, divergence, beta, compute_grad):
+def kd_loss_rows(
+    student, teacher, labels, tau, alpha, ignore_index, divergence, beta, compute_grad
+):
     student, teacher = rowmajor(student), rowmajor(teacher)
     n, v = student.shape
     rows, grad = _outputs(student, compute_grad)
@@ -250,13 +304,16 @@ def kd_loss_rows(student, teacher, labels, tau, alpha, ignore_index, divergence,
         student, teacher, labels if labels is not None else rows, rows, grad, v,
         student.stride(0), teacher.stride(0), grad.stride(0) if compute_grad else 0,
         1.0 / tau, loss_scale, grad_scale, w_ce, ignore_index, beta,
-        HAS_LABELS=labels is not None, DIVERGENCE=_DIVERGENCE_CODE[divergence],
+        HAS_LABELS=labels is not None,
+        TAU_ONE=tau == 1.0, DIVERGENCE=_DIVERGENCE_CODE[divergence],
         GRAD=compute_grad, BLOCK_V=block, num_warps=_warps(block),
     )  # fmt: skip
     return rows, grad
 
 
-def kd_loss_topk_rows(student, topk_idx, topk_logprobs, labels, tau, alpha, ignore_index, compute_grad):
+def kd_loss_topk_rows(
+    student, topk_idx, topk_logprobs, labels, tau, alpha, ignore_index, compute_grad
+):
     student = rowmajor(student)
     n, v = student.shape
     k = topk_idx.shape[1]
@@ -273,7 +330,8 @@ def kd_loss_topk_rows(student, topk_idx, topk_logprobs, labels, tau, alpha, igno
         grad, v, k, student.stride(0), topk_idx.stride(0), topk_logprobs.stride(0),
         starts.stride(0), grad.stride(0) if compute_grad else 0,
         1.0 / tau, loss_scale, grad_scale, w_ce, ignore_index,
-        HAS_LABELS=labels is not None, GRAD=compute_grad, BLOCK_V=block,
+        HAS_LABELS=labels is not None,
+        TAU_ONE=tau == 1.0, GRAD=compute_grad, BLOCK_V=block,
         BLOCK_T=min(next_pow2(k), MAX_BLOCK_T), BLOCK_HIT=BLOCK_HITS, num_warps=_warps(block),
     )  # fmt: skip
     return rows, grad

@@ -39,8 +39,9 @@ def _quantize(x, inv, finite):
 
 
 @triton.jit
-def _quantize_rows_kernel(x_ptr, q_ptr, scale_ptr, K, stride_xm, stride_qm,
-                          BLOCK_K: tl.constexpr, ONE_PASS: tl.constexpr):  # fmt: skip
+def _quantize_rows_kernel(
+    x_ptr, q_ptr, scale_ptr, K, stride_xm, stride_qm, BLOCK_K: tl.constexpr, ONE_PASS: tl.constexpr
+):
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * stride_xm
     q_row = q_ptr + row * stride_qm
@@ -60,7 +61,9 @@ def _quantize_rows_kernel(x_ptr, q_ptr, scale_ptr, K, stride_xm, stride_qm,
     positive = finite & (absmax > 0.0)
     safe = tl.where(positive, absmax, 1.0)
     inv = tl.where(positive, tl.fdiv(tl.full((), 127.0, tl.float32), safe, ieee_rounding=True), 0.0)
-    scale = tl.where(positive, tl.fdiv(absmax, tl.full((), 127.0, tl.float32), ieee_rounding=True), 1.0)
+    scale = tl.where(
+        positive, tl.fdiv(absmax, tl.full((), 127.0, tl.float32), ieee_rounding=True), 1.0
+    )
     tl.store(scale_ptr + row, tl.where(finite, scale, float("nan")))
     if ONE_PASS:
         tl.store(q_row + offs, _quantize(x, inv, finite), mask=offs < K)

