@@ -406,7 +406,7 @@ def quantize_weight(w: torch.Tensor, group_size: int = 0) -> tuple[torch.Tensor,
     [N, ceil(K / group_size)]), ``scale = absmax / 127`` per channel or group; a group whose
     absmax is 0 or below 127 / FLT_MAX (scale would underflow) gets scale 1 and q 0."""
     check_tensor("w", w, ndim=2, dtypes=FLOAT_DTYPES)
-    check_finite("w", w)
+    check_values_finite("w", w)  # eager only: QAT calls this in a compiled forward
     if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 0:
         raise ValueError(f"group_size must be an int >= 0 (0 = per channel), got {group_size!r}")
     n, k = w.shape
