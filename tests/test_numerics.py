@@ -49,21 +49,7 @@ def test_w8a8_exact_at_max_k_with_extreme_operands(backend):
 # --- int8: quantisation of tiny rows ------------------------------------------------------------
 
 
-KERNEL_BUGS = {
-    "tiny-rows": "cpu/triton quantize_per_token: 127/absmax = inf on tiny rows gives q = +-127",
-    "jsd-weightless": "cpu/triton kd_loss_rows: JSD with beta 0 or 1 and underflowed p/q is NaN",
-}
-
-
-def xfail_kernels(backends_, bug):
-    """Backends as params; the fast kernels carry a strict xfail for a reported bug."""
-    mark = pytest.mark.xfail(reason=KERNEL_BUGS[bug], strict=True)
-    return [pytest.param(b, marks=[mark] if b != "reference" else []) for b in backends_]
-
-
-@pytest.mark.parametrize(
-    "backend", xfail_kernels(cpu_backends(triton=True, op="quantize_per_token"), "tiny-rows")
-)
+@pytest.mark.parametrize("backend", cpu_backends(triton=True, op="quantize_per_token"))
 def test_quantize_per_token_tiny_rows_are_zero_rows(backend):
     """127 / absmax overflows float32 below 127 / FLT_MAX: such rows quantise like zero rows
     (scale 1, q 0) instead of turning 0 * inf into garbage codes."""
@@ -111,15 +97,8 @@ def test_quantize_per_token_divides_exactly(backend):
     assert torch.equal(q[:, 1], want)
 
 
-JSD_CASES = [
-    pytest.param(b, beta, marks=[pytest.mark.xfail(reason=KERNEL_BUGS["jsd-weightless"], strict=True)]
-                 if b != "reference" and beta in (0.0, 1.0) else [])
-    for b in cpu_backends(triton=True, op="kd_loss_rows")
-    for beta in (0.0, 1e-3, 0.5, 1.0)
-]  # fmt: skip
-
-
-@pytest.mark.parametrize("backend,beta", JSD_CASES)
+@pytest.mark.parametrize("backend", cpu_backends(triton=True, op="kd_loss_rows"))
+@pytest.mark.parametrize("beta", [0.0, 1e-3, 0.5, 1.0])
 def test_kd_jsd_with_underflowing_probabilities_is_finite(backend, beta):
     """M = beta p + (1 - beta) q taken in log space: with p or q underflowing to 0 the loss and
     gradient stay finite (found by the property test: beta = 0 gave NaN)."""
