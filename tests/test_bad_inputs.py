@@ -206,9 +206,9 @@ CASES = [
          r"scores must have shape \(2, 8\)"),
     case("p24-scores-not-tensor", lambda: llmkern.prune_24(f32(2, 8), 1.0), TypeError,
          "scores must be a torch.Tensor"),
-    case("p24-n-gt-m", lambda: llmkern.prune_24(f32(2, 8), n=5, m=4), ValueError, "need integers 0 < n <= m"),
-    case("p24-n-zero", lambda: llmkern.prune_24(f32(2, 8), n=0), ValueError, "need integers 0 < n <= m"),
-    case("p24-k-not-mult-m", lambda: llmkern.prune_24(f32(2, 6)), ValueError, r"the last dim \(6\) must be a multiple of m=4"),
+    case("p24-n-gt-m", lambda: llmkern.prune_24(f32(2, 8), n=5, m=4), ValueError, "need 0 < n <= m"),
+    case("p24-n-zero", lambda: llmkern.prune_24(f32(2, 8), n=0), ValueError, "need 0 < n <= m"),
+    case("p24-k-not-mult-m", lambda: llmkern.prune_24(f32(2, 6)), ValueError, r"the last dim \(6\) is not a multiple of m=4"),
     case("p24-n-float", lambda: llmkern.prune_24(f32(2, 8), n=2.0), TypeError, "n and m must be ints"),
     # --- sparse24 matmuls -----------------------------------------------------------------------
     case("s24-x-int", lambda: s24(x=i8(2, 8)), TypeError, "x must have dtype"),
