@@ -61,7 +61,7 @@ class Settings:
     energy: float = 0.9
     rank: int | None = None
     recovery_seconds: float = 180.0
-    recovery_lr: float = 3e-4
+    recovery_lr: float = 5e-4
     recovery_batch: int = 16
     shapes: tuple[tuple[int, int], ...] = ((1, 128), (32, 128))
     reps: int = 7
@@ -211,7 +211,7 @@ def _prune_and_recover(settings, teacher, model, tokenizer, pooling, calib, trai
         for p in frozen:
             p.requires_grad_(False)
         runs.append(distill(teacher, m, corpus, steps=3 if settings.quick else None,
-                            loss_fn=_recovery_loss(pooling), lr=settings.recovery_lr,
+                            loss_fn=_recovery_loss(pooling), lr=settings.recovery_lr, lr_decay=True,
                             max_seconds=settings.recovery_seconds, progress=settings.progress))  # fmt: skip
         for p in frozen:
             p.requires_grad_(True)
