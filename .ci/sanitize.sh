@@ -18,7 +18,8 @@ git ls-files -z --cached --others --exclude-standard | xargs -0 -I{} cp --parent
 cd "$work"
 
 echo "--- building llmkern._C with ASan + UBSan in $work"
-LLMKERN_SANITIZE=1 LLMKERN_NO_CUDA=1 MAX_JOBS="${MAX_JOBS:-2}" \
+# -O0 (LLMKERN_DEBUG): compiles several times faster than -O3 and hides no UB from the sanitizers.
+LLMKERN_SANITIZE=1 LLMKERN_DEBUG=1 LLMKERN_NO_CUDA=1 MAX_JOBS="${MAX_JOBS:-2}" \
   python setup.py build_ext --inplace >build.log 2>&1 || { tail -50 build.log; exit 1; }
 echo "    built in $(( $(date +%s) - t0 ))s"
 

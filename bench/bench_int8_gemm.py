@@ -16,6 +16,10 @@ measured copy bandwidth) is printed with it. After the table, the goals of the i
 checked as ratios measured in this run.
 
     flock /tmp/llmkern_bench.lock python bench/bench_int8_gemm.py [--quick] [--json PATH]
+        [--threads N]
+
+On a machine shared with other jobs, torch's multi-threaded baselines lose whole scheduler time
+slices at their thread barriers (times in multiples of 4 ms); compare with --threads 1 there.
 """
 
 from __future__ import annotations
@@ -162,7 +166,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a few shapes only")
     ap.add_argument("--json", help="write result rows here")
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if not _ext.available():
         print(f"llmkern._C is not built: {_ext.load_error}", file=sys.stderr)
         return 1

@@ -23,36 +23,9 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import llmkern  # noqa: E402
-from llmkern.benchmark import Row, cuda_peak_mb, format_table, time_fn, with_speedups, write_json  # noqa: E402
+from llmkern.benchmark import Row, format_table, peak_mb, time_fn, with_speedups, write_json  # noqa: E402
 
 TAU, ALPHA = 2.0, 0.5
-
-
-def cpu_peak_mb(fn) -> float:
-    """Peak CPU bytes allocated during ``fn()`` above those live before it, in MB.
-
-    Replays the profiler's raw allocation/free records in time order. (Summing the per-op
-    ``cpu_memory_usage`` of function events, as llmkern.benchmark.cpu_peak_mb does, counts an
-    allocation once per enclosing op, e.g. several times inside a custom op, and attributes
-    frees to the start of the enclosing op.)"""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    records = sorted(
-        (e.start_ns(), e.nbytes())
-        for e in prof.profiler.kineto_results.events()
-        if e.name() == "[memory]"
-    )
-    live = peak = 0
-    for _, nbytes in records:
-        live += nbytes
-        peak = max(peak, live)
-    return peak / 2**20
-
-
-def peak(fn, device) -> float:
-    return cuda_peak_mb(fn) if device == "cuda" else cpu_peak_mb(fn)
 
 
 def naive_kd(z, t, y):
@@ -98,7 +71,7 @@ def bench_logits(n, v, dtype, device, reps):
 
         ms = time_fn(step, device=device, warmup=1, reps=reps, min_time_s=0.0)
         z.grad = None
-        mem = peak(step, device)
+        mem = peak_mb(step, device)
         z.grad = None
         shape = {"N": n, "V": v}
         rows.append(Row("kd_loss", shape, str(dtype).replace("torch.", ""), name, ms, mem))
@@ -133,7 +106,7 @@ def bench_fused_linear(n, h, v, dtype, device, reps):
 
         ms = time_fn(step, device=device, warmup=1, reps=reps, min_time_s=0.0)
         hs.grad = w.grad = None
-        mem = peak(step, device) - grads_mb
+        mem = peak_mb(step, device) - grads_mb
         hs.grad = w.grad = None
         shape = {"N": n, "H": h, "V": v}
         rows.append(

@@ -42,7 +42,7 @@ def interleaved(fns: dict, budget_s: float, max_reps: int = 40) -> dict:
     for f in fns.values():
         f(1)
     per_round = time.perf_counter() - t0
-    reps = int(max(3, min(max_reps, budget_s / max(per_round, 1e-9))))
+    reps = int(max(5, min(max_reps, budget_s / max(per_round, 1e-9))))
     times = {k: [] for k in fns}
     for i in range(reps):
         for k, f in fns.items():
@@ -107,8 +107,17 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--quick", action="store_true", help="M in {1, 4, 64, 1024}, K = N = 4096")
     ap.add_argument("--cases", default="fp32,bf16,w8,w8a8")
+    ap.add_argument("--shapes", default=None, help="K,N pairs, e.g. 4096x4096,11008x4096")
+    ap.add_argument("--ms", default=None, help="comma-separated M values")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     args = ap.parse_args()
     ms, kns = ((1, 4, 64, 1024), KNS[:1]) if args.quick else (MS, KNS)
+    if args.shapes:
+        kns = tuple(tuple(int(v) for v in s.split("x")) for s in args.shapes.split(","))
+    if args.ms:
+        ms = tuple(int(v) for v in args.ms.split(","))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     budget = 0.6 if args.quick else 1.5
     rows = []
     torch.manual_seed(0)

@@ -87,21 +87,23 @@ def cuda_peak_mb(fn: Callable[[], object]) -> float:
 
 
 def cpu_peak_mb(fn: Callable[[], object]) -> float:
-    """Peak bytes allocated by torch on the CPU during ``fn()``, above those live before it, in MB.
+    """Peak CPU bytes allocated by torch during ``fn()`` above those live before it, in MB.
 
-    Uses the profiler's memory tracking, which sees every CPU tensor allocation and free (process
-    RSS would also count allocator caching and page reuse)."""
+    Replays the profiler's raw allocation/free records in time order. (Summing the per-op
+    ``cpu_memory_usage`` of function events would count an allocation once per enclosing op, and
+    process RSS would also count allocator caching and page reuse.)"""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    events = sorted(
-        (e for e in prof.events() if getattr(e, "cpu_memory_usage", 0)),
-        key=lambda e: e.time_range.start,
+    records = sorted(
+        (e.start_ns(), e.nbytes())
+        for e in prof.profiler.kineto_results.events()
+        if e.name() == "[memory]"
     )
     live = peak = 0
-    for e in events:
-        live += e.cpu_memory_usage
+    for _, nbytes in records:
+        live += nbytes
         peak = max(peak, live)
     return peak / 2**20
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import llmkern
+import llmkern.nn as lnn
 from llmkern.backends import BackendUnavailableError
 from llmkern.ops import MAX_K_W8A8
 from llmkern.ops import int8 as int8_ops
@@ -95,6 +96,13 @@ def s24_w8(**kw):
     args = dict(x=f32(2, 8), values=values, meta=meta, w_scale=scales(3))
     args.update(kw)
     return llmkern.sparse24_w8_matmul(**args)
+
+
+def flkd(**kw):
+    args = dict(student_hidden=f32(4, 6), student_head=f32(11, 6), teacher_hidden=f32(4, 5),
+                teacher_head=f32(13, 5))  # fmt: skip
+    args.update(kw)
+    return llmkern.fused_linear_kd_loss(**args)
 
 
 def case(case_id, call, exc, match):
@@ -198,9 +206,9 @@ CASES = [
          r"scores must have shape \(2, 8\)"),
     case("p24-scores-not-tensor", lambda: llmkern.prune_24(f32(2, 8), 1.0), TypeError,
          "scores must be a torch.Tensor"),
-    case("p24-n-gt-m", lambda: llmkern.prune_24(f32(2, 8), n=5, m=4), ValueError, "need 0 < n <= m"),
-    case("p24-n-zero", lambda: llmkern.prune_24(f32(2, 8), n=0), ValueError, "need 0 < n <= m"),
-    case("p24-k-not-mult-m", lambda: llmkern.prune_24(f32(2, 6)), ValueError, "K % m == 0"),
+    case("p24-n-gt-m", lambda: llmkern.prune_24(f32(2, 8), n=5, m=4), ValueError, "need integers 0 < n <= m"),
+    case("p24-n-zero", lambda: llmkern.prune_24(f32(2, 8), n=0), ValueError, "need integers 0 < n <= m"),
+    case("p24-k-not-mult-m", lambda: llmkern.prune_24(f32(2, 6)), ValueError, r"the last dim \(6\) must be a multiple of m=4"),
     case("p24-n-float", lambda: llmkern.prune_24(f32(2, 8), n=2.0), TypeError, "n and m must be ints"),
     # --- sparse24 matmuls -----------------------------------------------------------------------
     case("s24-x-int", lambda: s24(x=i8(2, 8)), TypeError, "x must have dtype"),
@@ -280,6 +288,58 @@ CASES = [
     case("kdtopk-logprobs-int", lambda: kd_topk(topk_logprobs=torch.zeros(3, 4, dtype=torch.long)),
          TypeError, "topk_logprobs must have dtype"),
     case("kdtopk-tau", lambda: kd_topk(temperature=0), ValueError, "temperature must be > 0"),
+    # --- w8a8_linear / w8_linear (the modules' fused forward) -----------------------------------
+    case("w8a8lin-x-int", lambda: int8_ops.w8a8_linear(i8(2, 8), i8(3, 8), scales(3)), TypeError,
+         "x must have dtype"),
+    case("w8a8lin-static-scale-shape", lambda: int8_ops.w8a8_linear(f32(2, 8), i8(3, 8), scales(3),
+                                                                    x_scale=scales(2)),
+         ValueError, "x_scale \\(static\\) must hold one per-tensor value"),
+    case("w8a8lin-static-scale-negative", lambda: int8_ops.w8a8_linear(
+        f32(2, 8), i8(3, 8), scales(3), x_scale=torch.tensor(-1.0)), ValueError, "finite and > 0"),
+    case("w8a8lin-packed-dtype", lambda: int8_ops.w8a8_linear(f32(2, 8), i8(3, 8), scales(3),
+                                                              packed=torch.zeros(4)),
+         TypeError, "packed must have dtype uint8"),
+    case("w8lin-packed-2d", lambda: int8_ops.w8_linear(f32(2, 8), i8(3, 8), scales(3),
+                                                       packed=torch.zeros(2, 2, dtype=U8)),
+         ValueError, "packed must be 1-D"),
+    case("w8lin-k-mismatch", lambda: int8_ops.w8_linear(f32(2, 9), i8(3, 8), scales(3)), ValueError,
+         r"x must have shape \[M, 8\]"),
+    # --- fused_linear_kd_loss -------------------------------------------------------------------
+    case("flkd-head-shape", lambda: flkd(student_head=f32(11, 7)), ValueError,
+         r"student_head must have shape \(11, 6\)"),
+    case("flkd-teacher-vocab", lambda: flkd(teacher_head=f32(10, 5)), ValueError,
+         r"teacher_head must have shape \[V_t >= 11, 5\]"),
+    case("flkd-hidden-1d", lambda: flkd(student_hidden=f32(6)), ValueError,
+         "student_hidden must be 2-D"),
+    case("flkd-teacher-rows", lambda: flkd(teacher_hidden=f32(3, 5)), ValueError,
+         "teacher_hidden must have 4 rows"),
+    case("flkd-tau", lambda: flkd(temperature=0), ValueError, "temperature must be > 0"),
+    case("flkd-chunk", lambda: flkd(chunk_size=0), ValueError, "chunk_size must be a positive int"),
+    case("flkd-labels-range", lambda: flkd(labels=torch.tensor([0, 1, 2, 11])), ValueError,
+         r"labels\[3\] = 11"),
+    case("flkd-int-dtype", lambda: flkd(teacher_hidden=i8(4, 5)), TypeError,
+         "teacher_hidden must have dtype"),
+    # --- modules (construction may run kernels; the forward checks come first) -------------------
+    case("nn-int8-from-float-type", lambda: lnn.Int8Linear.from_float("x"), TypeError,
+         "from_float expects an nn.Linear"),
+    case("nn-int8-input-features", lambda: lnn.Int8Linear.from_float(torch.nn.Linear(8, 3))(
+        f32(2, 9)), ValueError, r"input must have shape \[\.\.\., 8\]"),
+    case("nn-int8wo-group", lambda: lnn.Int8WeightOnlyLinear.from_float(torch.nn.Linear(8, 3),
+                                                                        group_size=-1),
+         ValueError, "group_size must be an int >= 0"),
+    case("nn-qat-from-float-type", lambda: lnn.Int8LinearQAT.from_float(torch.nn.Conv1d(2, 2, 1)),
+         TypeError, "from_float expects an nn.Linear"),
+    case("nn-qat-input-features", lambda: lnn.Int8LinearQAT.from_float(torch.nn.Linear(8, 3))(
+        f32(2, 7)), ValueError, r"input must have shape \[\.\.\., 8\]"),
+    case("nn-sparse-int8-form", lambda: lnn.Sparse24Linear(8, 3, int8="int4"), ValueError,
+         "int8 must be None or one of"),
+    case("nn-sparse-input-features", lambda: lnn.Sparse24Linear.from_float(torch.nn.Linear(8, 3))(
+        f32(2, 9)), ValueError, "x must have last dim in_features=8"),
+    case("nn-kdloss-tau", lambda: lnn.KDLoss(temperature=0), ValueError, "temperature must be > 0"),
+    case("nn-kdloss-rows", lambda: lnn.KDLoss()(f32(2, 5), f32(3, 5)), ValueError,
+         "teacher_logits must have shape"),
+    case("nn-flkdloss-alpha", lambda: lnn.FusedLinearKDLoss(alpha=2), ValueError,
+         "alpha must be <= 1"),
     # --- backend selection (raised by the registry) ---------------------------------------------
     case("backend-unknown", lambda: llmkern.quantize_per_token(f32(2, 4), backend="fortran"),
          ValueError, "backend must be one of"),
@@ -294,7 +354,8 @@ def _fail_if_a_kernel_runs(*args, **kwargs):
 
 @pytest.mark.parametrize("call,exc,match", CASES)
 def test_bad_input_raises_before_any_kernel(call, exc, match, request, monkeypatch):
-    if request.node.callspec.id not in KERNEL_MAY_RUN:
+    case_id = request.node.callspec.id
+    if case_id not in KERNEL_MAY_RUN and not case_id.startswith("nn-"):
         for module in (int8_ops, sparse24_ops, kd_ops):
             monkeypatch.setattr(module, "dispatch", _fail_if_a_kernel_runs)
     with pytest.raises(exc, match=match):
@@ -323,7 +384,11 @@ def test_every_public_function_has_a_row():
     ]
     missing = [n for n in public if n not in covered]
     assert not missing, f"public ops without bad-input rows: {missing}"
-    pending = {"fused_linear_kd_loss"}  # raises NotImplementedError until its kernel lands
     for name, prefix in covered.items():
-        if name not in pending:
-            assert any(i.startswith(prefix) for i in ids), name
+        assert any(i.startswith(prefix) for i in ids), name
+    modules = {n for n, o in vars(lnn).items() if isinstance(o, type)}
+    tested = {"Int8Linear": "nn-int8-", "Int8WeightOnlyLinear": "nn-int8wo", "Int8LinearQAT": "nn-qat",
+              "Sparse24Linear": "nn-sparse", "KDLoss": "nn-kdloss", "FusedLinearKDLoss": "nn-flkd"}  # fmt: skip
+    assert modules <= set(tested), f"modules without bad-input rows: {modules - set(tested)}"
+    for prefix in tested.values():
+        assert any(i.startswith(prefix) for i in ids), prefix

@@ -311,6 +311,7 @@ MODULES = {
         lambda: (torch.randn(3, 24),),
         False,
     ),  # fmt: skip
+    "Int8LinearQAT": (_from_float("Int8LinearQAT"), lambda: (torch.randn(3, 24),), True),
     "Sparse24Linear": (_from_float("Sparse24Linear"), lambda: (torch.randn(3, 24),), True),
 }
 

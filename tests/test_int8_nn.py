@@ -154,6 +154,8 @@ def test_bad_module_input(cls):
         m(torch.ones(2, 16, dtype=torch.int64))
     with pytest.raises(ValueError, match="must not be empty"):
         m(torch.randn(0, 16))
+    with pytest.raises(ValueError, match="input is on meta but the layer's weights are on cpu"):
+        m(torch.randn(2, 16, device="meta"))
     with pytest.raises(TypeError, match="nn.Linear"):
         cls.from_float(nn.Conv1d(2, 2, 1))
 

@@ -74,6 +74,31 @@ def isa_env(isa):
             os.environ["LLMKERN_CPU_ISA"] = old
 
 
+# Reported kernel bugs (strict xfails in test_numerics.py document each): examples that would hit
+# one are counted and skipped for those backends, so the rest of their input space stays tested.
+KNOWN_BUGS = {
+    ("quantize_per_token", "cpu"): "tiny-rows",
+    ("quantize_per_token", "triton"): "tiny-rows",
+    ("kd_loss_rows", "cpu"): "jsd-weightless, strided-student",
+    ("kd_loss_rows", "triton"): "jsd-weightless",
+    ("kd_loss_topk_rows", "cpu"): "strided-student",
+}
+
+
+class KnownBug(Exception):
+    """Raised by a body for an input that hits a reported bug of this backend."""
+
+
+def known_bug(op, backend, bug, hit):
+    if hit and bug in KNOWN_BUGS.get((op, backend), ""):
+        raise KnownBug(bug)
+
+
+def row_major(t):
+    """Strides exactly (V, 1): stricter than is_contiguous(), which ignores size-1 dims."""
+    return t.stride() == (t.shape[1], 1)
+
+
 def run_examples(op, backend, body):
     """Run ``body(data, backend, small)`` as a hypothesis property for ``backend`` and count the
     examples. Calls the backend declines (its ``supports`` predicate) are counted separately."""
@@ -94,6 +119,9 @@ def run_examples(op, backend, body):
                 body(data, backend, small)
             except BackendUnavailableError:
                 COUNTS[f"{op}[{backend}] declined"] += 1
+                return
+            except KnownBug as bug:
+                COUNTS[f"{op}[{backend}] skipped, known bug {bug}"] += 1
                 return
         COUNTS[f"{op}[{backend}]"] += 1
 
@@ -256,6 +284,9 @@ def quantize_body(data, backend, small):
         idx = torch.randint(0, m * k, (max(1, m * k // 7),), generator=g)
         x.view(-1)[idx] = special[torch.randint(0, 3, idx.shape, generator=g)]
     x = lay(x, layout(data))
+    absmax = x.float().abs().amax(1)
+    tiny = ((absmax > 0) & (absmax < 127.0 / torch.finfo(F32).max)).any()
+    known_bug("quantize_per_token", backend, "tiny-rows", bool(tiny))
     q, s = llmkern.quantize_per_token(x, **with_backend(backend))
     assert q.dtype == I8 and s.dtype == F32 and q.shape == (m, k) and s.shape == (m,)
     if backend == "reference":
@@ -642,6 +673,8 @@ def kd_body(data, backend, small):
     reduction = data.draw(st.sampled_from(kd_ops.REDUCTIONS), label="reduction")
     zl = lay(z, layout(data, "student_layout")).requires_grad_()
     tl = lay(t, layout(data, "teacher_layout"))
+    known_bug("kd_loss_rows", backend, "jsd-weightless", divergence == "jsd" and beta in (0, 1))
+    known_bug("kd_loss_rows", backend, "strided-student", not row_major(zl))
     args = (labels, tau, alpha, ignore_index)
     loss = llmkern.kd_loss(zl, tl, *args, reduction, divergence, beta, **with_backend(backend))
     weights = torch.rand(z.shape[0], generator=g, dtype=torch.float64) + 0.5
@@ -688,6 +721,7 @@ def kd_topk_body(data, backend, small):
     lp = lp.to(lp_dtype)
     alpha = data.draw(st.sampled_from((0.0, 0.5, 1.0)), label="alpha")
     zl = lay(z, layout(data, "student_layout")).requires_grad_()
+    known_bug("kd_loss_topk_rows", backend, "strided-student", not row_major(zl))
     loss = llmkern.kd_loss_topk(zl, lay(idx, layout(data, "idx_layout")), lay(lp, layout(data)),
                                 labels, tau, alpha, ignore_index, "none", **with_backend(backend))  # fmt: skip
     loss.sum().backward()

@@ -91,8 +91,7 @@ void quantize_row(const QuantizeArgs& a, int64_t r) {
     inv = 1.0f / a.static_scale;
     scale = a.static_scale;
   } else if (finite) {
-    inv = maxbits == 0 ? 0.f : 127.0f / absmax;
-    scale = maxbits == 0 ? 1.0f : absmax / 127.0f;
+    dynamic_row_scale(absmax, &inv, &scale);
   }
   a.scale[r] = scale;
   const __m256 vinv = _mm256_set1_ps(inv);

@@ -75,6 +75,16 @@ struct QuantizeArgs {
   float static_scale;
 };
 
+// The per-row rule of llmkern/ops/int8.py for a finite row: inv = 127 / absmax rounded once;
+// a zero row, or a tiny one whose inv overflows to inf, quantises to 0 with scale 1. `static`
+// keeps one internal copy per ISA translation unit (each compiled for its own target).
+static inline void dynamic_row_scale(float absmax, float* inv, float* scale) {
+  const float r = 127.0f / absmax;  // +inf when absmax is 0 or below 127 / FLT_MAX
+  const bool ok = r <= 3.4028234663852886e38f;
+  *inv = ok ? r : 0.f;
+  *scale = ok ? absmax / 127.0f : 1.0f;
+}
+
 // out[m, n] = float(sum_k a[m, k] * w[n, k]) * x_scale[m] * w_scale[n] + bias[n], cast to
 // out_dtype, for rows [m0, m1) and panels [p0, p1). a is in the ISA's ActFormat, rows of kp.
 struct W8a8Args {

@@ -12,8 +12,8 @@
 namespace llmkern::int8 {
 namespace {
 
-// Rows per W8A8/W8 tile: a multiple of every micro-kernel height (6, 4, 2), and a tile over
-// one 64-channel panel keeps that panel in L2 while the rows stream.
+// Rows per W8A8/W8 tile: a multiple of every micro-kernel height (8, 6, 4, 2) and of kXRows,
+// and a tile over one 64-channel panel keeps that panel in L2 while the rows stream.
 constexpr int64_t kRowBlock = 192;
 // Below this many multiply-adds per thread, waking another thread costs more than it saves.
 constexpr int64_t kMacsPerTask = 1 << 20;

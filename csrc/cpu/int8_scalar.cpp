@@ -149,8 +149,7 @@ void quantize_rows_scalar(const QuantizeArgs& a, int64_t r0, int64_t r1) {
       inv = 1.0f / a.static_scale;
       scale = a.static_scale;
     } else if (finite) {
-      inv = maxbits == 0 ? 0.f : 127.0f / absmax;
-      scale = maxbits == 0 ? 1.0f : absmax / 127.0f;
+      dynamic_row_scale(absmax, &inv, &scale);
     }
     a.scale[r] = scale;
     for (int64_t c = 0; c < a.ld_q; ++c) {

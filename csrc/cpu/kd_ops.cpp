@@ -69,7 +69,9 @@ struct Setup {
 
 Setup make_setup(const at::Tensor& student, const c10::optional<at::Tensor>& labels, double tau,
                  double alpha, int64_t ignore_index) {
-  TORCH_CHECK(student.dim() == 2 && student.stride(1) == 1, "kd kernels: student must be [N, V] row-major");
+  // A [N, 1] tensor can be "contiguous" with any stride(1): torch ignores strides of size-1 dims.
+  TORCH_CHECK(student.dim() == 2 && (student.stride(1) == 1 || student.size(1) == 1),
+              "kd kernels: student must be [N, V] row-major");
   TORCH_CHECK(tau > 0.0, "kd kernels: tau must be > 0");
   Setup s{tau, static_cast<float>(1.0 / tau), 1.0, 0.0, labels.has_value(), ignore_index, nullptr,
           student.size(0), student.size(1)};

@@ -159,8 +159,18 @@ inline JsdTerms jsd_terms(typename Vec::T a, typename Vec::T b, const RowArgs& A
   JsdTerms j;
   j.log_q = a * tv - Vec::set1(A.log_sum_q);
   j.q = Vec::exp(j.log_q);
-  j.p = Vec::exp(b * tv - Vec::set1(A.log_sum_p));
-  j.log_m = Vec::log(Vec::fma(Vec::set1(A.beta), j.p, Vec::set1(1.0f - A.beta) * j.q));
+  const T log_p = b * tv - Vec::set1(A.log_sum_p);
+  j.p = Vec::exp(log_p);
+  // As the reference: with one side weightless M is the other side exactly; otherwise M is
+  // floored at FLT_MIN so an underflowed mixture of a kept p or q stays finite.
+  if (A.beta == 0.0f) {
+    j.log_m = j.log_q;
+  } else if (A.beta == 1.0f) {
+    j.log_m = log_p;
+  } else {
+    const T m = Vec::fma(Vec::set1(A.beta), j.p, Vec::set1(1.0f - A.beta) * j.q);
+    j.log_m = Vec::log(Vec::vmax(m, Vec::set1(1.17549435e-38f)));
+  }
   return j;
 }
 
@@ -191,7 +201,10 @@ JsdSums jsd_sums_row(const RowArgs& A) {
     kl_qm = kl_qm + bqm;
   }
   const float pm = Vec::reduce_add(kl_pm), qm = Vec::reduce_add(kl_qm);
-  return JsdSums{A.beta * pm + (1.0f - A.beta) * qm, (1.0f - A.beta) * qm};
+  // A weightless side is left out, not multiplied by 0 (its sum may be inf).
+  const float wpm = A.beta > 0.0f ? A.beta * pm : 0.0f;
+  const float wqm = A.beta < 1.0f ? (1.0f - A.beta) * qm : 0.0f;
+  return JsdSums{wpm + wqm, wqm};
 }
 
 JsdSums jsd_sums_entry(const RowArgs& A) {

@@ -129,12 +129,19 @@ struct Kernel {
     for (int r = 0; r < NR; ++r)
       for (int i = 0; i < MR; ++i) acc[r][i] = L::zero();
 
+    // Fetch the next tile's rows one tile ahead (see the AVX-512 variant).
+    const bool ahead = m0 == 0 && n0 + 2 * NR <= a.n;
+    if (ahead)
+      for (int64_t b = 0; b < NR * mbytes; b += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(mrow[0] + NR * mbytes + b), _MM_HINT_T0);
     for (int64_t c = 0; c < full; ++c) {
       const S* v[NR];
       uint32_t mw[NR];
       for (int r = 0; r < NR; ++r) {
         v[r] = vrow[r] + 16 * c;
         std::memcpy(&mw[r], mrow[r] + 4 * c, 4);
+        if (ahead && (16 * c * sizeof(S)) % 64 == 0)
+          _mm_prefetch(reinterpret_cast<const char*>(v[r] + NR * half), _MM_HINT_T0);
       }
       step<NR, MR>(acc, x, c, v, mw);
     }

@@ -29,6 +29,7 @@ struct Args {
   int64_t k;             // multiple of 4
   void* raw;             // float kernels: fp32 [m, ldr]; int kernels: int32 [m, ldr]
   int64_t ldr;
+  int64_t n;             // rows of the weight (prefetching never goes past them)
 };
 
 inline int64_t meta_bytes(int64_t k) { return (k + 7) / 8; }

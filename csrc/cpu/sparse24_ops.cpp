@@ -1,8 +1,11 @@
 // Torch glue of the 2:4 CPU kernels: prepares a zero-padded x, picks the ISA variant, splits
-// weight rows over threads and applies the epilogue (scales, bias, output dtype). Arguments were
+// weight rows over threads and applies the epilogue (scales, bias, output dtype) per thread. Arguments were
 // validated in Python (llmkern/ops/sparse24.py); the checks here guard internal invariants only.
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
+
+#include <cstring>
+#include <vector>
 
 #include "cpu/isa.h"
 #include "cpu/sparse24_kernels.h"
@@ -14,14 +17,95 @@ constexpr int64_t kRowTile = 4;  // weight rows per register tile in the SIMD ke
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
-// x [M, K] -> contiguous [M, round_up(K, kKPad)] of `dtype`, padding columns zero.
-at::Tensor padded_x(const at::Tensor& x, at::ScalarType dtype) {
-  const int64_t m = x.size(0), k = x.size(1), kp = round_up(k, kKPad);
-  at::Tensor out = at::empty({m, kp}, x.options().dtype(dtype));
-  if (kp > k) out.narrow(1, k, kp - k).zero_();
-  out.narrow(1, 0, k).copy_(x);
+// The glue does its own small copies and conversions, serially: torch's copy_ / .to() go
+// parallel above 32K elements, and on a busy machine waking the second thread for a copy of a
+// few tens of KB was measured to cost ~16 ms, more than the whole matmul.
+
+template <typename T>
+float to_float(T v) {
+  return static_cast<float>(v);
+}
+
+template <typename Src, typename Dst>
+void copy_rows(const at::Tensor& x, Dst* out, int64_t ld) {
+  const Src* p = x.data_ptr<Src>();
+  const int64_t m = x.size(0), k = x.size(1), s0 = x.stride(0), s1 = x.stride(1);
+  for (int64_t i = 0; i < m; ++i) {
+    Dst* o = out + i * ld;
+    if (s1 == 1) {
+      for (int64_t j = 0; j < k; ++j) o[j] = static_cast<Dst>(to_float(p[i * s0 + j]));
+    } else {
+      for (int64_t j = 0; j < k; ++j) o[j] = static_cast<Dst>(to_float(p[i * s0 + j * s1]));
+    }
+    for (int64_t j = k; j < ld; ++j) o[j] = Dst(0);
+  }
+}
+
+// x [M, K] (any strides) -> contiguous fp32 [M, round_up(K, kKPad)], padding columns zero.
+at::Tensor padded_x_f32(const at::Tensor& x) {
+  const int64_t kp = round_up(x.size(1), kKPad);
+  at::Tensor out = at::empty({x.size(0), kp}, x.options().dtype(at::kFloat));
+  float* o = out.data_ptr<float>();
+  switch (x.scalar_type()) {
+    case at::kFloat: copy_rows<float>(x, o, kp); break;
+    case at::kBFloat16: copy_rows<at::BFloat16>(x, o, kp); break;
+    case at::kHalf: copy_rows<at::Half>(x, o, kp); break;
+    default: TORCH_CHECK(false, "float x expected, got ", x.scalar_type());
+  }
   return out;
 }
+
+// int8 x_q [M, K] (any strides) -> contiguous int8 [M, round_up(K, kKPad)], padding zero.
+at::Tensor padded_x_i8(const at::Tensor& x) {
+  TORCH_CHECK(x.scalar_type() == at::kChar, "int8 x_q expected");
+  const int64_t kp = round_up(x.size(1), kKPad);
+  at::Tensor out = at::empty({x.size(0), kp}, x.options());
+  int8_t* o = out.data_ptr<int8_t>();
+  const int8_t* p = x.data_ptr<int8_t>();
+  const int64_t m = x.size(0), k = x.size(1), s0 = x.stride(0), s1 = x.stride(1);
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t j = 0; j < k; ++j) o[i * kp + j] = p[i * s0 + j * s1];
+    std::memset(o + i * kp + k, 0, kp - k);
+  }
+  return out;
+}
+
+// Optional 1-D float vector of length n (any float dtype and stride) as fp32 values.
+std::vector<float> vector_f32(const c10::optional<at::Tensor>& t, int64_t n) {
+  if (!t.has_value()) return {};
+  TORCH_CHECK(t->dim() == 1 && t->size(0) == n, "vector of length ", n, " expected");
+  std::vector<float> out(n);
+  const int64_t st = t->stride(0);
+  switch (t->scalar_type()) {
+    case at::kFloat: for (int64_t i = 0; i < n; ++i) out[i] = t->data_ptr<float>()[i * st]; break;
+    case at::kBFloat16:
+      for (int64_t i = 0; i < n; ++i) out[i] = to_float(t->data_ptr<at::BFloat16>()[i * st]);
+      break;
+    case at::kHalf:
+      for (int64_t i = 0; i < n; ++i) out[i] = to_float(t->data_ptr<at::Half>()[i * st]);
+      break;
+    default: TORCH_CHECK(false, "float vector expected, got ", t->scalar_type());
+  }
+  return out;
+}
+
+// An output tensor written element by element in its dtype (fp32 results rounded to nearest
+// even, as torch's .to()).
+struct Output {
+  void* p;
+  at::ScalarType t;
+  explicit Output(const at::Tensor& out) : p(out.data_ptr()), t(out.scalar_type()) {
+    TORCH_CHECK(t == at::kFloat || t == at::kBFloat16 || t == at::kHalf, "float output expected");
+  }
+  void store(int64_t idx, float v) const {
+    if (t == at::kFloat)
+      static_cast<float*>(p)[idx] = v;
+    else if (t == at::kBFloat16)
+      static_cast<at::BFloat16*>(p)[idx] = at::BFloat16(v);
+    else
+      static_cast<at::Half*>(p)[idx] = at::Half(v);
+  }
+};
 
 void check_compressed(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta) {
   TORCH_CHECK(x.dim() == 2 && values.dim() == 2 && meta.dim() == 2, "2-D operands expected");
@@ -33,12 +117,6 @@ void check_compressed(const at::Tensor& x, const at::Tensor& values, const at::T
   TORCH_CHECK(values.is_contiguous() && meta.is_contiguous(), "values and meta must be contiguous");
   TORCH_CHECK(x.device().is_cpu() && values.device().is_cpu() && meta.device().is_cpu(),
               "CPU tensors expected");
-}
-
-at::Tensor optional_f32(const c10::optional<at::Tensor>& t, int64_t n) {
-  if (!t.has_value()) return at::Tensor();
-  TORCH_CHECK(t->dim() == 1 && t->size(0) == n, "per-output-channel vector of length N expected");
-  return t->to(at::kFloat).contiguous();
 }
 
 ValueType value_type(at::ScalarType t) {
@@ -79,30 +157,31 @@ at::Tensor sparse24_matmul(const at::Tensor& x, const at::Tensor& values, const 
   const ValueType vt = value_type(values.scalar_type());
   TORCH_CHECK((vt == ValueType::I8) == w_scale.has_value(), "w_scale goes with int8 values only");
   const int64_t m = x.size(0), k = x.size(1), n = values.size(0);
-  const at::Tensor xs = padded_x(x, at::kFloat);
-  at::Tensor out = at::empty({m, n}, x.options().dtype(at::kFloat));
-  const at::Tensor b = optional_f32(bias, n), s = optional_f32(w_scale, n);
-  const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
-  const float* sp = s.defined() ? s.data_ptr<float>() : nullptr;
+  const at::Tensor xs = padded_x_f32(x);
+  at::Tensor out = at::empty({m, n}, x.options());
+  const bool f32_out = x.scalar_type() == at::kFloat;
+  at::Tensor raw = f32_out ? out : at::empty({m, n}, x.options().dtype(at::kFloat));
+  const std::vector<float> b = vector_f32(bias, n), s = vector_f32(w_scale, n);
   const Args a{xs.data_ptr(), m, xs.size(1), values.data_ptr(), meta.data_ptr<uint8_t>(), k,
-               out.data_ptr(), n};
+               raw.data_ptr(), n, n};
   const Isa isa = active_isa();
   auto kernel = isa >= Isa::Avx512 ? float_rows_avx512
                 : isa == Isa::Avx2 ? float_rows_avx2
                                    : float_rows_scalar;
-  float* o = out.data_ptr<float>();
+  const float* r = raw.data_ptr<float>();
+  const Output o(out);
   parallel_rows(n, m, k, [&](int64_t n0, int64_t n1) {
     kernel(vt, a, n0, n1);
-    if (sp == nullptr && bp == nullptr) return;
+    if (f32_out && s.empty() && b.empty()) return;
     for (int64_t i = 0; i < m; ++i)
       for (int64_t j = n0; j < n1; ++j) {
-        float v = o[i * n + j];
-        if (sp) v *= sp[j];
-        if (bp) v += bp[j];
-        o[i * n + j] = v;
+        float v = r[i * n + j];
+        if (!s.empty()) v *= s[j];
+        if (!b.empty()) v += b[j];
+        o.store(i * n + j, v);
       }
   });
-  return x.scalar_type() == at::kFloat ? out : out.to(x.scalar_type());
+  return out;
 }
 
 // W8A8: out = float(sum x_q * w_q) * x_scale[m] * w_scale[n] (+ bias[n]), cast to out_dtype;
@@ -112,36 +191,32 @@ at::Tensor sparse24_w8a8_matmul(const at::Tensor& x_q, const at::Tensor& values,
                                 const at::Tensor& w_scale, const c10::optional<at::Tensor>& bias,
                                 at::ScalarType out_dtype) {
   check_compressed(x_q, values, meta);
-  TORCH_CHECK(x_q.scalar_type() == at::kChar && values.scalar_type() == at::kChar, "int8 operands");
+  TORCH_CHECK(values.scalar_type() == at::kChar, "int8 values expected");
   const int64_t m = x_q.size(0), k = x_q.size(1), n = values.size(0);
-  TORCH_CHECK(x_scale.dim() == 1 && x_scale.size(0) == m, "x_scale must be [M]");
-  const at::Tensor xs = padded_x(x_q, at::kChar);
+  const at::Tensor xs = padded_x_i8(x_q);
   at::Tensor acc = at::empty({m, n}, x_q.options().dtype(at::kInt));
-  at::Tensor out = at::empty({m, n}, x_q.options().dtype(at::kFloat));
-  const at::Tensor xsc = x_scale.to(at::kFloat).contiguous();
-  const at::Tensor wsc = optional_f32(w_scale, n), b = optional_f32(bias, n);
-  const float* xsp = xsc.data_ptr<float>();
-  const float* wsp = wsc.data_ptr<float>();
-  const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
+  at::Tensor out = at::empty({m, n}, x_q.options().dtype(out_dtype));
+  const std::vector<float> xsc = vector_f32(x_scale, m), wsc = vector_f32(w_scale, n);
+  const std::vector<float> b = vector_f32(bias, n);
   const Args a{xs.data_ptr(), m, xs.size(1), values.data_ptr(), meta.data_ptr<uint8_t>(), k,
-               acc.data_ptr(), n};
+               acc.data_ptr(), n, n};
   const Isa isa = active_isa();
   auto kernel = isa >= Isa::Avx512Vnni && has_vbmi() ? int_rows_avx512_vnni
                 : isa >= Isa::Avx512                 ? int_rows_avx512
                 : isa == Isa::Avx2                   ? int_rows_avx2
                                                      : int_rows_scalar;
   const int32_t* ap = acc.data_ptr<int32_t>();
-  float* o = out.data_ptr<float>();
+  const Output o(out);
   parallel_rows(n, m, k, [&](int64_t n0, int64_t n1) {
     kernel(a, n0, n1);
     for (int64_t i = 0; i < m; ++i)
       for (int64_t j = n0; j < n1; ++j) {
-        float v = static_cast<float>(ap[i * n + j]) * xsp[i] * wsp[j];
-        if (bp) v += bp[j];
-        o[i * n + j] = v;
+        float v = static_cast<float>(ap[i * n + j]) * xsc[i] * wsc[j];
+        if (!b.empty()) v += b[j];
+        o.store(i * n + j, v);
       }
   });
-  return out_dtype == at::kFloat ? out : out.to(out_dtype);
+  return out;
 }
 
 }  // namespace

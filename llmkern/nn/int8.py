@@ -28,7 +28,9 @@ for :class:`Int8Linear` and 0.8% for :class:`Int8WeightOnlyLinear` (tests/test_i
 Execution: on CPU in eager mode the forward calls the C++ kernel directly (no Python op layer:
 it matters for small layers at batch 1); under ``torch.compile`` and with ``LLMKERN_BACKEND``
 set to another backend it goes through the ``llmkern`` custom ops. On other devices it calls the
-ops (``quantize_per_token`` + ``w8a8_matmul``, ``w8_matmul``), whose cuda/triton backends run.
+ops (``quantize_per_token`` + ``w8a8_matmul``, ``w8_matmul``), whose cuda/triton backends run,
+without the per-call value checks of the public functions (they would synchronise with the GPU;
+the module checks its scales when they are set or loaded).
 """
 
 from __future__ import annotations
@@ -46,9 +48,11 @@ from llmkern.ops._checks import FLOAT_DTYPES, check_finite
 __all__ = ["Int8Linear", "Int8WeightOnlyLinear", "Int8LinearQAT"]
 
 
-def _check_input(x, in_features: int) -> None:
+def _check_input(x, in_features: int, device: torch.device) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+    if x.device != device:
+        raise ValueError(f"input is on {x.device} but the layer's weights are on {device}")
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"input must be float32/bfloat16/float16, got {x.dtype}")
     if x.dim() == 0 or x.shape[-1] != in_features:
@@ -122,7 +126,8 @@ class _QuantizedLinearBase(nn.Module):
     def repack(self) -> None:
         """Rebuild the CPU kernels' packed copy of the weight: call it after changing
         ``qweight`` or ``weight_scale`` in place (loading and device moves do it themselves)."""
-        check_finite("weight_scale", self.weight_scale)
+        if self.weight_scale.device.type != "meta":
+            check_finite("weight_scale", self.weight_scale)
         use = self.qweight.device.type == "cpu" and _ext.available()
         self._packed = self._pack() if use else None
 
@@ -196,19 +201,27 @@ class Int8Linear(_QuantizedLinearBase):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, self.in_features)
+        _check_input(x, self.in_features, self.qweight.device)
         x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)
         if _cpu_kernels_direct(x, self._packed):
             out = torch.ops.llmkern_C.int8_w8a8_linear(
                 x2, self.weight_scale, self.bias, self.input_scale, self._packed
             )
-        elif x.device.type == "cpu" or self.input_scale is not None:
+        elif x.device.type == "cpu":
             out = ops.w8a8_linear(
                 x2, self.qweight, self.weight_scale, self.bias, self.input_scale, self._packed
             )
+        elif self.input_scale is None:
+            # The custom ops without the public functions' checks: the module's buffers were
+            # validated when set, and the value checks would synchronise with the GPU.
+            x_q, x_scale = ops._quantize_per_token_op(x2, "")
+            out = ops._w8a8_matmul_op(
+                x_q, self.qweight, x_scale, self.weight_scale, self.bias, x.dtype, ""
+            )
         else:
-            x_q, x_scale = ops.quantize_per_token(x2)
-            out = ops.w8a8_matmul(x_q, self.qweight, x_scale, self.weight_scale, self.bias, x.dtype)
+            out = ops._w8a8_linear_op(
+                x2, self.qweight, self.weight_scale, self.bias, self.input_scale, None, ""
+            )
         return out if x.dim() == 2 else out.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
@@ -260,7 +273,7 @@ class Int8WeightOnlyLinear(_QuantizedLinearBase):
         return pack_w8(self.qweight, self.weight_scale, self.group_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, self.in_features)
+        _check_input(x, self.in_features, self.qweight.device)
         x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)
         if _cpu_kernels_direct(x, self._packed):
             out = torch.ops.llmkern_C.int8_w8_linear(x2, self.bias, self._packed)
@@ -268,8 +281,10 @@ class Int8WeightOnlyLinear(_QuantizedLinearBase):
             out = ops.w8_linear(
                 x2, self.qweight, self.weight_scale, self.bias, self.group_size, self._packed
             )
-        else:
-            out = ops.w8_matmul(x2, self.qweight, self.weight_scale, self.bias, self.group_size)
+        else:  # unchecked custom op, as in Int8Linear.forward
+            out = ops._w8_matmul_op(
+                x2, self.qweight, self.weight_scale, self.bias, self.group_size, ""
+            )
         return out if x.dim() == 2 else out.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
@@ -308,7 +323,7 @@ class Int8LinearQAT(nn.Linear):
         return module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, self.in_features)
+        _check_input(x, self.in_features, self.weight.device)
         x2 = x.reshape(-1, self.in_features)
         x_q, x_scale = ops.quantize_per_token_ref(x2.detach())
         w_q, w_scale = ops.quantize_weight(self.weight.detach())

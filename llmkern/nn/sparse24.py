@@ -214,16 +214,25 @@ class Sparse24Linear(nn.Module):
         key = (self.int8, None if self.int8 == "w8a8" else dtype)
         return SPARSE_MAX_ROWS.get(key)
 
-    def _cached_dense(self, dtype: torch.dtype) -> torch.Tensor:
-        # Keyed on the buffers' identity and version counters, so optimizer steps, reprune and
-        # load_state_dict (all in place) or .to() invalidate it.
-        key = (dtype, self.values.data_ptr(), self.values._version, self.meta._version,
-               self.meta.data_ptr(), None if self.w_scale is None else self.w_scale._version)  # fmt: skip
+    def _cached(self, kind) -> torch.Tensor:
+        """The weight in a dense form for the dense path: ``kind`` is a float dtype (F.linear),
+        "w8" or "w8a8" (llmkern's dense int8 CPU kernels, their packed layout). Keyed on the
+        buffers' identity and version counters, so optimizer steps, reprune and load_state_dict
+        (all in place) or .to() invalidate it."""
+        key = (kind,) + tuple(
+            (t.data_ptr(), None if t.is_inference() else t._version)  # no counter in inference mode
+            for t in (self.values, self.meta, self.w_scale)
+            if t is not None
+        )
         if self._dense_cache is None or self._dense_cache[0] != key:
-            if self.int8 == "w8a8":
-                w = s24.decompress_24(self.values, self.meta)  # int8, for torch._int_mm
+            from llmkern.cpu import int8 as cpu_int8
+
+            if kind == "w8":
+                w = cpu_int8.pack_w8(s24.decompress_24(self.values, self.meta), self.w_scale, 0)
+            elif kind == "w8a8":
+                w = cpu_int8.pack_w8a8(s24.decompress_24(self.values, self.meta))
             else:
-                w = self._dense_padded(dtype)
+                w = self._dense_padded(kind)
             self._dense_cache = (key, w)
         return self._dense_cache[1]
 
@@ -249,21 +258,34 @@ class Sparse24Linear(nn.Module):
         return out.reshape(*lead, self.out_features)
 
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
+        direct = self._direct_cpu(x)
         limit = self.sparse_limit(x.dtype)
-        dense = limit is not None and x.shape[0] > limit
+        # The measured thresholds are CPU facts; the dense int8 kernels are called directly.
+        dense = (
+            x.device.type == "cpu"
+            and limit is not None
+            and x.shape[0] > limit
+            and (direct or not self.int8)
+        )
         bias = self.bias
         if self.int8 == "w8a8":
+            if dense:
+                return torch.ops.llmkern_C.int8_w8a8_linear(
+                    x, self.w_scale, bias, None, self._cached("w8a8")
+                )
+            if direct:
+                x_q, x_scale = torch.ops.llmkern_C.int8_quantize_per_token(x)
+                return torch.ops.llmkern_C.sparse24_w8a8_matmul(
+                    x_q, self.values, self.meta, x_scale, self.w_scale, bias, x.dtype
+                )
             x_q, x_scale = int8_ops.quantize_per_token(x)
-            if dense:  # exact int32 products, then the contract's epilogue
-                acc = torch._int_mm(x_q, self._cached_dense(x.dtype).T)
-                return int8_ops._epilogue(acc.float(), x_scale, self.w_scale, bias, x.dtype)
-            return s24.sparse24_w8a8_matmul(x_q, self.values, self.meta, x_scale, self.w_scale,
-                                            bias, x.dtype)  # fmt: skip
+            return s24.sparse24_w8a8_matmul(
+                x_q, self.values, self.meta, x_scale, self.w_scale, bias, x.dtype
+            )
         if self.int8 == "w8":
             if dense:
-                b = None if bias is None else bias.to(x.dtype)
-                return F.linear(x, self._cached_dense(x.dtype), b)
-            if self._direct_cpu(x):
+                return torch.ops.llmkern_C.int8_w8_linear(x, bias, self._cached("w8"))
+            if direct:
                 return torch.ops.llmkern_C.sparse24_matmul(
                     x, self.values, self.meta, bias, self.w_scale
                 )
@@ -277,9 +299,9 @@ class Sparse24Linear(nn.Module):
             # With gradients, densify differentiably (scatter) so F.linear's backward gives the
             # masked dense gradient; without, reuse the cached dense weight.
             w = (s24.decompress_24_ref(self.values, self.meta, x.shape[1]) if needs_grad
-                 else self._cached_dense(x.dtype))  # fmt: skip
+                 else self._cached(x.dtype))  # fmt: skip
             return F.linear(x, w, bias)
-        if not needs_grad and self._direct_cpu(x):
+        if direct and not needs_grad:
             return torch.ops.llmkern_C.sparse24_matmul(x, self.values, self.meta, bias, None)
         return s24.sparse24_matmul(x, self.values, self.meta, bias)
 

@@ -5,10 +5,12 @@ Numerical contract (every backend matches the reference below):
 
 - ``quantize_per_token``: per row, ``absmax = max|x|`` in float32, ``scale = absmax / 127``,
   ``q = clamp(round_half_even(x * (127 / absmax)), -127, 127)`` (the quotient ``127 / absmax``
-  computed once per row in float32). A row whose quotient is not finite (all zeros, or
-  ``absmax < 127 / FLT_MAX`` ~ 3.7e-37 where ``127 / absmax`` overflows) gets ``scale = 1`` and
-  ``q = 0``; a row with a non-finite value gets ``scale = NaN`` and ``q = 0``, so NaN propagates
-  to the GEMM output instead of silently wrong numbers.
+  computed once per row in float32). Every division in this file is a correctly rounded float32
+  division on every device (:func:`ieee_div`), which plain torch operators are not. A row whose
+  quotient is not finite (all zeros, or ``absmax < 127 / FLT_MAX`` ~ 3.7e-37 where
+  ``127 / absmax`` overflows) gets ``scale = 1`` and ``q = 0``; a row with a non-finite value gets
+  ``scale = NaN`` and ``q = 0``, so NaN propagates to the GEMM output instead of silently wrong
+  numbers.
 - ``w8a8_matmul``: ``acc[m, n] = sum_k x_q[m, k] * w_q[n, k]`` exactly in int32, then
   ``out = acc * x_scale[m] * w_scale[n] + bias[n]`` in float32 (left to right), cast to
   ``out_dtype``. K is limited to :data:`MAX_K_W8A8` so that int32 cannot overflow.
@@ -52,18 +54,26 @@ _DEVICES = ("cpu", "cuda")
 # ---------------------------------------------------------------------------------------------
 
 
+def ieee_div(a, b) -> torch.Tensor:
+    """Correctly rounded float32 ``a / b`` on every device, for tensor or float a, b. Plain
+    operators are not: torch computes ``float / tensor`` as ``reciprocal(tensor) * float``, and
+    on CUDA ``tensor / float`` as ``tensor * (1 / float)`` (two roundings each)."""
+    like = a if isinstance(a, torch.Tensor) else b
+    a = a if isinstance(a, torch.Tensor) else torch.full_like(like, a)
+    b = b if isinstance(b, torch.Tensor) else torch.full_like(like, b)
+    return a / b
+
+
 def quantize_per_token_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     xf = x.float()
     absmax = xf.abs().amax(dim=1)
     finite = torch.isfinite(absmax)
-    # A tensor numerator: torch computes `127.0 / tensor` as reciprocal * 127 (two roundings).
-    numerator = torch.full_like(absmax, 127.0)
-    inv = numerator / absmax  # inf for zero rows and tiny rows (absmax < 127 / FLT_MAX)
+    inv = ieee_div(127.0, absmax)  # inf for zero rows and tiny rows (absmax < 127 / FLT_MAX)
     positive = finite & torch.isfinite(inv)
     inv = torch.where(positive, inv, 0.0)
     q = torch.round(xf * inv[:, None]).clamp_(-127, 127)
     q = torch.where(finite[:, None], q, 0.0).to(torch.int8)
-    scale = torch.where(positive, absmax / 127.0, 1.0)
+    scale = torch.where(positive, ieee_div(absmax, 127.0), 1.0)
     scale = torch.where(finite, scale, float("nan"))
     return q, scale
 
@@ -108,7 +118,7 @@ def quantize_static_ref(
     xf = x.float()
     finite = torch.isfinite(xf).all(dim=1)
     scale = x_scale.float().reshape(())
-    q = torch.round(xf * (torch.ones_like(scale) / scale)).clamp_(-127, 127)
+    q = torch.round(xf * ieee_div(1.0, scale)).clamp_(-127, 127)
     q = torch.where(finite[:, None], q, 0.0).to(torch.int8)
     return q, torch.where(finite, scale, float("nan"))
 
@@ -396,19 +406,19 @@ def quantize_weight(w: torch.Tensor, group_size: int = 0) -> tuple[torch.Tensor,
     [N, ceil(K / group_size)]), ``scale = absmax / 127`` per channel or group; a group whose
     absmax is 0 or below 127 / FLT_MAX (scale would underflow) gets scale 1 and q 0."""
     check_tensor("w", w, ndim=2, dtypes=FLOAT_DTYPES)
-    check_finite("w", w)
+    check_values_finite("w", w)  # eager only: QAT calls this in a compiled forward
     if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 0:
         raise ValueError(f"group_size must be an int >= 0 (0 = per channel), got {group_size!r}")
     n, k = w.shape
     wf = w.detach().float()
     if group_size == 0:
         absmax = wf.abs().amax(dim=1)
-        scale = torch.where(_quantizable(absmax), absmax / 127.0, 1.0)
+        scale = torch.where(_quantizable(absmax), ieee_div(absmax, 127.0), 1.0)
         q = torch.round(wf / scale[:, None]).clamp_(-127, 127).to(torch.int8)
         return q.contiguous(), scale
     groups = -(-k // group_size)
     padded = torch.nn.functional.pad(wf, (0, groups * group_size - k)).view(n, groups, group_size)
     absmax = padded.abs().amax(dim=2)
-    scale = torch.where(_quantizable(absmax), absmax / 127.0, 1.0)
+    scale = torch.where(_quantizable(absmax), ieee_div(absmax, 127.0), 1.0)
     q = torch.round(padded / scale[:, :, None]).clamp_(-127, 127).to(torch.int8)
     return q.view(n, groups * group_size)[:, :k].contiguous(), scale

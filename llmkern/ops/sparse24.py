@@ -304,10 +304,12 @@ def nm_mask(scores: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
     if any(isinstance(v, bool) or not isinstance(v, int) for v in (n, m)):
         raise TypeError(f"n and m must be ints, got n={n!r}, m={m!r}")
     if not (0 < n <= m):
-        raise ValueError(f"need integers 0 < n <= m, got n={n!r}, m={m!r}")
+        raise ValueError(f"need 0 < n <= m, got n={n!r}, m={m!r}")
     k = scores.shape[-1]
     if k % m:
-        raise ValueError(f"the last dim ({k}) must be a multiple of m={m}; pad with zeros first")
+        raise ValueError(
+            f"need K % m == 0: the last dim ({k}) is not a multiple of m={m}; pad with zeros first"
+        )
     s = scores.detach().float().reshape(-1, k // m, m)
     keep = s.argsort(dim=2, descending=True, stable=True)[:, :, :n]
     return torch.zeros_like(s, dtype=torch.bool).scatter_(2, keep, True).reshape(scores.shape)

@@ -38,6 +38,15 @@ BLOCK_HITS = 4  # top-k entries matched against a vocabulary block at a time
 
 
 @triton.jit
+def _log_mixture(logp, logq, p, q, beta):
+    """log(beta p + (1 - beta) q) as the reference takes it: exactly log q or log p when one side
+    is weightless, else floored at FLT_MIN so an underflowed mixture stays finite."""
+    logm = tl.log(tl.maximum(beta * p + (1.0 - beta) * q, 1.17549435e-38))
+    logm = tl.where(beta == 0.0, logq, logm)
+    return tl.where(beta == 1.0, logp, logm)
+
+
+@triton.jit
 def _online(m, s, x):
     """Fold block x (masked entries -inf) into a running max m and sum s = sum exp(x - m).
     Returns (m, s, exp(x - m), factor that rescales older sums to the new max)."""
@@ -140,10 +149,13 @@ def _kd_rows_kernel(
                 logp = t * inv_tau - lse_b
                 q = tl.exp(logq)
                 p = tl.exp(logp)
-                logm = tl.log(beta * p + (1.0 - beta) * q)
+                logm = _log_mixture(logp, logq, p, q, beta)
                 d_p += tl.sum(tl.where(p > 0.0, p * (logp - logm), 0.0), axis=0)
                 d_q += tl.sum(tl.where(q > 0.0, q * (logq - logm), 0.0), axis=0)
-            div = beta * d_p + (1.0 - beta) * d_q
+            # A weightless side is left out, not multiplied by 0 (its sum may be inf).
+            div = tl.where(beta > 0.0, beta * d_p, 0.0) + tl.where(
+                beta < 1.0, (1.0 - beta) * d_q, 0.0
+            )
         loss = loss_scale * div
         lse_z = 0.0
         if HAS_LABELS:
@@ -163,8 +175,9 @@ def _kd_rows_kernel(
                 elif DIVERGENCE == 1:
                     g = q * (tl.where(q > 0.0, logq - logp, 0.0) - div)
                 else:
-                    logm = tl.log(beta * tl.exp(logp) + (1.0 - beta) * q)
+                    logm = _log_mixture(logp, logq, tl.exp(logp), q, beta)
                     g = (1.0 - beta) * q * (tl.where(q > 0.0, logq - logm, 0.0) - d_q)
+                    g = tl.where(beta < 1.0, g, 0.0)
                 g = grad_scale * g
                 if HAS_LABELS:
                     g += w_ce * _ce_grad(z, q, offs, lse_z, y, TAU_ONE)

@@ -58,9 +58,11 @@ def _quantize_rows_kernel(
             absmax = tl.maximum(absmax, block_max)
             n_bad += block_bad
     finite = n_bad == 0
-    positive = finite & (absmax > 0.0)
-    safe = tl.where(positive, absmax, 1.0)
-    inv = tl.where(positive, tl.fdiv(tl.full((), 127.0, tl.float32), safe, ieee_rounding=True), 0.0)
+    safe = tl.where(finite & (absmax > 0.0), absmax, 1.0)
+    inv = tl.fdiv(tl.full((), 127.0, tl.float32), safe, ieee_rounding=True)
+    # Zero rows, and tiny rows whose 127 / absmax overflows, quantise to 0 with scale 1.
+    positive = finite & (absmax > 0.0) & (inv < float("inf"))
+    inv = tl.where(positive, inv, 0.0)
     scale = tl.where(
         positive, tl.fdiv(absmax, tl.full((), 127.0, tl.float32), ieee_rounding=True), 1.0
     )
