@@ -91,6 +91,9 @@ def test_callbacks_time_limit_bf16_and_custom_loss():
     assert rep.loss == "custom" and len(seen) == 2
     rep = distill(teacher, student, _data(3), progress=False)  # steps=None: one pass over the data
     assert rep.steps == 3
+    opt = torch.optim.SGD(student.parameters(), lr=0.1)
+    distill(teacher, student, _data(), steps=4, optimizer=opt, lr_decay=True, progress=False)
+    assert opt.param_groups[0]["lr"] == 0.0
 
 
 def test_bad_arguments():

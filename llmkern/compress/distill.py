@@ -175,12 +175,15 @@ def distill(
     checkpoint_fn: Callable[[nn.Module, int], None] | None = None,
     checkpoint_every: int = 0,
     clip_grad: float | None = 1.0,
+    lr_decay: bool = False,
     progress: bool = True,
 ) -> DistillReport:
     """Distil ``teacher`` into ``student`` (trained in place) over ``data``, an iterable of
     batches, repeated as needed for ``steps`` optimizer steps of ``grad_accum`` batches each
-    (one pass when ``steps`` is None), stopping early after ``max_seconds``. Returns a
-    :class:`DistillReport` with the loss per step and the ``eval_fn(student)`` results."""
+    (one pass when ``steps`` is None), stopping early after ``max_seconds``. ``lr_decay``: the
+    learning rate falls linearly to 0 over the run (its progress is the larger of the step and
+    time fractions). Returns a :class:`DistillReport` with the loss per step and the
+    ``eval_fn(student)`` results."""
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if not 0.0 <= alpha <= 1.0:
@@ -203,6 +206,7 @@ def distill(
     if not params:
         raise ValueError("the student has no trainable parameter")
     opt = _make_optimizer(optimizer, params, lr)
+    base_lrs = [g["lr"] for g in opt.param_groups]
 
     def batches():
         epochs = itertools.count() if steps is not None else range(1)
@@ -247,6 +251,8 @@ def distill(
                 torch.nn.utils.clip_grad_norm_(params, clip_grad)
             opt.step()
             report.steps += 1
+            if lr_decay:
+                _decay(opt, base_lrs, report.steps, steps, time.perf_counter() - t0, max_seconds)
             report.losses.append(total * grad_accum / got)
             bar.update(1)
             bar.set_postfix(loss=f"{report.losses[-1]:.4f}")
@@ -269,6 +275,12 @@ def distill(
         _evaluate(eval_fn, student, report)
     student.eval()
     return report
+
+
+def _decay(opt, base_lrs, step, steps, elapsed, max_seconds):
+    done = max(step / steps if steps else 0.0, elapsed / max_seconds if max_seconds else 0.0)
+    for g, lr in zip(opt.param_groups, base_lrs, strict=True):
+        g["lr"] = lr * max(0.0, 1.0 - done)
 
 
 def _evaluate(eval_fn, student, report):

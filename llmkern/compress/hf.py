@@ -36,6 +36,7 @@ def _require_transformers():
     except ImportError:
         raise RuntimeError("this needs transformers: pip install 'llmkern[hf]'") from None
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     return transformers
 
 

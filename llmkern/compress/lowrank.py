@@ -33,9 +33,12 @@ class LowRankLinear(nn.Module):
 
     @classmethod
     @torch.no_grad()
-    def from_float(cls, linear: nn.Linear, rank: int) -> LowRankLinear:
+    def from_float(cls, linear: nn.Linear, rank: int, svd=None) -> LowRankLinear:
+        """Factorise ``linear`` to ``rank``; ``svd``: its (U, S, Vh) when already computed."""
         w = linear.weight
-        u, s, vh = torch.linalg.svd(w.double(), full_matrices=False)
+        u, s, vh = (
+            svd if svd is not None else torch.linalg.svd(w.detach().float(), full_matrices=False)
+        )
         m = cls(linear.in_features, linear.out_features, rank, linear.bias is not None,
                 device=w.device, dtype=w.dtype)  # fmt: skip
         root = s[:rank].sqrt()  # split the singular values evenly between the two factors
@@ -86,15 +89,12 @@ def low_rank(
     for name, m in linear_layers(model, skip):
         lin = as_linear(m)
         n_out, n_in = lin.weight.shape
-        if rank is None:
-            s = torch.linalg.svdvals(lin.weight.detach().double())
-            r = rank_for_energy(s, energy)
-        else:
-            r = min(rank, n_in, n_out)
+        svd = torch.linalg.svd(lin.weight.detach().float(), full_matrices=False)
+        r = rank_for_energy(svd[1], energy) if rank is None else min(rank, n_in, n_out)
         if r * (n_in + n_out) >= n_in * n_out:
             report.add(name, m, m, f"kept dense (rank {r} would not save memory)")
             continue
-        new = LowRankLinear.from_float(lin, r)
+        new = LowRankLinear.from_float(lin, r, svd)
         set_module(model, name, new)
         report.add(name, m, new, f"SVD rank {r} of {min(n_in, n_out)}")
     return report.finish(model)

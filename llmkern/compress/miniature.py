@@ -31,13 +31,13 @@ class Settings:
     teacher_steps: int | None = None
     temperature: float | None = None
     alpha: float | None = None
-    vocab: int = 4096
-    seq_len: int = 64
+    vocab: int = 2048
+    seq_len: int = 48
     batch: int = 16
-    teacher_layers: int = 4
-    teacher_dim: int = 256
-    student_layers: int = 2
-    student_dim: int = 96
+    teacher_layers: int = 3
+    teacher_dim: int = 128
+    student_layers: int = 1
+    student_dim: int = 64
     lr: float = 2e-3
     seed: int = 0
     progress: bool = True
@@ -45,7 +45,11 @@ class Settings:
     quick: bool = False
 
     def __post_init__(self):
-        defaults = {"steps": 500, "teacher_steps": 800, "temperature": 2.0, "alpha": 0.8}
+        # T = 1 matches the perplexity the students are judged by (T = 2 measured worse than
+        # training directly); most weight on the teacher's soft targets. The teacher must be
+        # clearly better than the student: a wider one (4 x 256) at this learning rate and
+        # budget came out worse, and distilling from it hurt.
+        defaults = {"steps": 200, "teacher_steps": 300, "temperature": 1.0, "alpha": 0.9}
         for k, v in defaults.items():
             if getattr(self, k) is None:
                 setattr(self, k, v)
