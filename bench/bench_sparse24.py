@@ -1,7 +1,7 @@
 """2:4 sparse linear on CPU vs dense in the same dtype, side by side.
 
 For each M (rows of x) and weight shape (K, N):
-- fp32 and bf16: dense ``nn.Linear`` (baseline), the raw 2:4 kernel (``2:4 kernel``), and
+- fp32, bf16 (and fp16 with --cases): dense ``nn.Linear`` (baseline), the raw 2:4 kernel (``2:4 kernel``), and
   ``Sparse24Linear`` with its backend selection (``2:4 module``: the kernel up to
   SPARSE_MAX_ROWS, the dense path above; the ``path`` column says which ran);
 - int8 weight-only with fp32 x: llmkern's dense int8 weight-only kernel (``dense int8 w8``,
@@ -31,6 +31,7 @@ from llmkern.nn.sparse24 import SPARSE_MAX_ROWS
 
 MS = (1, 4, 16, 64, 256, 1024, 4096)
 KNS = ((4096, 4096), (4096, 11008), (11008, 4096))
+FLOAT_CASES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 KERNEL_MAX_M = 1024  # the raw kernel is not timed above this (far slower than dense there)
 
 
@@ -125,8 +126,8 @@ def main() -> None:
         for k, n in kns:
             for m in ms:
                 for case in args.cases.split(","):
-                    if case in ("fp32", "bf16"):
-                        dtype = torch.float32 if case == "fp32" else torch.bfloat16
+                    if case in FLOAT_CASES:
+                        dtype = FLOAT_CASES[case]
                         ms_, paths, base = float_case(m, k, n, dtype, budget)
                     else:
                         ms_, paths, base = int8_case(m, k, n, case, budget)

@@ -33,15 +33,19 @@ from llmkern.ops._checks import FLOAT_DTYPES
 INT8_FORMS = ("w8", "w8a8")
 
 # Largest number of x rows (tokens) for which the 2:4 kernel beats the dense path on CPU, per
-# weight form and dtype (measured with bench/bench_sparse24.py; above it the layer goes dense).
+# weight form and x dtype; above it the layer goes dense. Measured with bench/bench_sparse24.py
+# (K = N = 4096, 2 threads, AMD EPYC with AVX-512): fp32 2:4 beat torch's fp32 GEMM at every M
+# up to 1024 (1.6x there; larger M unmeasured, so dense above); bf16 2:4 beat oneDNN's bf16 GEMM
+# up to M = 16 and lost from M = 64 (0.5x); int8 weight-only 2:4 beat llmkern's dense int8
+# kernel up to M = 8-16 (parity at 64); W8A8 2:4 up to M = 4 (0.9x at 8).
 SPARSE_MAX_ROWS = {
-    (None, torch.float32): 64,
-    (None, torch.bfloat16): 8,
-    (None, torch.float16): 1 << 30,  # torch's fp16 CPU GEMM is slower than the 2:4 kernel at all M
-    ("w8", torch.float32): 64,
-    ("w8", torch.bfloat16): 8,
-    ("w8", torch.float16): 1 << 30,
-    ("w8a8", None): 64,
+    (None, torch.float32): 1024,
+    (None, torch.bfloat16): 16,
+    (None, torch.float16): 1024,  # torch's fp16 CPU GEMM: 2:4 measured 3.0-3.7x at M = 16-256
+    ("w8", torch.float32): 16,
+    ("w8", torch.bfloat16): 16,
+    ("w8", torch.float16): 16,
+    ("w8a8", None): 4,
 }
 
 
