@@ -114,7 +114,7 @@ struct W8Kernel {
   static void run(const W8Args& a, int64_t m, int64_t p, int64_t width, int64_t v0) {
     const int8_t* b = a.w + p * kPanel * a.k + v0 * 16;
     const float* s = a.scales + p * kPanel * a.groups + v0 * 16;
-    const float* x = x_block_row(a.x, a.k, m);
+    const float* x = a.x_row(m);
     __m512 acc[MR][NV];
     _Pragma("GCC unroll 32")
     for (int r = 0; r < MR; ++r)
@@ -134,7 +134,7 @@ struct W8Kernel {
         }
         _Pragma("GCC unroll 32")
         for (int r = 0; r < MR; ++r) {
-          const __m512 xb = _mm512_set1_ps(x[k * kXRows + r]);
+          const __m512 xb = _mm512_set1_ps(x[k * a.x_rows + r]);
           _Pragma("GCC unroll 32")
           for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(xb, wv[v], acc[r][v]);
         }

@@ -101,21 +101,23 @@ struct W8a8Args {
 };
 
 // out[m, n] = sum_k x[m, k] * (w[n, k] * scale[n, k / group_size]) + bias[n], cast to
-// out_dtype, for rows [m0, m1) and panels [p0, p1). x is float32 in blocks of kXRows rows,
-// k-major inside a block so a micro-kernel's broadcasts read consecutive floats:
-//   x[m, k] at x[((m / kXRows) * k_total + k) * kXRows + m % kXRows]   (rows past M are 0)
-// Row tiles start at multiples of kXRows and micro-kernel heights divide it.
-constexpr int64_t kXRows = 8;
-inline const float* x_block_row(const float* x, int64_t k, int64_t m) {
-  return x + (m / kXRows) * k * kXRows + m % kXRows;
-}
+// out_dtype, for rows [m0, m1) and panels [p0, p1). x is float32 in blocks of x_rows rows
+// (min(M, 8)), k-major inside a block so a micro-kernel's broadcasts read consecutive floats:
+//   x[m, k] at x[((m / x_rows) * k_total + k) * x_rows + m % x_rows]   (rows past M are 0)
+// Row tiles start at multiples of x_rows and micro-kernels never cross a block.
+constexpr int64_t kMaxXRows = 8;
+inline int64_t x_block_rows(int64_t m) { return m < kMaxXRows ? m : kMaxXRows; }
 struct W8Args {
   const float* x;
-  int64_t m, n, k;
+  int64_t x_rows, m, n, k;
   const int8_t* w;       // packed panels
   const float* scales;   // packed scales
   int64_t group_size, groups;
   const float* bias;  // [n] or nullptr
+
+  const float* x_row(int64_t row) const {
+    return x + (row / x_rows) * k * x_rows + row % x_rows;
+  }
   void* out;
   DType out_dtype;
   int64_t ld_out;

@@ -12,7 +12,7 @@
 namespace llmkern::int8 {
 namespace {
 
-// Rows per W8A8/W8 tile: a multiple of every micro-kernel height (8, 6, 4, 2) and of kXRows,
+// Rows per W8A8/W8 tile: a multiple of every micro-kernel height (8, 6, 4, 2) and of kMaxXRows,
 // and a tile over one 64-channel panel keeps that panel in L2 while the rows stream.
 constexpr int64_t kRowBlock = 192;
 // Below this many multiply-adds per thread, waking another thread costs more than it saves.
@@ -258,18 +258,19 @@ at::Tensor w8_linear_op(const at::Tensor& x, const std::optional<at::Tensor>& bi
   const Isa isa = active_isa();
   const int64_t m = x.size(0), k = h.k;
   // float32 copy of x in the kernels' row-block layout (see W8Args).
-  at::Tensor xb = at::empty({(m + kXRows - 1) / kXRows * kXRows * k}, x.options().dtype(at::kFloat));
+  const int64_t rows = x_block_rows(m), blocks = (m + rows - 1) / rows;
+  at::Tensor xb = at::empty({blocks * rows * k}, x.options().dtype(at::kFloat));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "int8_w8_linear", [&] {
     const scalar_t* src = x.data_ptr<scalar_t>();
     const int64_t s0 = x.stride(0), s1 = x.stride(1);
     float* dst = xb.data_ptr<float>();
-    at::parallel_for(0, (m + kXRows - 1) / kXRows, std::max<int64_t>(1, (1 << 14) / k), [&](int64_t b0, int64_t b1) {
+    at::parallel_for(0, blocks, std::max<int64_t>(1, (1 << 14) / k), [&](int64_t b0, int64_t b1) {
       for (int64_t blk = b0; blk < b1; ++blk)
-        for (int64_t r = 0; r < kXRows; ++r) {
-          const int64_t row = blk * kXRows + r;
-          float* out = dst + blk * k * kXRows + r;
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t row = blk * rows + r;
+          float* out = dst + blk * k * rows + r;
           for (int64_t c = 0; c < k; ++c)
-            out[c * kXRows] = row < m ? static_cast<float>(src[row * s0 + c * s1]) : 0.f;
+            out[c * rows] = row < m ? static_cast<float>(src[row * s0 + c * s1]) : 0.f;
         }
     });
   });
@@ -281,6 +282,7 @@ at::Tensor w8_linear_op(const at::Tensor& x, const std::optional<at::Tensor>& bi
   at::Tensor out = at::empty({m, h.n}, x.options());
   const uint8_t* base = packed.data_ptr<uint8_t>();
   const W8Args a{xb.data_ptr<float>(),
+                 rows,
                  m,
                  h.n,
                  h.k,

@@ -195,9 +195,9 @@ void w8_tile_scalar(const W8Args& a, int64_t m0, int64_t m1, int64_t p0, int64_t
     const float* pscale = a.scales + n0 * a.groups;
     for (int64_t m = m0; m < m1; ++m) {
       float acc[kPanel] = {};
-      const float* x = x_block_row(a.x, a.k, m);
+      const float* x = a.x_row(m);
       for (int64_t c = 0; c < a.k; ++c) {
-        const float xv = x[c * kXRows];
+        const float xv = x[c * a.x_rows];
         const float* s = pscale + (c / a.group_size) * width;
         for (int64_t j = 0; j < width; ++j)
           acc[j] += xv * (static_cast<float>(panel[c * width + j]) * s[j]);
