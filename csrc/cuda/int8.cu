@@ -42,11 +42,13 @@ __global__ void __launch_bounds__(kQuantThreads)
   amax = block_reduce<kQuantThreads>(amax, scratch, MaxOp{});
   const bool finite = !__syncthreads_or(nan) && amax != __int_as_float(0x7f800000);
   const bool positive = finite && amax > 0.0f;
-  // As the reference on CUDA tensors: 127 / absmax is reciprocal(absmax) * 127, and
-  // absmax / 127 is absmax * (1 / 127) (torch multiplies by the reciprocal of a scalar).
-  const float inv = positive ? __fmul_rn(__frcp_rn(amax), 127.0f) : 0.0f;
+  // As the reference (ieee_div): correctly rounded divisions; a tiny row whose 127 / absmax
+  // overflows quantises like a zero row.
+  const float r = positive ? __fdiv_rn(127.0f, amax) : 0.0f;
+  const bool usable = positive && r <= 3.4028234663852886e38f;
+  const float inv = usable ? r : 0.0f;
   if (threadIdx.x == 0)
-    scale[row] = !finite ? __int_as_float(0x7fc00000) : positive ? __fmul_rn(amax, 1.0f / 127.0f)
+    scale[row] = !finite ? __int_as_float(0x7fc00000) : usable ? __fdiv_rn(amax, 127.0f)
                                                                  : 1.0f;
   for (int64_t i = threadIdx.x; i < n_vec; i += kQuantThreads) {
     float v[E];
