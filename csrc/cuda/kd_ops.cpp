@@ -9,30 +9,15 @@
 #include <torch/extension.h>
 
 #include "cuda/kd.cuh"
+#include "cuda/torch_glue.h"
 
 namespace {
 
+using llmkern::cuda::check;
+using llmkern::cuda::float_type;
 using llmkern::cuda::FloatType;
-
-FloatType float_type(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return FloatType::F32;
-    case at::kHalf: return FloatType::F16;
-    case at::kBFloat16: return FloatType::BF16;
-    default: TORCH_CHECK(false, "llmkern kd cuda: unsupported dtype ", t);
-  }
-}
-
-at::Tensor row_major(const at::Tensor& t) {
-  TORCH_CHECK(t.dim() == 2 && t.is_cuda(), "llmkern kd cuda: 2-D CUDA tensor expected");
-  return t.stride(1) == 1 && t.stride(0) >= t.size(1) ? t : t.contiguous();
-}
-
-int64_t row_stride(const at::Tensor& t) { return t.size(0) > 1 ? t.stride(0) : t.size(1); }
-
-void check(cudaError_t err, const char* what) {
-  TORCH_CHECK(err == cudaSuccess, "llmkern ", what, ": ", cudaGetErrorString(err));
-}
+using llmkern::cuda::row_major;
+using llmkern::cuda::row_stride;
 
 // Contiguous int64 labels [n] or nullopt.
 c10::optional<at::Tensor> labels_i64(const c10::optional<at::Tensor>& labels, int64_t n) {
