@@ -86,13 +86,8 @@ void quantize_row(const QuantizeArgs& a, int64_t r) {
   const bool finite = maxbits < 0x7f800000u;
   float absmax;
   std::memcpy(&absmax, &maxbits, 4);
-  float inv = 0.f, scale = std::nanf("");
-  if (finite && a.is_static) {
-    inv = 1.0f / a.static_scale;
-    scale = a.static_scale;
-  } else if (finite) {
-    dynamic_row_scale(absmax, &inv, &scale);
-  }
+  float inv, scale;
+  row_scale(a, finite, absmax, &inv, &scale);
   a.scale[r] = scale;
   const __m256 vinv = _mm256_set1_ps(inv);
   const __m256 lo = _mm256_set1_ps(-127.f), hi = _mm256_set1_ps(127.f);

@@ -75,14 +75,25 @@ struct QuantizeArgs {
   float static_scale;
 };
 
-// The per-row rule of llmkern/ops/int8.py for a finite row: inv = 127 / absmax rounded once;
-// a zero row, or a tiny one whose inv overflows to inf, quantises to 0 with scale 1. `static`
-// keeps one internal copy per ISA translation unit (each compiled for its own target).
-static inline void dynamic_row_scale(float absmax, float* inv, float* scale) {
-  const float r = 127.0f / absmax;  // +inf when absmax is 0 or below 127 / FLT_MAX
-  const bool ok = r <= 3.4028234663852886e38f;
-  *inv = ok ? r : 0.f;
-  *scale = ok ? absmax / 127.0f : 1.0f;
+// The row's quantisation factor `inv` and dequantisation scale, by the rule of
+// llmkern/ops/int8.py: a static scale when calibrated; else inv = 127 / absmax rounded once, and
+// a zero row, or a tiny one whose inv overflows to inf, quantises to 0 with scale 1. A non-finite
+// row gets inv 0 and scale NaN. `static` keeps one internal copy per ISA translation unit (each
+// compiled for its own target).
+static inline void row_scale(const QuantizeArgs& a, bool finite, float absmax, float* inv,
+                             float* scale) {
+  if (!finite) {
+    *inv = 0.f;
+    *scale = __builtin_nanf("");
+  } else if (a.is_static) {
+    *inv = 1.0f / a.static_scale;
+    *scale = a.static_scale;
+  } else {
+    const float r = 127.0f / absmax;  // +inf when absmax is 0 or below 127 / FLT_MAX
+    const bool ok = r <= 3.4028234663852886e38f;
+    *inv = ok ? r : 0.f;
+    *scale = ok ? absmax / 127.0f : 1.0f;
+  }
 }
 
 // out[m, n] = float(sum_k a[m, k] * w[n, k]) * x_scale[m] * w_scale[n] + bias[n], cast to

@@ -144,13 +144,8 @@ void quantize_rows_scalar(const QuantizeArgs& a, int64_t r0, int64_t r1) {
     const bool finite = maxbits < 0x7f800000u;
     float absmax;
     std::memcpy(&absmax, &maxbits, 4);
-    float inv = 0.f, scale = std::nanf("");
-    if (finite && a.is_static) {
-      inv = 1.0f / a.static_scale;
-      scale = a.static_scale;
-    } else if (finite) {
-      dynamic_row_scale(absmax, &inv, &scale);
-    }
+    float inv, scale;
+    row_scale(a, finite, absmax, &inv, &scale);
     a.scale[r] = scale;
     for (int64_t c = 0; c < a.ld_q; ++c) {
       int32_t q = 0;
