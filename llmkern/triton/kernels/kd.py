@@ -334,8 +334,10 @@ def kd_loss_topk_rows(
     loss_scale, grad_scale, w_ce = _weights(labels, tau, alpha)
     block = min(next_pow2(v), MAX_BLOCK_V_TOPK)
     # Sorted indices: the entries falling in vocabulary block i are starts[i]..starts[i+1].
-    topk_idx, order = topk_idx.sort(dim=1)
-    topk_logprobs = topk_logprobs.gather(1, order)
+    # The kernel reads index and log-prob rows with unit column stride; sort keeps its input's
+    # layout, so sort a row-major copy.
+    topk_idx, order = topk_idx.contiguous().sort(dim=1)
+    topk_logprobs = topk_logprobs.gather(1, order).contiguous()
     bounds = torch.arange(0, triton.cdiv(v, block) + 1, device=student.device) * block
     starts = torch.searchsorted(topk_idx, bounds.expand(n, -1).contiguous(), out_int32=True)
     _kd_topk_kernel[(n,)](
