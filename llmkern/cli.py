@@ -165,13 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--plot", action="store_true", help="also draw PNG plots of the speedups")
     s.add_argument("--quick", action="store_true", help="few shapes and repetitions (smoke run)")
     s.set_defaults(func=cmd_bench)
-    for register in _EXTRA_COMMANDS:
-        register(sub)
+    _add_compress(sub)
+    _add_distill(sub)
     return p
-
-
-# Further subcommands: callables that take the subparsers and add their parser.
-_EXTRA_COMMANDS: list = [_add_compress, _add_distill]
 
 
 def main(argv=None) -> int:
