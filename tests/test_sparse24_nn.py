@@ -73,6 +73,24 @@ def test_int8_forms(form, xdtype):
             torch.testing.assert_close(got.float(), want.float(), atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("xdtype", [torch.float32, torch.bfloat16])
+def test_w8_dense_path_with_many_rows_uses_the_gemm(monkeypatch, xdtype):
+    import llmkern.nn.int8 as nn_int8
+
+    monkeypatch.setitem(nn_int8.W8_GEMM_ROWS, xdtype, 6)
+    mod = Sparse24Linear.from_float(masked_linear(30, 24), int8="w8")  # K padded to 32
+    x = torch.randn(7, 30).to(xdtype)
+    want = F.linear(x.float(), mod.weight, mod.bias).to(xdtype)
+    tol = 1e-5 if xdtype == torch.float32 else 2e-2
+    with torch.no_grad():
+        mod.max_sparse_rows = 0
+        got = mod(x)
+    torch.testing.assert_close(got.float(), want.float(), atol=tol, rtol=tol)
+    w_q = s24.decompress_24(mod.values, mod.meta)
+    xp = F.pad(x, (0, 2))
+    assert torch.equal(got, nn_int8.w8_gemm(xp, w_q, mod.w_scale, 0, mod.bias))
+
+
 def test_w8a8_dense_fallback_is_bit_exact():
     mod = Sparse24Linear.from_float(masked_linear(64, 24), int8="w8a8")
     x = torch.randn(7, 64)

@@ -26,7 +26,8 @@ sigma) for each of weight and activation, so the output's relative Frobenius err
 for :class:`Int8Linear` and 0.8% for :class:`Int8WeightOnlyLinear` (tests/test_int8_nn.py).
 
 Execution: on CPU in eager mode the forward calls the C++ kernel directly (no Python op layer:
-it matters for small layers at batch 1); under ``torch.compile`` and with ``LLMKERN_BACKEND``
+it matters for small layers at batch 1), except that weight-only layers hand inputs with more
+rows than :data:`W8_GEMM_ROWS` to torch's GEMM on the weight dequantised for the call; under ``torch.compile`` and with ``LLMKERN_BACKEND``
 set to another backend it goes through the ``llmkern`` custom ops. On other devices it calls the
 ops (``quantize_per_token`` + ``w8a8_matmul``, ``w8_matmul``), whose cuda/triton backends run,
 without the per-call value checks of the public functions (they would synchronise with the GPU;
@@ -74,6 +75,26 @@ def _cpu_kernels_direct(x: torch.Tensor, packed) -> bool:
         and os.environ.get("LLMKERN_BACKEND", "cpu") == "cpu"
         and not torch.compiler.is_compiling()
     )
+
+
+# Rows of x above which the weight-only layers, on CPU, dequantise their weight for the call and
+# multiply with torch's GEMM: the product is compute-bound there and the BLAS GEMM beats
+# llmkern's weight-only kernel (fp32 FMA). Crossovers measured on the 2-core AVX-512 machine on
+# K x N = 384x384, 384x1536, 1536x384 and 4096x4096: fp32 1.0-1.56x faster from M = 2048 (0.93x
+# on 4096x4096 at M = 1024), bf16 1.2-6x from M = 512. fp16 keeps the kernel (torch's fp16 CPU
+# GEMM is slow). The bf16 GEMM rounds the dequantised weight to bf16 (relative 2^-9).
+W8_GEMM_ROWS = {torch.float32: 1024, torch.bfloat16: 256}
+
+
+def w8_uses_gemm(x2: torch.Tensor) -> bool:
+    limit = W8_GEMM_ROWS.get(x2.dtype)
+    return x2.device.type == "cpu" and limit is not None and x2.shape[0] > limit
+
+
+def w8_gemm(x2, w_q, w_scale, group_size, bias) -> torch.Tensor:
+    """``x2 @ dequantised(w_q)^T + bias`` with torch's GEMM in x's dtype (see W8_GEMM_ROWS)."""
+    w = ops.dequantize_weight(w_q, w_scale, group_size).to(x2.dtype)
+    return F.linear(x2, w, None if bias is None else bias.to(x2.dtype))
 
 
 class _QuantizedLinearBase(nn.Module):
@@ -275,7 +296,9 @@ class Int8WeightOnlyLinear(_QuantizedLinearBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, self.in_features, self.qweight.device)
         x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)
-        if _cpu_kernels_direct(x, self._packed):
+        if _cpu_kernels_direct(x, self._packed) and w8_uses_gemm(x2):
+            out = w8_gemm(x2, self.qweight, self.weight_scale, self.group_size, self.bias)
+        elif _cpu_kernels_direct(x, self._packed):
             out = torch.ops.llmkern_C.int8_w8_linear(x2, self.bias, self._packed)
         elif x.device.type == "cpu":
             out = ops.w8_linear(

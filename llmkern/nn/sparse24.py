@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmkern import _ext
+from llmkern.nn.int8 import w8_gemm, w8_uses_gemm
 from llmkern.ops import int8 as int8_ops
 from llmkern.ops import sparse24 as s24
 from llmkern.ops._checks import FLOAT_DTYPES
@@ -34,13 +35,14 @@ INT8_FORMS = ("w8", "w8a8")
 
 # Largest number of x rows (tokens) for which the 2:4 kernel beats the dense path on CPU, per
 # weight form and x dtype; above it the layer goes dense. Measured with bench/bench_sparse24.py
-# (K = N = 4096, 2 threads, AMD EPYC with AVX-512): fp32 2:4 beat torch's fp32 GEMM at every M
-# up to 1024 (1.6x there; larger M unmeasured, so dense above); bf16 2:4 beat oneDNN's bf16 GEMM
-# up to M = 16 and lost from M = 64 (0.5x); int8 weight-only 2:4 beat llmkern's dense int8
-# kernel up to M = 8-16 (parity at 64); W8A8 2:4 up to M = 4 (0.9x at 8).
+# (2 threads, AMD EPYC with AVX-512) on K x N = 4096x4096 and MiniLM's 384x1536 and 1536x384:
+# fp32 2:4 vs torch's fp32 GEMM 1.0-1.14x at M = 64, 0.81-0.95x at M = 128 on all three; bf16
+# 2:4 vs oneDNN's bf16 GEMM wins at M <= 4 (torch's bf16 path is slow there) and is 0.8-1.0x at
+# M = 8; int8 weight-only 2:4 beat llmkern's dense int8 kernel up to M = 8-16 (parity at 64);
+# W8A8 2:4 up to M = 4 (0.9x at 8).
 SPARSE_MAX_ROWS = {
-    (None, torch.float32): 1024,
-    (None, torch.bfloat16): 16,
+    (None, torch.float32): 64,
+    (None, torch.bfloat16): 4,
     (None, torch.float16): 1024,  # torch's fp16 CPU GEMM: 2:4 measured 3.0-3.7x at M = 16-256
     ("w8", torch.float32): 16,
     ("w8", torch.bfloat16): 16,
@@ -287,6 +289,9 @@ class Sparse24Linear(nn.Module):
                 x_q, self.values, self.meta, x_scale, self.w_scale, bias, x.dtype
             )
         if self.int8 == "w8":
+            if dense and w8_uses_gemm(x):  # compute-bound: torch's GEMM (llmkern.nn.int8)
+                w_q = s24.decompress_24(self.values, self.meta)
+                return w8_gemm(x, w_q, self.w_scale, 0, bias)
             if dense:
                 return torch.ops.llmkern_C.int8_w8_linear(x, bias, self._cached("w8"))
             if direct:
