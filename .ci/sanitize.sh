@@ -11,10 +11,9 @@ t0=$(date +%s)
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/llmkern-sanitize.XXXXXX")
 if [ -z "${LLMKERN_SANITIZE_KEEP:-}" ]; then trap 'rm -rf "$work"' EXIT; fi
-# Tracked and untracked-but-not-ignored files: the tree as it would be committed, no old builds.
-git ls-files -z --cached --others --exclude-standard | xargs -0 -I{} cp --parents {} "$work" 2>/dev/null \
-  || git ls-files -z --cached --others --exclude-standard | (while IFS= read -r -d '' f; do
-       [ -e "$f" ] && mkdir -p "$work/$(dirname "$f")" && cp "$f" "$work/$f"; done)
+# Tracked and untracked-but-not-ignored files: the tree as it would be committed, no old builds
+# (tar keeps symbolic links as links).
+git ls-files -z --cached --others --exclude-standard | tar --null --ignore-failed-read -T - -cf - | tar -xf - -C "$work"
 cd "$work"
 
 echo "--- building llmkern._C with ASan + UBSan in $work"
