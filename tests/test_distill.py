@@ -151,6 +151,7 @@ def _ddp_worker(rank, world, port, out_dir):
             {"state": student.state_dict(), "losses": rep.losses},
             os.path.join(out_dir, f"rank{rank}.pt"),
         )
+        dist.barrier()  # no teardown while the other rank still talks (as in test_distributed)
     finally:
         dist.destroy_process_group()
 

@@ -689,7 +689,9 @@ def kd_body(data, backend, small):
         want_grad = zr.grad
     assert loss.dtype == (F64 if z.dtype == F64 else F32)
     assert_within(loss, want, row_tol * scale, "kd loss")
-    gb = 2 * grad_tol * 2 * (1 + weights.max().item()) + 2 * U[z.dtype] * want_grad.abs().double()
+    # 16-bit logits: the gradient is rounded to their dtype, and with reduction "none" it is scaled
+    # in that dtype by the per-row upstream weight, itself rounded to it: three roundings.
+    gb = 2 * grad_tol * 2 * (1 + weights.max().item()) + 3 * U[z.dtype] * want_grad.abs().double()
     assert zl.grad.dtype == z.dtype
     assert_within(zl.grad, want_grad, gb + TINY[z.dtype], "kd grad")
 
