@@ -16,7 +16,7 @@ measured copy bandwidth) is printed with it. After the table, the goals of the i
 checked as ratios measured in this run.
 
     flock /tmp/llmkern_bench.lock python bench/bench_int8_gemm.py [--quick] [--json PATH]
-        [--threads N]
+        [--threads N] [--shapes 4096x1536x384,...]
 
 On a machine shared with other jobs, torch's multi-threaded baselines lose whole scheduler time
 slices at their thread barriers (times in multiples of 4 ms); compare with --threads 1 there.
@@ -167,6 +167,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="a few shapes only")
     ap.add_argument("--json", help="write result rows here")
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
+    ap.add_argument("--shapes", help="MxKxN list instead of the built-in set, e.g. 128x384x1536")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -177,6 +178,8 @@ def main(argv=None) -> int:
     print(f"threads {torch.get_num_threads()}, cpu isa {_ext._C.active_isa()}, copy bandwidth "
           f"{bw:.1f} GB/s (read + write; DRAM floor = int8 weight bytes / this)", flush=True)  # fmt: skip
     shapes = QUICK if args.quick else [(m, k, n) for (k, n) in KNS for m in MS]
+    if args.shapes:
+        shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     rows: list[Row] = []
     for m, k, n in shapes:
         new = bench_shape(m, k, n, bw)

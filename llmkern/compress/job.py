@@ -157,14 +157,14 @@ def recovery_corpus(train_docs: list[str], seed: int = 0) -> list[str]:
     return [s for i, d in enumerate(train_docs) for s in (news[i % len(news)], d)]
 
 
-def _prune_and_recover(settings, teacher, model, tokenizer, pooling, train, log):
+def _prune_and_recover(settings, teacher, model, tokenizer, pooling, train, ref, log):
     """Wanda 2:4 pruning of ``model``, a layer-wise least-squares re-fit of the kept weights,
     then, with the masks held, a time-bounded distillation from ``teacher``. Returns the prune
-    report, the distillation report and the fidelity after the re-fit."""
+    report, the distillation report and the fidelity (to ``ref``, the teacher's embeddings of
+    the built-in sentences) after the re-fit."""
     mixed = recovery_corpus(train[16 * settings.calib_batches :], settings.seed)
     corpus = _batches(tokenizer, mixed, settings.recovery_batch, 10_000, max_length=48)
     calib = corpus[: settings.recovery_calib_batches]
-    ref = hf.embed(teacher, tokenizer, texts.SENTENCES, pooling)
     runs, refitted = [], []
 
     def recover(m, step):
@@ -200,7 +200,9 @@ def _torch_dynamic_int8(model: nn.Module) -> nn.Module:
         return quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
 
 
-def build_variants(settings: Settings, base: nn.Module, tokenizer, pooling: str, log) -> dict:
+def build_variants(
+    settings: Settings, base: nn.Module, tokenizer, pooling: str, ref: torch.Tensor, log
+) -> dict:
     """name -> (model, [reports], note) for every requested method."""
     train = texts.sentences_from(texts.docstring_corpus("train"))
     random.Random(settings.seed).shuffle(train)
@@ -236,7 +238,7 @@ def build_variants(settings: Settings, base: nn.Module, tokenizer, pooling: str,
             note = f"rank {settings.rank}" if settings.rank else f"{settings.energy:.0%} energy"
         elif method == "2:4+recovery":
             prune_rep, run, refit_fid = _prune_and_recover(
-                settings, base, model, tokenizer, pooling, train, log
+                settings, base, model, tokenizer, pooling, train, ref, log
             )
             reports += [prune_rep, run]
             note = (
@@ -349,12 +351,12 @@ def run(settings: Settings, log=print) -> dict:
     log(
         f"  loaded {type(base).__name__}: {sum(p.numel() for p in base.parameters()) / 1e6:.1f} M parameters"
     )
-    variants = build_variants(settings, base, tokenizer, pooling, log)
+    ref = hf.embed(base, tokenizer, texts.SENTENCES, pooling)  # fidelity reference
+    variants = build_variants(settings, base, tokenizer, pooling, ref, log)
 
     log(
         f"  measuring fidelity on {len(texts.SENTENCES)} sentences and latency at {settings.shapes}"
     )
-    ref = hf.embed(base, tokenizer, texts.SENTENCES, pooling)
     fid = {
         m: fidelity(ref, hf.embed(v[0], tokenizer, texts.SENTENCES, pooling))
         for m, v in variants.items()

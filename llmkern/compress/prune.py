@@ -179,12 +179,13 @@ def prune(
     try:
         for step, fraction in enumerate(fractions):
             scores = _scores(model, names, importance, calibration, max_batches)
-            unpruned = {}
+            if reconstruct:  # the weights each layer's re-fit reproduces, before this step's mask
+                unpruned = {
+                    layer: model.get_submodule(layer).weight.detach().clone() for layer in names
+                }
             for name in names:
                 lin = model.get_submodule(name)
                 masks[name] = _step_mask(scores[name].float(), masks.get(name), fraction, n, m)
-                if reconstruct:
-                    unpruned[name] = lin.weight.detach().clone()
                 with torch.no_grad():
                     lin.weight.mul_(masks[name])
             if reconstruct:

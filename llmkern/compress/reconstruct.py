@@ -5,10 +5,10 @@ For one layer with inputs X (tokens x K), unpruned weights W and a mask, row r's
 w (indices S_r) solve the least-squares problem ``min ||X_S w - X W_r^T||^2``, i.e.
 ``H_SS w = (H W_r^T)_S`` with ``H = X^T X``, plus a small ridge ``lambda ||w - W_r,S||^2``
 (lambda on H's diagonal on both sides, so a row that loses nothing comes back unchanged). This
-is the objective of SparseGPT's weight update (Frantar & Alistarh, 2023), here solved exactly per row
-for a mask chosen beforehand (e.g. by Wanda). Layers are taken in the order the model runs them,
-and each layer's X comes from the model whose earlier layers are already pruned and re-fitted,
-so later layers absorb part of the earlier layers' error.
+is the objective of SparseGPT's weight update (Frantar & Alistarh, 2023), here solved exactly
+per row for a mask chosen beforehand (e.g. by Wanda). Layers are taken in the order the model
+runs them, and each layer's X comes from the model whose earlier layers are already pruned and
+re-fitted, so later layers absorb part of the earlier layers' error.
 """
 
 from __future__ import annotations

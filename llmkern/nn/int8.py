@@ -27,8 +27,9 @@ for :class:`Int8Linear` and 0.8% for :class:`Int8WeightOnlyLinear` (tests/test_i
 
 Execution: on CPU in eager mode the forward calls the C++ kernel directly (no Python op layer:
 it matters for small layers at batch 1), except that weight-only layers hand inputs with more
-rows than :data:`W8_GEMM_ROWS` to torch's GEMM on the weight dequantised for the call; under ``torch.compile`` and with ``LLMKERN_BACKEND``
-set to another backend it goes through the ``llmkern`` custom ops. On other devices it calls the
+rows than :data:`W8_GEMM_ROWS` to torch's GEMM on the weight dequantised for the call; under
+``torch.compile`` and with ``LLMKERN_BACKEND`` set to another backend it goes through the
+``llmkern`` custom ops. On other devices it calls the
 ops (``quantize_per_token`` + ``w8a8_matmul``, ``w8_matmul``), whose cuda/triton backends run,
 without the per-call value checks of the public functions (they would synchronise with the GPU;
 the module checks its scales when they are set or loaded).
@@ -296,10 +297,12 @@ class Int8WeightOnlyLinear(_QuantizedLinearBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, self.in_features, self.qweight.device)
         x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)
-        if _cpu_kernels_direct(x, self._packed) and w8_uses_gemm(x2):
-            out = w8_gemm(x2, self.qweight, self.weight_scale, self.group_size, self.bias)
-        elif _cpu_kernels_direct(x, self._packed):
-            out = torch.ops.llmkern_C.int8_w8_linear(x2, self.bias, self._packed)
+        if _cpu_kernels_direct(x, self._packed):
+            out = (
+                w8_gemm(x2, self.qweight, self.weight_scale, self.group_size, self.bias)
+                if w8_uses_gemm(x2)
+                else torch.ops.llmkern_C.int8_w8_linear(x2, self.bias, self._packed)
+            )
         elif x.device.type == "cpu":
             out = ops.w8_linear(
                 x2, self.qweight, self.weight_scale, self.bias, self.group_size, self._packed
