@@ -11,12 +11,14 @@ __version__ = "0.1.0"
 from llmkern import backends, cpu, cuda, ops, triton  # noqa: E402,F401
 from llmkern.backends import BackendUnavailableError  # noqa: E402,F401
 from llmkern.compress import (  # noqa: E402,F401
+    Recovery,
     convert,
     distill,
     load,
     low_rank,
     prepare_qat,
     prune,
+    prune_structure,
     quantize,
     save,
 )

@@ -202,7 +202,12 @@ def _build_base(base: dict, model: nn.Module | None) -> nn.Module:
         )
     cls = _resolve_class(f"transformers.{base['class']}", "transformers")
     config = cls.config_class.from_dict(base["config"])
-    return cls(config)
+    model = cls(config)
+    if getattr(config, "llmkern_heads", None):  # attention heads removed by prune_structure
+        from llmkern.compress.structure import apply_saved_layout
+
+        apply_saved_layout(model)
+    return model
 
 
 def _kind(dtype: torch.dtype) -> str:

@@ -107,11 +107,12 @@ def _masked_nmse(a, b, m):
     return (((a - b) ** 2) * m).sum() / ((b**2) * m).sum().clamp(min=1e-9)
 
 
-def _recovery_loss(pooling: str, tau: float = 2.0, sim_scale: float = 20.0):
+def _recovery_loss(pooling: str, tau: float = 2.0, sim_scale: float = 20.0, layer_map=None):
     """Distillation loss from the dense teacher: llmkern's kd_loss over in-batch similarity
     distributions (each sentence's softmax over its cosine similarities to the others in the
     batch, teacher vs student, at temperature ``tau``) + 10 (1 - cosine) of the embeddings + the
-    normalised MSE of every layer's hidden states. (Alternating with block-wise, teacher-forced
+    normalised MSE of every layer's hidden states (student layer i against teacher layer
+    ``layer_map[i]`` when layers were removed). (Alternating with block-wise, teacher-forced
     steps measured slightly worse for the same time.)"""
     from llmkern.ops import kd_loss
 
@@ -128,7 +129,10 @@ def _recovery_loss(pooling: str, tau: float = 2.0, sim_scale: float = 20.0):
         )
         sim = kd_loss(sim_scale * es @ es.T, sim_scale * et @ et.T, temperature=tau)
         cos = (1.0 - (es * et).sum(1)).mean()
-        pairs = list(zip(s.hidden_states[1:], t.hidden_states[1:], strict=True))
+        t_states = t.hidden_states[1:]
+        if layer_map is not None:
+            t_states = [t_states[i] for i in layer_map]
+        pairs = list(zip(s.hidden_states[1:], t_states, strict=True))
         hidden = sum(_masked_nmse(a, b, m) for a, b in pairs) / len(pairs)
         return sim + 10.0 * cos + hidden
 
