@@ -69,6 +69,8 @@ def cmd_compress(args) -> int:
         model_dir=args.model_dir, methods=methods, out_dir=args.out, save_method=args.save,
         smoothquant=args.smoothquant, energy=args.energy, rank=args.rank,
         recovery_seconds=args.recovery_seconds, reps=args.reps, progress=not args.no_progress,
+        structured_ffn=args.structured_ffn, structured_heads=args.structured_heads,
+        structured_layers=args.structured_layers, structured_seconds=args.structured_seconds,
     )  # fmt: skip
     job.run(job.quick_settings(s) if args.quick else s)
     return 0
@@ -84,6 +86,7 @@ def cmd_distill(args) -> int:
 
 
 def _add_compress(sub) -> None:
+    from llmkern.compress import job
     from llmkern.compress.job import METHODS
 
     s = sub.add_parser(
@@ -119,6 +122,31 @@ def _add_compress(sub) -> None:
         type=float,
         default=180.0,
         help="time for the 2:4 recovery distillation",
+    )
+    d = job.Settings()
+    s.add_argument(
+        "--structured-ffn",
+        type=float,
+        default=d.structured_ffn,
+        help="structured: fraction of FFN neurons removed per layer",
+    )
+    s.add_argument(
+        "--structured-heads",
+        type=float,
+        default=d.structured_heads,
+        help="structured: fraction of attention heads removed per layer",
+    )
+    s.add_argument(
+        "--structured-layers",
+        type=int,
+        default=d.structured_layers,
+        help="structured: whole layers removed (lowest Block Importance)",
+    )
+    s.add_argument(
+        "--structured-seconds",
+        type=float,
+        default=d.structured_seconds,
+        help="time for the structured recovery distillation",
     )
     s.add_argument("--reps", type=int, default=7, help="timed repetitions per model and shape")
     s.add_argument(

@@ -19,7 +19,8 @@ def test_compress_default_model_quick(tmp_path, capsys):
     assert main(["compress", "--quick", "--no-progress", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     for label in ("fp32 (baseline)", "torch dynamic int8", "W8A8", "W8 weight-only", "2:4 (Wanda)", "2:4 + int8", "low-rank",
-                  "2:4 + recovery"):  # fmt: skip
+                  "2:4 + recovery", "structured", "structured + recovery",
+                  "structured + recovery + W8A8"):  # fmt: skip
         assert f"\n{label} " in text, label
     assert "mean cos" in text and "vs fp32" in text and "reloaded: identical outputs" in text
     report = json.loads((out / "report.json").read_text())
@@ -29,6 +30,13 @@ def test_compress_default_model_quick(tmp_path, capsys):
     assert set(rows["fp32"]["latency_ms"]) == {"1x16", "4x16"}
     assert (out / "compress.png").stat().st_size > 0
     assert (out / "model-w8a8" / "llmkern.json").exists()
+    # structured: half the FFN neurons and heads gone, so well under the fp32 size
+    for m in ("structured", "structured+recovery"):
+        assert rows[m]["size_mb"] < 0.85 * rows["fp32"]["size_mb"]
+        assert rows[m]["fidelity"]["mean_cosine"] > 0.3
+    assert rows["structured+recovery+w8a8"]["size_mb"] < 0.5 * rows["fp32"]["size_mb"]
+    runs = report["reports"]["structured+recovery"][0]["notes"]["recovery"]
+    assert runs[0]["steps"] == 3
 
 
 def test_news_corpus_and_a_clear_error_without_it(monkeypatch, capsys):
@@ -74,7 +82,10 @@ def test_distill_quick(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "student, trained directly" in text and "student, distilled" in text
     ppl = json.loads(path.read_text())["perplexity"]
-    assert set(ppl) == {"teacher", "student, trained directly", "student, distilled"}
+    assert set(ppl) == {"teacher", "student, trained directly", "student, distilled",
+                        "pruned teacher, no training", "pruned, then distilled",
+                        "random init, distilled", "random init, trained directly"}  # fmt: skip
+    assert "Minitron students, best first" in text
     assert all(v > 1.0 for v in ppl.values())
 
 
@@ -84,6 +95,10 @@ def test_distill_quick(tmp_path, capsys):
         (["compress", "/no/such/folder"], "does not exist"),
         (["compress", "--method", "w3"], "unknown method"),
         (["compress", "--method", "w8", "--save", "w8a8"], "--save w8a8 is not among"),
+        (
+            ["compress", "--method", "structured", "--structured-ffn", "1"],
+            "--structured-ffn must be",
+        ),
         (["distill", "--temperature", "0"], "--temperature must be > 0"),
         (["distill", "--steps", "0"], "must be >= 1"),
     ],

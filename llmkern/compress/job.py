@@ -39,8 +39,10 @@ from llmkern.compress.lowrank import low_rank
 from llmkern.compress.prune import prune
 from llmkern.compress.quantize import quantize
 from llmkern.compress.report import count_bytes
+from llmkern.compress.structure import Recovery, _check_ratio, prune_structure
 
-METHODS = ("fp32", "torch-int8", "w8a8", "w8", "2:4", "2:4+int8", "low-rank", "2:4+recovery")
+METHODS = ("fp32", "torch-int8", "w8a8", "w8", "2:4", "2:4+int8", "low-rank", "2:4+recovery",
+           "structured", "structured+recovery", "structured+recovery+w8a8")  # fmt: skip
 BASELINES = ("fp32", "torch-int8")  # not llmkern's: measured for comparison, never saved
 LABELS = {
     "fp32": "fp32 (baseline)",
@@ -51,7 +53,11 @@ LABELS = {
     "2:4+int8": "2:4 + int8",
     "low-rank": "low-rank",
     "2:4+recovery": "2:4 + recovery",
+    "structured": "structured",
+    "structured+recovery": "structured + recovery",
+    "structured+recovery+w8a8": "structured + recovery + W8A8",
 }
+STRUCTURED = ("structured", "structured+recovery", "structured+recovery+w8a8")
 
 
 @dataclass
@@ -67,6 +73,11 @@ class Settings:
     recovery_lr: float = 5e-4
     recovery_batch: int = 16
     recovery_calib_batches: int = 32  # for the layer-wise re-fit before the distillation
+    # structured pruning (prune_structure): fractions of FFN neurons and heads, layers removed
+    structured_ffn: float = 0.5
+    structured_heads: float = 0.5
+    structured_layers: int = 0
+    structured_seconds: float = 120.0
     shapes: tuple[tuple[int, int], ...] = ((1, 128), (32, 128))
     reps: int = 7
     calib_batches: int = 8
@@ -90,6 +101,7 @@ def quick_settings(s: Settings) -> Settings:
     """Seconds instead of minutes: small shapes, few repetitions, a short recovery."""
     s.shapes, s.reps, s.calib_batches = ((1, 16), (4, 16)), 2, 2
     s.recovery_seconds = min(s.recovery_seconds, 5.0)
+    s.structured_seconds = min(s.structured_seconds, 5.0)
     s.recovery_calib_batches = 2
     s.quick = True
     return s
@@ -194,6 +206,22 @@ def _prune_and_recover(settings, teacher, model, tokenizer, pooling, train, ref,
     return report, runs[-1], refitted[-1]
 
 
+def _structured(settings, teacher, model, tokenizer, pooling, train, calib, recover: bool):
+    """prune_structure with activation importance (Minitron) on the calibration batches; with
+    ``recover``, then distilled from ``teacher`` for ``structured_seconds`` with the loss of
+    "2:4 + recovery" (hidden states matched to the teacher layers they came from)."""
+    rec = None
+    if recover:
+        mixed = recovery_corpus(train[16 * settings.calib_batches :], settings.seed)
+        corpus = _batches(tokenizer, mixed, settings.recovery_batch, 10_000, max_length=48)
+        rec = Recovery(corpus, steps=3 if settings.quick else None, lr=settings.recovery_lr,
+                       max_seconds=settings.structured_seconds, teacher=teacher,
+                       progress=settings.progress,
+                       loss_fn=lambda s, t, b, m: _recovery_loss(pooling, layer_map=m)(s, t, b))  # fmt: skip
+    return prune_structure(model, settings.structured_ffn, settings.structured_heads,
+                           settings.structured_layers, calibration=calib, recovery=rec)  # fmt: skip
+
+
 def _torch_dynamic_int8(model: nn.Module) -> nn.Module:
     import warnings
 
@@ -213,6 +241,7 @@ def build_variants(
     calib = _batches(tokenizer, train, 16, settings.calib_batches)
     out = {}
     pruned, prune_report = None, None  # shared by the 2:4 rows (Wanda scores computed once)
+    recovered, recovered_report = None, None  # shared by the structured + recovery rows
     for method in settings.methods:
         t0 = time.perf_counter()
         model = copy.deepcopy(base)
@@ -249,6 +278,24 @@ def build_variants(
                 f"mean cosine {refit_fid.mean_cosine:.4f} after the layer-wise re-fit, then "
                 f"{run.steps} distillation steps in {run.seconds:.0f} s"
             )
+        elif method == "structured":
+            reports.append(
+                _structured(settings, base, model, tokenizer, pooling, train, calib, False)
+            )
+        elif method in STRUCTURED:
+            if recovered is None:
+                recovered = copy.deepcopy(base)
+                recovered_report = _structured(settings, base, recovered, tokenizer, pooling, train,
+                                               calib, True)  # fmt: skip
+            model = copy.deepcopy(recovered)
+            reports.append(recovered_report)
+            if method == "structured+recovery+w8a8":
+                reports.append(quantize(model, "w8a8"))
+        if method in STRUCTURED:
+            r = reports[0]
+            note = f"{r.layers[0].action if r.layers else ''}, {len(r.notes['kept_layers'])} of {len(r.layers)} layers"
+            for run in r.notes.get("recovery", []):
+                note += f", then {run['steps']} distillation steps in {run['seconds']:.0f} s"
         if method not in BASELINES and not reports:
             raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
         model.eval()
@@ -344,8 +391,13 @@ def run(settings: Settings, log=print) -> dict:
         raise ValueError(
             f"--save {settings.save_method} is not among the llmkern methods run ({', '.join(settings.methods)})"
         )
-    if "2:4+recovery" in settings.methods:
+    if {"2:4+recovery", "structured+recovery", "structured+recovery+w8a8"} & set(settings.methods):
         texts.news_corpus()  # a missing corpus fails now, not after minutes of work
+    if set(STRUCTURED) & set(settings.methods):  # fail now too, not after the other methods
+        _check_ratio("--structured-ffn", settings.structured_ffn)
+        _check_ratio("--structured-heads", settings.structured_heads)
+        if settings.structured_layers < 0 or not settings.structured_seconds > 0:
+            raise ValueError("--structured-layers must be >= 0 and --structured-seconds > 0")
     methods = ("fp32",) + tuple(m for m in settings.methods if m != "fp32")
     settings.methods = methods
     t_start = time.perf_counter()

@@ -8,10 +8,17 @@ every machine), tokenised with the MiniLM WordPiece tokenizer packaged with gt-a
 and reduced to the most frequent tokens; perplexities are measured on held-out standard-library
 modules. Both students see the same batches in the same order, with the same optimiser and
 initial weights.
+
+Then the Minitron comparison (Muralidharan et al., 2024) in miniature: a student made by
+structured pruning of the trained teacher (prune_structure: FFN neurons, heads and layers by
+activation importance) and distilled from it, against students of the same architecture
+distilled from random initialisation and trained directly, all for the same steps on the same
+batches.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -23,6 +30,7 @@ import torch
 
 from llmkern.compress import hf, texts
 from llmkern.compress.distill import distill
+from llmkern.compress.structure import apply_saved_layout, prune_structure
 
 
 @dataclass
@@ -39,6 +47,11 @@ class Settings:
     student_layers: int = 1
     student_dim: int = 64
     lr: float = 2e-3
+    # the Minitron students: the teacher with these fractions of FFN neurons and heads, and this
+    # many layers, removed
+    pruned_ffn: float = 0.5
+    pruned_heads: float = 0.5
+    pruned_layers: int = 2
     seed: int = 0
     progress: bool = True
     json_path: str | None = None
@@ -67,6 +80,7 @@ def quick_settings(s: Settings) -> Settings:
     s.steps, s.teacher_steps = min(s.steps, 4), min(s.teacher_steps, 4)
     s.vocab, s.batch, s.seq_len = 512, 4, 32
     s.teacher_dim, s.student_dim, s.teacher_layers = 64, 32, 2
+    s.pruned_layers = 1
     s.quick = True
     return s
 
@@ -157,10 +171,29 @@ def perplexity(model, stream: torch.Tensor, seq_len: int, max_tokens: int | None
     return math.exp(total / count)
 
 
+def minitron_students(s: Settings, teacher, train, log):
+    """(a copy of the teacher to prune, and two randomly initialised models of the architecture
+    that pruning will give it)."""
+    pruned = copy.deepcopy(teacher)
+    shape = copy.deepcopy(teacher)
+    prune_structure(shape, s.pruned_ffn, s.pruned_heads, s.pruned_layers, importance="random")
+    torch.manual_seed(s.seed + 3)
+    scratch = type(teacher)(copy.deepcopy(shape.config))
+    apply_saved_layout(scratch)  # the head layout GPT-2's config alone cannot express
+    scratch_kd = copy.deepcopy(scratch)
+    size = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
+    log(f"  Minitron students: the teacher with {s.pruned_ffn:.0%} of FFN neurons, {s.pruned_heads:.0%} "
+        f"of heads and {s.pruned_layers} layer(s) removed ({size(scratch):.2f} M params)")  # fmt: skip
+    return pruned, scratch_kd, scratch
+
+
 def run(s: Settings, log=print) -> dict:
     t0 = time.perf_counter()
     torch.manual_seed(s.seed)
-    log("llmkern distill: teacher, student trained directly, student distilled (fused linear KD)")
+    log(
+        "llmkern distill: teacher, student trained directly, student distilled (fused linear KD); "
+        "Minitron: pruned teacher distilled vs random init distilled vs trained directly"
+    )
     train, test = token_streams(s.vocab)
     log(f"  corpus: standard-library docstrings, {len(train):,} training and {len(test):,} held-out tokens, "
         f"vocabulary {s.vocab} MiniLM WordPieces")  # fmt: skip
@@ -188,19 +221,40 @@ def run(s: Settings, log=print) -> dict:
     run_kd = distill(teacher, distilled, student_data, temperature=s.temperature, alpha=s.alpha,
                      steps=s.steps, lr=s.lr, progress=s.progress)  # fmt: skip
 
+    pruned, scratch_kd, scratch = minitron_students(s, teacher, train, log)
+    calib = batches(train, 4, s.batch, s.seq_len, s.seed + 2)
+    prune_structure(pruned, s.pruned_ffn, s.pruned_heads, s.pruned_layers, calibration=calib)
+    pruned_ppl = perplexity(pruned, test, s.seq_len, max_eval)
+    distill(teacher, pruned, student_data, temperature=s.temperature, alpha=s.alpha,
+            steps=s.steps, lr=s.lr, progress=s.progress)  # fmt: skip
+    distill(teacher, scratch_kd, student_data, temperature=s.temperature, alpha=s.alpha,
+            steps=s.steps, lr=s.lr, progress=s.progress)  # fmt: skip
+    train_lm(scratch, student_data, s.lr, s.progress, "pruned-size student (direct)")
+
     ppl = {
         "teacher": perplexity(teacher, test, s.seq_len, max_eval),
         "student, trained directly": perplexity(direct, test, s.seq_len, max_eval),
         "student, distilled": perplexity(distilled, test, s.seq_len, max_eval),
+        "pruned teacher, no training": pruned_ppl,
+        "pruned, then distilled": perplexity(pruned, test, s.seq_len, max_eval),
+        "random init, distilled": perplexity(scratch_kd, test, s.seq_len, max_eval),
+        "random init, trained directly": perplexity(scratch, test, s.seq_len, max_eval),
     }
     log("")
-    log(f"{'model':<28}{'held-out perplexity':>20}")
+    log(f"{'model':<32}{'held-out perplexity':>20}")
     for k, v in ppl.items():
-        log(f"{k:<28}{v:>20.2f}")
+        log(f"{k:<32}{v:>20.2f}")
     gain = ppl["student, trained directly"] / ppl["student, distilled"]
     verdict = "beats" if gain > 1 else "does NOT beat"
     log(f"  the distilled student {verdict} the directly trained one ({gain:.3f}x lower perplexity); "
-        f"{run_kd.loss} loss, T={s.temperature}, alpha={s.alpha}, {time.perf_counter() - t0:.0f} s in all")  # fmt: skip
+        f"{run_kd.loss} loss, T={s.temperature}, alpha={s.alpha}")  # fmt: skip
+    order = sorted(
+        ("pruned, then distilled", "random init, distilled", "random init, trained directly"),
+        key=ppl.get,
+    )
+    log(f"  Minitron students, best first: {' < '.join(order)} "
+        f"({'as' if order[0] == 'pruned, then distilled' and order[1] == 'random init, distilled' else 'NOT as'} "
+        f"Minitron reports); {time.perf_counter() - t0:.0f} s in all")  # fmt: skip
     result = {
         "settings": asdict(s),
         "perplexity": ppl,

@@ -653,8 +653,9 @@ def prune_structure(
     report = Report("prune_structure").start(model)
     teacher = None
     if recovery is not None:
-        teacher = recovery.teacher if recovery.teacher is not None else copy.deepcopy(model)
-        teacher.eval().requires_grad_(False)
+        teacher = recovery.teacher
+        if teacher is None:
+            teacher = copy.deepcopy(model).eval().requires_grad_(False)
     layer_map = list(range(n))
     units = {i: {"ffn": list(range(orig["ffn"])), "heads": list(range(orig["heads"])),
                  "kv_heads": list(range(orig["kv"]))} for i in range(n)}  # fmt: skip
