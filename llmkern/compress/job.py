@@ -73,10 +73,12 @@ class Settings:
     recovery_lr: float = 5e-4
     recovery_batch: int = 16
     recovery_calib_batches: int = 32  # for the layer-wise re-fit before the distillation
-    # structured pruning (prune_structure): fractions of FFN neurons and heads, layers removed
-    structured_ffn: float = 0.5
-    structured_heads: float = 0.5
-    structured_layers: int = 0
+    # structured pruning (prune_structure): fractions of FFN neurons and heads, layers removed.
+    # Half the depth measured best on MiniLM: mean cosine 0.68 unrecovered (the half of FFN and
+    # heads: 0.58), and each distillation step costs half as much.
+    structured_ffn: float = 0.0
+    structured_heads: float = 0.0
+    structured_layers: int = 3
     structured_seconds: float = 120.0
     shapes: tuple[tuple[int, int], ...] = ((1, 128), (32, 128))
     reps: int = 7

@@ -288,27 +288,23 @@ def _unit_scores(model, blocks, attns, ffns, importance, calibration, want, seed
             "layers": [float(torch.rand((), generator=g)) for _ in blocks],
         }
     w = _weight_scores(model, blocks, attns, ffns, importance, calibration)
-    out = {"heads": [], "ffn": [], "layers": []}
+
+    def rows_per_head(parts, n, d):  # sum of the scores of each head's rows in (layer, offset)
+        return sum(w[id(m)][off : off + n * d].reshape(n, d, -1).sum((1, 2)) for m, off in parts)
+
+    out = {"heads": [], "kv": [], "ffn": [], "layers": []}
     for a, f in zip(attns, ffns, strict=True):
-        d = a.head_dim
-        per_head = w[id(a.o)].reshape(w[id(a.o)].shape[0], a.n_heads, d).sum((0, 2))
-        for m, off in a.q:
-            per_head = per_head + w[id(m)][off : off + a.n_heads * d].reshape(a.n_heads, d, -1).sum(
-                (1, 2)
-            )
-        kv = torch.zeros(a.n_kv)
-        for m, off in a.k + a.v:
-            kv = kv + w[id(m)][off : off + a.n_kv * d].reshape(a.n_kv, d, -1).sum((1, 2))
+        o = w[id(a.o)]
+        heads = o.reshape(o.shape[0], a.n_heads, a.head_dim).sum((0, 2))
+        heads = heads + rows_per_head(a.q, a.n_heads, a.head_dim)
+        kv = rows_per_head(a.k + a.v, a.n_kv, a.head_dim)
         if a.n_kv == a.n_heads:  # each head has its own k/v rows
-            per_head = per_head + kv
-        out["heads"].append(per_head)
-        out["kv"] = out.get("kv", []) + [kv]
-        neuron = sum(w[id(m)].sum(1) for m in f.up) + w[id(f.down)].sum(0)
-        out["ffn"].append(neuron)
-        layer_ms = (
-            {id(m) for m, _ in a.q + a.k + a.v} | {id(a.o), id(f.down)} | {id(m) for m in f.up}
-        )
-        out["layers"].append(float(sum(w[k].sum() for k in layer_ms)))
+            heads = heads + kv
+        out["heads"].append(heads)
+        out["kv"].append(kv)
+        out["ffn"].append(sum(w[id(m)].sum(1) for m in f.up) + w[id(f.down)].sum(0))
+        layer = {id(m) for m, _ in a.q + a.k + a.v} | {id(m) for m in (a.o, f.down, *f.up)}
+        out["layers"].append(float(sum(w[k].sum() for k in layer)))
     return out
 
 
