@@ -295,7 +295,8 @@ def build_variants(
                 reports.append(quantize(model, "w8a8"))
         if method in STRUCTURED:
             r = reports[0]
-            note = f"{r.layers[0].action if r.layers else ''}, {len(r.notes['kept_layers'])} of {len(r.layers)} layers"
+            kept = r.notes["kept_layers"]
+            note = f"{r.layers[kept[0]].action}, layers {kept} of {len(r.layers)} kept"
             for run in r.notes.get("recovery", []):
                 note += f", then {run['steps']} distillation steps in {run['seconds']:.0f} s"
         if method not in BASELINES and not reports:

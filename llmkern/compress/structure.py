@@ -665,8 +665,10 @@ def prune_structure(
 
     _, _, blocks_now, attns_now, _ = _model_parts(base, family)
     a1 = attns_now[0]
-    what = (f"ffn {orig['ffn']} -> {final.ffn}, heads {a0.n_heads} -> {a1.n_heads}"
-            + (f", kv {a0.n_kv} -> {a1.n_kv}" if a0.n_kv != a0.n_heads else ""))  # fmt: skip
+    changes = [f"ffn {orig['ffn']} -> {final.ffn}" if final.ffn != orig["ffn"] else "",
+               f"heads {a0.n_heads} -> {a1.n_heads}" if a1.n_heads != a0.n_heads else "",
+               f"kv heads {a0.n_kv} -> {a1.n_kv}" if a0.n_kv not in (a0.n_heads, a1.n_kv) else ""]  # fmt: skip
+    what = ", ".join(c for c in changes if c) or "kept"
     prefix = {"bert": "encoder.layer", "gpt2": "h", "llama": "layers"}[family]
     now = dict(zip(layer_map, blocks_now, strict=True))
     for i, (cls, params, nbytes) in enumerate(before):
