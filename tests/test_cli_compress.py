@@ -34,7 +34,10 @@ def test_compress_default_model_quick(tmp_path, capsys):
     for m in ("structured", "structured+recovery"):
         assert rows[m]["size_mb"] < 0.85 * rows["fp32"]["size_mb"]
         assert rows[m]["fidelity"]["mean_cosine"] > 0.3
-    assert rows["structured+recovery+w8a8"]["size_mb"] < 0.5 * rows["fp32"]["size_mb"]
+    # (the embeddings, half of MiniLM, stay in float)
+    assert (
+        rows["structured+recovery+w8a8"]["size_mb"] < 0.8 * rows["structured+recovery"]["size_mb"]
+    )
     runs = report["reports"]["structured+recovery"][0]["notes"]["recovery"]
     assert runs[0]["steps"] == 3
 
