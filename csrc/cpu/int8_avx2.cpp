@@ -123,6 +123,14 @@ void quantize_row(const QuantizeArgs& a, int64_t r) {
   }
 }
 
+// The 8 bytes at p in every 64-bit lane, loaded anew at each use: an asm statement, so that the
+// compiler cannot keep it in a register (the W8A8 kernel needs every register for accumulators).
+inline __m256i broadcast8(const void* p) {
+  __m256i v;
+  __asm__ volatile("vpbroadcastq %1, %0" : "=x"(v) : "m"(*static_cast<const int64_t*>(p)));
+  return v;
+}
+
 // W8A8 micro-kernel: rows [m, m + MR) x 16-channel vectors [v0, v0 + NV) of panel p. Each
 // 16-byte quarter of a 64-byte weight vector (4 channels x 4 k) is widened to int16 once and
 // multiplied by the MR rows' 4 broadcast int16 activations with vpmaddwd (two partial sums
@@ -139,9 +147,11 @@ struct W8a8S16 {
       for (int q = 0; q < NV * 4; ++q) acc[r][q] = _mm256_setzero_si256();
     const int64_t kk_end = a.kp / 4;
     for (int64_t kk = 0; kk < kk_end; ++kk) {
+      // Rows but the last keep their broadcast activations in registers; the last row's are
+      // broadcast again per quarter (a load), which leaves room for all 4 * MR accumulators.
       __m256i xb[MR];
       _Pragma("GCC unroll 32")
-      for (int r = 0; r < MR; ++r) {
+      for (int r = 0; r < MR - 1; ++r) {
         int64_t four;
         std::memcpy(&four, x + r * a.kp + kk * 4, 8);
         xb[r] = _mm256_set1_epi64x(four);
@@ -151,7 +161,8 @@ struct W8a8S16 {
       for (int q = 0; q < NV * 4; ++q) {
         const __m256i w = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bk + q * 16)));
         _Pragma("GCC unroll 32")
-        for (int r = 0; r < MR; ++r) acc[r][q] = _mm256_add_epi32(acc[r][q], _mm256_madd_epi16(w, xb[r]));
+        for (int r = 0; r < MR - 1; ++r) acc[r][q] = _mm256_add_epi32(acc[r][q], _mm256_madd_epi16(w, xb[r]));
+        acc[MR - 1][q] = _mm256_add_epi32(acc[MR - 1][q], _mm256_madd_epi16(w, broadcast8(x + (MR - 1) * a.kp + kk * 4)));
       }
     }
     _Pragma("GCC unroll 32")
