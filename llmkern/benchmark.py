@@ -148,17 +148,17 @@ def goal_lines(checks: Sequence[tuple[str, str, float]]) -> list[str]:
 
 
 def torch_dynamic_int8(module: nn.Module) -> nn.Module:
-    """``module`` with every nn.Linear swapped for torch.ao's dynamic int8 Linear (FBGEMM: int8
-    weights per tensor, activations quantised per call, fp32 in and out); a bare nn.Linear in
-    gives the quantised Linear back."""
+    """``module`` with every nn.Linear swapped, in place, for torch.ao's dynamic int8 Linear
+    (FBGEMM: int8 weights per tensor, activations quantised per call, fp32 in and out); a bare
+    nn.Linear is left as it is and its quantised copy returned."""
     import warnings
 
     with warnings.catch_warnings():  # torch.ao.quantization is deprecated, still the baseline
         warnings.simplefilter("ignore")
+        quantize = torch.ao.quantization.quantize_dynamic
         if type(module) is nn.Linear:
-            wrapped = nn.Sequential(module)
-            return torch.ao.quantization.quantize_dynamic(wrapped, {nn.Linear}, torch.qint8)[0]
-        return torch.ao.quantization.quantize_dynamic(module, {nn.Linear}, torch.qint8)
+            return quantize(nn.Sequential(module), {nn.Linear}, torch.qint8, inplace=True)[0]
+        return quantize(module, {nn.Linear}, torch.qint8, inplace=True)
 
 
 def has_int8pack_mm() -> bool:
