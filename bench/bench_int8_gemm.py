@@ -6,12 +6,13 @@ Side by side, per shape (M tokens, K inputs, N outputs), in one process:
   bf16_linear      nn.Linear, bfloat16 weights and inputs
   torch_int_mm     torch._int_mm on int8 x_q and W, then the x_scale * w_scale + bias ops
   torch_dynamic    torch.ao dynamic quantized Linear (FBGEMM/oneDNN; quantises x itself)
-  torch_int8pack   torch._weight_int8pack_mm, int8 weight-only (what torchao/gpt-fast use on CPU)
   int8_linear      llmkern.nn.Int8Linear, end to end (activation quantisation included)
   int8_weight_only llmkern.nn.Int8WeightOnlyLinear (per-channel scales)
   w8a8_kernel      llmkern's W8A8 kernel alone on int8 x_q (pre-packed weight, fused epilogue)
 
-and for M <= 8 (decode) the weight-only pair again with bfloat16 x (``*_bf16``).
+and for M <= 8 (decode) the weight-only baseline ``torch_int8pack`` (torch._weight_int8pack_mm,
+what torchao/gpt-fast use on CPU; its fp32 path is 5-10x slower than fp32 nn.Linear beyond M = 8)
+and the weight-only pair again with bfloat16 x (``*_bf16``).
 
 Shapes (K, N): MiniLM's 384x384, 384x1536, 1536x384 and Llama's 2048x2048, 2048x5632, 5632x2048,
 4096x4096; the default run times a subset of M = 1..4096 per shape (a few minutes), ``--full``
@@ -66,7 +67,7 @@ DEFAULT = (
 QUICK = [(1, 2048, 2048), (8, 2048, 5632), (32, 4096, 4096), (128, 384, 1536), (512, 1536, 384)]
 BASELINE = "fp32_linear"
 ROTATE_MAX_M = 32
-DECODE_MAX_M = 8  # the weight-only goals' range; bf16 weight-only columns are timed up to it
+DECODE_MAX_M = 8  # the weight-only goals' range; int8pack and bf16 weight-only are timed up to it
 WEIGHT_ONLY = ("int8_weight_only", "torch_int8pack", "int8_weight_only_bf16", "torch_int8pack_bf16")
 
 
@@ -102,18 +103,15 @@ def implementations(linear: nn.Linear, x: torch.Tensor):
         "int8_weight_only": (lambda: Int8WeightOnlyLinear.from_float(linear), lambda m: m(x)),
         "w8a8_kernel": (kernel_state, kernel),
     }
+    if x.shape[0] > DECODE_MAX_M:
+        return impls
+    bf16 = lambda: _copy(linear).bfloat16()  # noqa: E731
+    impls["int8_weight_only_bf16"] = (
+        lambda: Int8WeightOnlyLinear.from_float(bf16()), lambda m: m(x_bf16)
+    )  # fmt: skip
     if B.has_int8pack_mm():
         impls["torch_int8pack"] = (lambda: TorchInt8PackLinear(linear), lambda m: m(x))
-    if x.shape[0] <= DECODE_MAX_M:
-        bf16 = lambda: _copy(linear).bfloat16()  # noqa: E731
-        impls["int8_weight_only_bf16"] = (
-            lambda: Int8WeightOnlyLinear.from_float(bf16()), lambda m: m(x_bf16)
-        )  # fmt: skip
-        if B.has_int8pack_mm():
-            impls["torch_int8pack_bf16"] = (
-                lambda: TorchInt8PackLinear(bf16()),
-                lambda m: m(x_bf16),
-            )
+        impls["torch_int8pack_bf16"] = (lambda: TorchInt8PackLinear(bf16()), lambda m: m(x_bf16))
     return impls
 
 

@@ -6,8 +6,8 @@ For each M (rows of x) and weight shape (K, N):
   SPARSE_MAX_ROWS, the dense path above; the ``path`` column says which ran);
 - int8 weight-only with fp32 x: llmkern's dense int8 weight-only kernel (``dense int8 w8``,
   llmkern_C.int8_w8_linear on its packed weight: the baseline), torch's own weight-only kernel
-  (``torch int8pack``: torch._weight_int8pack_mm, as torchao/gpt-fast use it) and ``2:4 int8 w8``
-  (the module);
+  (``torch int8pack``: torch._weight_int8pack_mm, as torchao/gpt-fast use it; M <= 8 only, its
+  fp32 path is 5-10x slower than fp32 nn.Linear beyond) and ``2:4 int8 w8`` (the module);
 - W8A8 with fp32 x: llmkern's dense W8A8 linear, torch's dynamic int8 Linear (``torch dynamic``,
   FBGEMM) and the 2:4 W8A8 module.
 
@@ -127,7 +127,7 @@ def int8_case(m, k, n, form, budget):
     fns = {base: dense}
     dense_bytes = nbytes(packed[0][0]) + (nbytes(packed[0][1]) if form == "w8a8" else 0)
     weight = {base: dense_bytes, f"2:4 int8 {form}": sparse_bytes(sparse[0])}
-    if form == "w8" and B.has_int8pack_mm():
+    if form == "w8" and m <= DECODE_MAX_M and B.has_int8pack_mm():  # torch's slow path beyond
         torch_w8 = [B.TorchInt8PackLinear(lin) for lin in lins]
         fns["torch int8pack"] = lambda i: torch_w8[i % count](x)
         weight["torch int8pack"] = nbytes(torch_w8[0].weight_int8, torch_w8[0].scales)
