@@ -101,6 +101,29 @@ def cpu_isa() -> str:
     return _ext._C.active_isa() if _ext.available() else "unavailable"
 
 
+@functools.cache
+def cpu_model() -> str:
+    """The CPU's model name (``lscpu``, else /proc/cpuinfo, else platform), for benchmark reports."""
+    import platform
+    import subprocess
+
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):  # no lscpu: the next source
+        pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def cuda_ext_available() -> bool:
     return _ext.available() and _ext._C.built_with_cuda() and torch.cuda.is_available()
 
