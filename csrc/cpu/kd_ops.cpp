@@ -229,7 +229,6 @@ std::tuple<at::Tensor, at::Tensor> kd_loss_topk_rows(const at::Tensor& student_i
   at::Tensor grad = compute_grad ? at::empty_like(student) : at::empty({0}, student.options());
   float* loss = rows.data_ptr<float>();
   const int64_t row_bytes = s.v * student.element_size();
-  std::vector<uint8_t> undefined(kd ? s.n : 0, 0);  // as in kd_loss_rows: lse not finite
 
   at::parallel_for(0, s.n, 1, [&](int64_t begin, int64_t end) {
     std::vector<std::pair<int64_t, float>> adj;  // sparse gradient corrections of one row
@@ -257,11 +256,6 @@ std::tuple<at::Tensor, at::Tensor> kd_loss_topk_rows(const at::Tensor& student_i
         for (int64_t j = 0; j < k; ++j) mx = std::max(mx, static_cast<double>(lr[j]) * s.t);
         for (int64_t j = 0; j < k; ++j) sum += std::exp(static_cast<double>(lr[j]) * s.t - mx);
         const double lse = mx + std::log(sum);
-        if (!std::isfinite(lse)) {
-          loss[r] = NAN;
-          undefined[r] = 1;
-          continue;
-        }
         for (int64_t j = 0; j < k; ++j) {
           const double log_p = static_cast<double>(lr[j]) * s.t - lse;
           const float p = static_cast<float>(std::exp(log_p));
@@ -296,7 +290,6 @@ std::tuple<at::Tensor, at::Tensor> kd_loss_topk_rows(const at::Tensor& student_i
       K.grad(a);
     }
   });
-  fill_undefined_rows(grad, undefined);
   return {rows, grad};
 }
 

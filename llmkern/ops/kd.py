@@ -207,7 +207,15 @@ def _kd_loss_topk_rows_op(
     if bool(((topk_idx < 0) | (topk_idx >= student.shape[1])).any()):
         raise ValueError(f"topk_indices must be in [0, {student.shape[1]})")
     args = (student, topk_idx, topk_logprobs, labels, tau, alpha, ignore_index, compute_grad)
-    return dispatch("kd_loss_topk_rows", student.device, backend or None, *args)
+    rows, grad = dispatch("kd_loss_topk_rows", student.device, backend or None, *args)
+    if labels is None or alpha > 0:  # undefined teacher rows: NaN on every backend (cheap: [N, k])
+        bad = undefined_teacher_rows(topk_logprobs)
+        if labels is not None:
+            bad &= labels != ignore_index
+        rows.masked_fill_(bad, math.nan)
+        if grad.numel():
+            grad.masked_fill_(bad[:, None], math.nan)
+    return rows, grad
 
 
 @_kd_loss_topk_rows_op.register_fake
