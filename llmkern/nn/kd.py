@@ -3,8 +3,8 @@ cross-entropy), backed by :func:`llmkern.kd_loss` and :func:`llmkern.fused_linea
 
 Leading batch/sequence dimensions are flattened (logits ``[..., V]``, hidden states
 ``[..., H]``, labels ``[...]``); the teacher's and the labels' leading dimensions must be the
-student's (checked: equal sizes in another shape would pair unrelated rows); with ``reduction="none"`` the per-row losses come back in the
-leading shape. Both work under ``torch.compile`` (the losses are custom ops with fake kernels)."""
+student's (checked: equal sizes in another shape would pair unrelated rows); with
+``reduction="none"`` the per-row losses come back in the leading shape. Both work under ``torch.compile`` (the losses are custom ops with fake kernels)."""
 
 from __future__ import annotations
 
