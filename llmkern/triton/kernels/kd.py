@@ -135,6 +135,9 @@ def _kd_rows_kernel(
                 cross = cross * ra + tl.sum(tl.where(ea > 0.0, ea * (a - b), 0.0), axis=0)
         lse_a = _lse(ma, sa)
         lse_b = _lse(mb, sb)
+        # A teacher row with NaN / +inf, or all -inf, has no finite log-sum: its KD term is NaN
+        # (as the reference; the JSD sums below would otherwise drop its NaN terms).
+        p_ok = (lse_b > _NEG_INF) & (lse_b < -_NEG_INF)
         if DIVERGENCE == 0:
             div = cross / sb + lse_a - lse_b
         elif DIVERGENCE == 1:
@@ -156,7 +159,7 @@ def _kd_rows_kernel(
             div = tl.where(beta > 0.0, beta * d_p, 0.0) + tl.where(
                 beta < 1.0, (1.0 - beta) * d_q, 0.0
             )
-        loss = loss_scale * div
+        loss = loss_scale * tl.where(p_ok, div, float("nan"))
         lse_z = 0.0
         if HAS_LABELS:
             ce, lse_z = _ce(s_row, y, lse_a, mz, sz, TAU_ONE)
@@ -178,7 +181,7 @@ def _kd_rows_kernel(
                     logm = _log_mixture(logp, logq, tl.exp(logp), q, beta)
                     g = (1.0 - beta) * q * (tl.where(q > 0.0, logq - logm, 0.0) - d_q)
                     g = tl.where(beta < 1.0, g, 0.0)
-                g = grad_scale * g
+                g = grad_scale * tl.where(p_ok, g, float("nan"))
                 if HAS_LABELS:
                     g += w_ce * _ce_grad(z, q, offs, lse_z, y, TAU_ONE)
                 tl.store(g_row + offs, g.to(g_ptr.dtype.element_ty), mask=offs < V)
