@@ -463,7 +463,11 @@ def test_linear_module_misuse(kind, misuse, m, k4, n, seed):
         if int8:
             torch.testing.assert_close(got, want, rtol=0, atol=0)
         else:  # float weights went through float16
-            torch.testing.assert_close(got, want, rtol=2e-3, atol=2e-3)
+            atol = 2e-3
+            if kind == "Int8LinearQAT":  # a rounded weight may also cross an int8 rounding edge
+                step = int8_ops.quantize_weight(mod.weight.detach())[1].max()
+                atol += float(step * x.abs().sum(-1).max())
+            torch.testing.assert_close(got, want, rtol=2e-3, atol=atol)
     elif misuse == "double":
         dbl = copy.deepcopy(mod).double()
         if int8:

@@ -39,6 +39,9 @@ def check_shape(name: str, t: torch.Tensor, shape: tuple[int, ...]) -> None:
 
 def check_same_device(**tensors) -> None:
     present = {k: v for k, v in tensors.items() if v is not None}
+    for k, v in present.items():
+        if not isinstance(v, torch.Tensor):
+            raise TypeError(f"{k} must be a torch.Tensor, got {type(v).__name__}")
     devices = {v.device for v in present.values()}
     if len(devices) > 1:
         listing = ", ".join(f"{k} on {v.device}" for k, v in present.items())
