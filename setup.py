@@ -7,6 +7,8 @@ selects its own target with ``#pragma GCC target`` and is chosen at run time (cs
 
 Environment knobs:
   LLMKERN_NO_CUDA=1      build the CPU extension only
+  LLMKERN_CUDA_FAMILIES  comma-separated CUDA kernel families to build (default: all of
+                         int8,kd,sparse24); bench/gpu_check.py drops one that fails to compile
   LLMKERN_SANITIZE=1     -fsanitize=address,undefined (CI sanitizer step)
   LLMKERN_DEBUG=1        -O0 -g
 """
@@ -26,6 +28,21 @@ def _flag(name):
 
 def _sources(pattern):
     return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+
+
+CUDA_FAMILIES = ("int8", "kd", "sparse24")
+
+
+def _cuda_families():
+    """The CUDA kernel families to build: csrc/cuda/<family>.cu and <family>_ops.cpp each."""
+    value = os.environ.get("LLMKERN_CUDA_FAMILIES")
+    if value is None:
+        return CUDA_FAMILIES
+    chosen = tuple(f for f in value.split(",") if f)
+    unknown = sorted(set(chosen) - set(CUDA_FAMILIES))
+    if unknown:
+        raise SystemExit(f"LLMKERN_CUDA_FAMILIES: unknown {unknown}; choose from {CUDA_FAMILIES}")
+    return chosen
 
 
 def _want_cuda():
@@ -53,8 +70,10 @@ def extensions():
         ldflags += san
     sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
     include_dirs = [os.path.join(ROOT, "csrc")]
-    if _want_cuda():
-        sources += _sources("csrc/cuda/*.cu") + _sources("csrc/cuda/*.cpp")
+    families = _cuda_families()
+    if _want_cuda() and families:
+        for family in families:
+            sources += _sources(f"csrc/cuda/{family}.cu") + _sources(f"csrc/cuda/{family}_ops.cpp")
         # Ampere and Hopper SASS (the kernels need sm_80+: cp.async, int8 mma.sync, ldmatrix)
         # unless the builder asks for other architectures. No --use_fast_math: the kernels
         # rely on IEEE division and unfused multiplies where they must match the reference.
