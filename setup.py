@@ -15,11 +15,34 @@ Environment knobs:
 
 import glob
 import os
-
-from setuptools import setup
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+import shutil
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _cuda_home_beside_nvcc():
+    """torch takes CUDA_HOME, when unset, as the folder above the ``nvcc`` on PATH. Where that
+    nvcc is a wrapper (e.g. /usr/local/bin/nvcc calling the toolkit's), that folder holds no CUDA
+    headers and the torch glue fails on cuda_runtime.h: point CUDA_HOME at /usr/local/cuda."""
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    nvcc = shutil.which("nvcc")
+    beside = os.path.dirname(os.path.dirname(nvcc)) if nvcc else None
+    if beside and os.path.exists(os.path.join(beside, "include", "cuda_runtime.h")):
+        return
+    if os.path.exists("/usr/local/cuda/include/cuda_runtime.h"):
+        os.environ["CUDA_HOME"] = "/usr/local/cuda"
+
+
+_cuda_home_beside_nvcc()  # before torch.utils.cpp_extension reads it
+
+from setuptools import setup  # noqa: E402
+from torch.utils.cpp_extension import (  # noqa: E402
+    CUDA_HOME,
+    BuildExtension,
+    CppExtension,
+    CUDAExtension,
+)
 
 
 def _flag(name):

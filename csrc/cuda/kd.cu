@@ -193,8 +193,8 @@ __device__ __forceinline__ int64_t row_label(const int64_t* labels, int64_t row)
 
 // A label outside [0, vocab) (checked by the Python layer only where that costs no host
 // synchronisation) is never read: the row's loss and gradient are NaN.
-__device__ __forceinline__ bool bad_label(int64_t y, int64_t vocab, const Consts& c) {
-  return c.ce && (y < 0 || y >= vocab);
+__device__ __forceinline__ bool bad_label(const int64_t* labels, int64_t y, int64_t vocab) {
+  return labels != nullptr && (y < 0 || y >= vocab);
 }
 
 // CE of the row, -log softmax(z)[y] (NaN for a label outside [0, vocab): never read there).
@@ -285,14 +285,14 @@ __global__ void __launch_bounds__(kThreads) kd_rows_kernel(const RowsArgs p) {
       k = (1.0f - c.beta) * kl_qm;  // grad = q ((1 - beta)(log q - log m) - k)
     }
   }
+  const bool no_label = bad_label(p.labels, y, p.vocab);
   if (threadIdx.x == 0) {
     float loss = c.kd ? c.loss_kd * div : 0.0f;
     if (c.ce) loss += c.w_ce * ce_value(z, y, p.vocab, L);
-    p.loss[row] = loss;
+    p.loss[row] = no_label ? __int_as_float(0x7fc00000) : loss;
   }
   if (g == nullptr) return;
 
-  const bool no_label = bad_label(y, p.vocab, c);
   for (int64_t i = threadIdx.x; i < n_vec; i += kThreads) {
     float zf[E], vf[E], out[E];
     load_floats<TS, E>(z + i * E, zf);
@@ -398,15 +398,15 @@ __global__ void __launch_bounds__(kThreads) kd_topk_kernel(const TopkArgs p) {
     }
     div = block_reduce<kThreads>(div, scratch, SumOp{});  // also publishes the cache
   }
+  const bool no_label = bad_label(p.labels, y, p.vocab);
   if (threadIdx.x == 0) {
     float loss = c.kd ? c.loss_kd * div : 0.0f;
     if (c.ce) loss += c.w_ce * ce_value(z, y, p.vocab, L);
-    p.loss[row] = loss;
+    p.loss[row] = no_label ? __int_as_float(0x7fc00000) : loss;
   }
   if (g == nullptr) return;
 
   // Dense part: w_kd tau q + CE; then the entries named by the teacher are rewritten whole.
-  const bool no_label = bad_label(y, p.vocab, c);
   auto dense = [&](float zv, int64_t col) {
     const float a = zv - L.shz;
     float o = c.kd ? c.grad_kd * ex2(a * c.t2 - L.l2_sq) : 0.0f;
