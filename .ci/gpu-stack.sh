@@ -27,7 +27,11 @@ venv="${LLMKERN_GPU_STACK_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/llmkern-ci/venv-
 stage "venv $venv"
 [ -x "$venv/bin/python" ] || python -m venv "$venv"
 py="$venv/bin/python"
-"$py" -m pip install -q "${PINS[@]}"
+# (pip's log goes to a file: this machine's pip configuration warns once per package)
+"$py" -m pip install -q "${PINS[@]}" >"$venv/pip.log" 2>&1 || {
+  grep -v "is ignored: it is neither" "$venv/pip.log" | tail -30
+  exit 1
+}
 "$py" - <<'PY'
 import torch, triton
 assert torch.__version__.startswith("2.11.0") and torch.version.cuda == "13.0", torch.__version__

@@ -630,6 +630,9 @@ def bench_worker(family: str, out: str, quick: bool) -> int:
             new_rows, bad = fn(op, shape, baseline)
         except torch.cuda.OutOfMemoryError as exc:
             new_rows, bad = [], [f"{op} {_shape(shape)}: out of memory ({exc})"]
+        except Exception as exc:  # a broken kernel costs its case, not the family's run
+            line = str(exc).splitlines()[0][:300] if str(exc) else ""
+            new_rows, bad = [], [f"{op} {_shape(shape)}: {type(exc).__name__}: {line}"]
         rows += benchmark.with_speedups(new_rows, baseline)
         mismatches += bad
         torch.cuda.empty_cache()
