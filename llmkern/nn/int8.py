@@ -38,10 +38,10 @@ Execution: on CPU in eager mode the forward calls the C++ kernel directly (no Py
 it matters for small layers at batch 1), except that weight-only layers hand inputs with more
 rows than :data:`W8_GEMM_ROWS` to torch's GEMM on the weight dequantised for the call; under
 ``torch.compile`` and with ``LLMKERN_BACKEND`` set to another backend it goes through the
-``llmkern`` custom ops. On other devices it calls the
-ops (``quantize_per_token`` + ``w8a8_matmul``, ``w8_matmul``), whose cuda/triton backends run,
-without the per-call value checks of the public functions (they would synchronise with the GPU;
-the module checks its scales when they are set or loaded).
+``llmkern`` custom ops. On other devices it calls the ops ``w8a8_linear`` (quantisation, dynamic
+or static, then the W8A8 GEMM) and ``w8_matmul``, whose cuda/triton backends run, without the
+per-call value checks of the public functions (they would synchronise with the GPU; the module
+checks its scales when they are set or loaded).
 """
 
 from __future__ import annotations
@@ -265,13 +265,8 @@ class Int8Linear(_QuantizedLinearBase):
             return ops.w8a8_linear(
                 x2, self.qweight, self.weight_scale, self.bias, self.input_scale, self._packed
             )
-        if self.input_scale is None:
-            # The custom ops without the public functions' checks: the module's buffers were
-            # validated when set, and the value checks would synchronise with the GPU.
-            x_q, x_scale = ops._quantize_per_token_op(x2, "")
-            return ops._w8a8_matmul_op(
-                x_q, self.qweight, x_scale, self.weight_scale, self.bias, x2.dtype, ""
-            )
+        # The custom op without the public function's checks: the module's buffers were
+        # validated when set, and the value checks would synchronise with the GPU.
         return ops._w8a8_linear_op(
             x2, self.qweight, self.weight_scale, self.bias, self.input_scale, None, ""
         )

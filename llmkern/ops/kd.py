@@ -47,6 +47,7 @@ from llmkern.ops._checks import (
     check_same_device,
     check_shape,
     check_tensor,
+    values_checked,
 )
 
 DIVERGENCES = ("kl", "reverse_kl", "jsd")
@@ -84,13 +85,16 @@ def _kd_part(w_kd, tau, div, grad_s, teacher):
 
 
 def _hard_label_terms(z, labels, ignore_index, valid):
-    """CE per row and its gradient d CE / d z (zero rows where invalid)."""
+    """CE per row and its gradient d CE / d z (zero rows where invalid). A label outside
+    [0, V) (possible on the GPU, where check_label_values does not run) is never indexed: its
+    row gets NaN, as in the GPU kernels."""
     logq1 = torch.log_softmax(z, dim=1)
-    safe = torch.where(valid, labels, 0)
+    unknown = valid & ((labels < 0) | (labels >= z.shape[1]))
+    safe = torch.where(valid & ~unknown, labels, 0)
     ce = -logq1.gather(1, safe[:, None])[:, 0]
     grad = logq1.exp()
     grad[torch.arange(z.shape[0], device=z.device), safe] -= 1.0
-    return ce, grad
+    return ce.masked_fill(unknown, math.nan), grad.masked_fill(unknown[:, None], math.nan)
 
 
 def kd_loss_rows_ref(
@@ -144,7 +148,11 @@ def kd_loss_topk_rows_ref(
     logq = torch.log_softmax(z / tau, dim=1)
     logp = torch.log_softmax(topk_logprobs.to(cd) / tau, dim=1)  # renormalised over the k entries
     p = logp.exp()
+    # An index outside [0, V) (unchecked on the GPU) is never read: its row's loss is NaN.
+    known = (topk_idx >= 0) & (topk_idx < z.shape[1])
+    topk_idx = torch.where(known, topk_idx, 0)
     div = torch.where(p > 0, p * (logp - logq.gather(1, topk_idx)), 0.0).sum(1)
+    div = div.masked_fill(~known.all(1), math.nan)
     w_kd, w_ce = _weights(labels, alpha)
     grad_s = logq.exp().scatter_add(1, topk_idx, -p)
     rows, grad = _kd_part(w_kd, tau, div, grad_s, topk_logprobs)
@@ -204,7 +212,7 @@ def _kd_loss_topk_rows_op(
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     check_label_values(labels, student.shape[1], ignore_index)
-    if bool(((topk_idx < 0) | (topk_idx >= student.shape[1])).any()):
+    if values_checked(topk_idx) and bool(((topk_idx < 0) | (topk_idx >= student.shape[1])).any()):
         raise ValueError(f"topk_indices must be in [0, {student.shape[1]})")
     args = (student, topk_idx, topk_logprobs, labels, tau, alpha, ignore_index, compute_grad)
     rows, grad = dispatch("kd_loss_topk_rows", student.device, backend or None, *args)
@@ -285,8 +293,9 @@ def check_kd_options(n, labels, temperature, alpha, ignore_index, reduction, bet
 
 def check_label_values(labels, v, ignore_index):
     """Labels in [0, V) or ignore_index. A data-dependent check, so it runs inside the custom
-    ops (before any kernel), where torch.compile sees no graph break."""
-    if labels is None:
+    ops (before any kernel), where torch.compile sees no graph break; on GPU tensors only with
+    LLMKERN_DEBUG_CHECKS=1 (values_checked): without it a bad label's row gets a NaN loss."""
+    if labels is None or not values_checked(labels):
         return
     bad = (labels != ignore_index) & ((labels < 0) | (labels >= v))
     if bool(bad.any()):
@@ -498,8 +507,12 @@ def _fused_linear_kd_forward(
     return rows, gh, gw
 
 
-def _n_valid(labels, n, ignore_index):
-    return n if labels is None else int((labels != ignore_index).sum())
+def _mean_scale(labels, n, ignore_index):
+    """1 / (number of rows that count, at least 1): a float, or without host synchronisation a
+    float32 0-dim tensor on the labels' device."""
+    if labels is None:
+        return 1.0 / max(1, n)
+    return 1.0 / (labels != ignore_index).sum().clamp(min=1).float()
 
 
 @torch.library.custom_op("llmkern::fused_linear_kd_loss", mutates_args=())
@@ -528,7 +541,7 @@ def _fused_linear_kd_op(
     n = student_hidden.shape[0]
     grad_scale = 1.0
     if reduction == "mean":
-        grad_scale = 1.0 / max(1, _n_valid(labels, n, ignore_index))
+        grad_scale = _mean_scale(labels, n, ignore_index)
     rows, gh, gw = _fused_linear_kd_forward(
         student_hidden, student_head, teacher_hidden, teacher_head, labels, tau, alpha,
         ignore_index, divergence, beta, row_scale, grad_scale, chunk_size, grad_hidden,
