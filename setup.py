@@ -7,17 +7,42 @@ selects its own target with ``#pragma GCC target`` and is chosen at run time (cs
 
 Environment knobs:
   LLMKERN_NO_CUDA=1      build the CPU extension only
+  LLMKERN_CUDA_FAMILIES  comma-separated CUDA kernel families to build (default: all of
+                         int8,kd,sparse24); bench/gpu_check.py drops one that fails to compile
   LLMKERN_SANITIZE=1     -fsanitize=address,undefined (CI sanitizer step)
   LLMKERN_DEBUG=1        -O0 -g
 """
 
 import glob
 import os
-
-from setuptools import setup
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+import shutil
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _cuda_home_beside_nvcc():
+    """torch takes CUDA_HOME, when unset, as the folder above the ``nvcc`` on PATH. Where that
+    nvcc is a wrapper (e.g. /usr/local/bin/nvcc calling the toolkit's), that folder holds no CUDA
+    headers and the torch glue fails on cuda_runtime.h: point CUDA_HOME at /usr/local/cuda."""
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    nvcc = shutil.which("nvcc")
+    beside = os.path.dirname(os.path.dirname(nvcc)) if nvcc else None
+    if beside and os.path.exists(os.path.join(beside, "include", "cuda_runtime.h")):
+        return
+    if os.path.exists("/usr/local/cuda/include/cuda_runtime.h"):
+        os.environ["CUDA_HOME"] = "/usr/local/cuda"
+
+
+_cuda_home_beside_nvcc()  # before torch.utils.cpp_extension reads it
+
+from setuptools import setup  # noqa: E402
+from torch.utils.cpp_extension import (  # noqa: E402
+    CUDA_HOME,
+    BuildExtension,
+    CppExtension,
+    CUDAExtension,
+)
 
 
 def _flag(name):
@@ -26,6 +51,21 @@ def _flag(name):
 
 def _sources(pattern):
     return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+
+
+CUDA_FAMILIES = ("int8", "kd", "sparse24")
+
+
+def _cuda_families():
+    """The CUDA kernel families to build: csrc/cuda/<family>.cu and <family>_ops.cpp each."""
+    value = os.environ.get("LLMKERN_CUDA_FAMILIES")
+    if value is None:
+        return CUDA_FAMILIES
+    chosen = tuple(f for f in value.split(",") if f)
+    unknown = sorted(set(chosen) - set(CUDA_FAMILIES))
+    if unknown:
+        raise SystemExit(f"LLMKERN_CUDA_FAMILIES: unknown {unknown}; choose from {CUDA_FAMILIES}")
+    return chosen
 
 
 def _want_cuda():
@@ -53,8 +93,10 @@ def extensions():
         ldflags += san
     sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
     include_dirs = [os.path.join(ROOT, "csrc")]
-    if _want_cuda():
-        sources += _sources("csrc/cuda/*.cu") + _sources("csrc/cuda/*.cpp")
+    families = _cuda_families()
+    if _want_cuda() and families:
+        for family in families:
+            sources += _sources(f"csrc/cuda/{family}.cu") + _sources(f"csrc/cuda/{family}_ops.cpp")
         # Ampere and Hopper SASS (the kernels need sm_80+: cp.async, int8 mma.sync, ldmatrix)
         # unless the builder asks for other architectures. No --use_fast_math: the kernels
         # rely on IEEE division and unfused multiplies where they must match the reference.

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
+from torch import nn
 
 LLC_BYTES = 32 * 2**20  # last-level cache of the development machines; override with LLMKERN_LLC_MB
 
@@ -113,12 +114,81 @@ def peak_mb(fn: Callable[[], object], device: str) -> float:
 
 
 def copy_bandwidth_gbs(nbytes: int = 256 * 2**20, reps: int = 5) -> float:
-    """Measured DRAM copy bandwidth (read + write bytes per second), for memory-bound floors."""
+    """Measured DRAM copy bandwidth (read + write bytes per second)."""
     src = torch.empty(nbytes, dtype=torch.uint8)
     dst = torch.empty_like(src)
     src.fill_(1)
     ms = time_fn(lambda i: dst.copy_(src), warmup=1, reps=reps, min_time_s=0.0)
     return 2 * nbytes / (ms * 1e-3) / 1e9
+
+
+def read_bandwidth_gbs(nbytes: int = 256 * 2**20, reps: int = 5) -> float:
+    """Measured DRAM read bandwidth (GB/s): a float32 sum over a buffer 8x the last-level cache,
+    on torch's threads. The floor of memory-bound work (decode, M <= 8) is its weight bytes / this."""
+    buf = torch.ones(max(nbytes, 8 * llc_bytes()) // 4, dtype=torch.float32)
+    ms = time_fn(lambda i: buf.sum(), warmup=1, reps=reps, min_time_s=0.0)
+    return buf.numel() * 4 / (ms * 1e-3) / 1e9
+
+
+def floor_ms(nbytes: int, bw_gbs: float) -> float:
+    """Milliseconds to read ``nbytes`` at ``bw_gbs`` (the bandwidth floor of a memory-bound call)."""
+    return nbytes / (bw_gbs * 1e9) * 1e3
+
+
+def goal_lines(checks: Sequence[tuple[str, str, float]]) -> list[str]:
+    """``(where, goal, ratio)`` -> one line each, ``ok`` when the measured ratio (goal margin) is
+    >= 1, else ``MISS``."""
+    return [
+        f"{'ok  ' if ratio >= 1 else 'MISS'} {where:<28} {goal:<50} margin {ratio:.2f}"
+        for where, goal, ratio in checks
+    ]
+
+
+# torch's own CPU alternatives, the baselines of the int8 rows (DESIGN.md "Measuring performance")
+
+
+def torch_dynamic_int8(module: nn.Module) -> nn.Module:
+    """``module`` with every nn.Linear swapped, in place, for torch.ao's dynamic int8 Linear
+    (FBGEMM: int8 weights per tensor, activations quantised per call, fp32 in and out); a bare
+    nn.Linear is left as it is and its quantised copy returned."""
+    import warnings
+
+    with warnings.catch_warnings():  # torch.ao.quantization is deprecated, still the baseline
+        warnings.simplefilter("ignore")
+        quantize = torch.ao.quantization.quantize_dynamic
+        if type(module) is nn.Linear:
+            return quantize(nn.Sequential(module), {nn.Linear}, torch.qint8, inplace=True)[0]
+        return quantize(module, {nn.Linear}, torch.qint8, inplace=True)
+
+
+def has_int8pack_mm() -> bool:
+    return hasattr(torch.ops.aten, "_weight_int8pack_mm")
+
+
+class TorchInt8PackLinear(nn.Module):
+    """Int8 weight-only linear on ``torch._weight_int8pack_mm``, torch's CPU kernel that
+    torchao and gpt-fast use: the same per-output-channel int8 weight as llmkern's
+    (``quantize_weight``). The op wants its scales in the activations' dtype: they are kept in
+    the linear's dtype (and follow ``module.to(dtype)``)."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        from llmkern.ops.int8 import quantize_weight
+
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        w = linear.weight.detach()
+        w_q, scale = quantize_weight(w.float())
+        self.register_buffer("weight_int8", w_q)
+        self.register_buffer("scales", scale.to(w.dtype))
+        bias = linear.bias
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, self.in_features)
+        out = torch._weight_int8pack_mm(x2, self.weight_int8, self.scales.to(x.dtype))
+        if self.bias is not None:
+            out = out + self.bias.to(out.dtype)
+        return out.reshape(*x.shape[:-1], self.out_features)
 
 
 @dataclass
@@ -140,16 +210,16 @@ class Row:
         return d
 
 
-def with_speedups(rows: Sequence[Row], baseline: str) -> list[Row]:
+def with_speedups(rows: Sequence[Row], baseline: str, same_dtype: bool = True) -> list[Row]:
     """Fill ``baseline``/``speedup_vs_baseline`` of each row from the row of impl ``baseline``
-    with the same op, shape and dtype (baseline time / row time)."""
-    base = {
-        (r.op, json.dumps(r.shape, sort_keys=True), r.dtype): r.median_ms
-        for r in rows
-        if r.impl == baseline
-    }
+    with the same op, shape and (if ``same_dtype``) dtype (baseline time / row time)."""
+
+    def key(r: Row) -> tuple:
+        return (r.op, json.dumps(r.shape, sort_keys=True), r.dtype if same_dtype else None)
+
+    base = {key(r): r.median_ms for r in rows if r.impl == baseline}
     for r in rows:
-        ref = base.get((r.op, json.dumps(r.shape, sort_keys=True), r.dtype))
+        ref = base.get(key(r))
         if ref is not None:
             r.baseline = baseline
             r.speedup_vs_baseline = round(ref / r.median_ms, 3) if r.median_ms > 0 else float("nan")
@@ -188,11 +258,22 @@ def environment() -> dict:
     return {
         "torch": torch.__version__,
         "triton": backends.triton_version(),
+        "cpu_model": backends.cpu_model(),
         "cpu_isa": backends.cpu_isa(),
         "threads": torch.get_num_threads(),
         "gpu": backends.gpu_info(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+
+
+def header() -> str:
+    """The line every benchmark prints first: its figures hold for this CPU and ISA path only."""
+    from llmkern import backends
+
+    return (
+        f"cpu {backends.cpu_model()}, isa {backends.cpu_isa()}, threads {torch.get_num_threads()}, "
+        f"torch {torch.__version__}"
+    )
 
 
 def bench_dir() -> str:

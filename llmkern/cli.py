@@ -28,6 +28,7 @@ def cmd_info(args) -> int:
             if isa == c.detected_isa()
             else f" (lowered by LLMKERN_CPU_ISA from {c.detected_isa()})"
         )
+        print(f"cpu       {backends.cpu_model()}")
         print(f"cpu isa   {isa}{note}, avx512_bf16={'yes' if c.has_avx512_bf16() else 'no'}")
         print(f"threads   {c.parallel_threads()}")
     else:
@@ -187,7 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_info)
     s = sub.add_parser("bench", help="run the microbenchmarks (bench/bench_*.py)")
     s.add_argument(
-        "--op", action="append", help="benchmark name(s), e.g. int8_gemm, sparse24, kd_loss"
+        "--op",
+        action="append",
+        help="benchmark name(s), e.g. int8_gemm, sparse24, kd_loss, decode (a Llama-shaped model)",
     )
     s.add_argument("--json", default="bench/results", help="folder for the JSON results")
     s.add_argument("--plot", action="store_true", help="also draw PNG plots of the speedups")

@@ -24,7 +24,7 @@ W8_TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
 
 def test_cuda_kernels_registered():
-    for op in ("quantize_per_token", "w8a8_matmul", "w8_matmul"):
+    for op in ("quantize_per_token", "w8a8_matmul", "w8_matmul", "w8a8_linear", "w8_linear"):
         assert "cuda" in kernels(op), f"no cuda kernel registered for {op}"
 
 
@@ -185,3 +185,39 @@ def test_w8_strided_and_misaligned_rows(m, layout):
     out = ops.w8_matmul(x, w_q, w_scale, None, 0, backend="cuda")
     ref = ops.w8_matmul(x, w_q, w_scale, None, 0, backend="reference")
     _assert_close_scaled(out, ref, torch.bfloat16)
+
+
+# ---------------------------------------------------------------------------------------------
+# Static activation scale (Int8Linear with input_scale): bit-exact quantisation, then W8A8
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "strided", "misaligned"])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_quantize_static_exact(dtype, layout):
+    x = _rows(37, 1000, dtype, layout=layout)
+    x[0, 3] = 500.0  # saturates
+    x[1, 7] = float("nan")
+    x_scale = torch.tensor(0.03, device=DEV)
+    q, s = torch.ops.llmkern_C.int8_quantize_per_token_cuda(x, x_scale)
+    q_ref, s_ref = ops.quantize_static_ref(x, x_scale)
+    assert torch.equal(q, q_ref)
+    assert torch.equal(s.nan_to_num(-1.0), s_ref.nan_to_num(-1.0))
+    for bad in (0.0, -1.0, float("inf")):  # unchecked on the GPU: NaN scales, NaN outputs
+        _, s = torch.ops.llmkern_C.int8_quantize_per_token_cuda(x, torch.tensor(bad, device=DEV))
+        assert s.isnan().all()
+
+
+@pytest.mark.parametrize("static", [False, True])
+@pytest.mark.parametrize("m", [1, 33, 512])
+def test_w8a8_linear_matches_reference(m, static):
+    n, k = 1000, 4096
+    x = (torch.randn(m, k, device=DEV) * 2).to(torch.bfloat16)
+    w_q = torch.randint(-127, 128, (n, k), dtype=torch.int8, device=DEV)
+    w_scale = torch.rand(n, device=DEV) / 100
+    bias = torch.randn(n, device=DEV)
+    x_scale = torch.tensor(0.02, device=DEV) if static else None
+    out = ops.w8a8_linear(x, w_q, w_scale, bias, x_scale, backend="cuda")
+    cpu = [t.cpu() if t is not None else None for t in (x, w_q, w_scale, bias, x_scale)]
+    ref = ops.w8a8_linear(*cpu, backend="reference")  # as _w8a8_reference_cpu
+    assert torch.equal(out.cpu(), ref)  # exact quantisation and int32 sums, same epilogue steps

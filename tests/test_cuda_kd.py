@@ -136,3 +136,21 @@ def test_kd_topk_duplicate_indices_and_no_labels():
     logprobs = torch.randn(4, 40, device=DEV)
     args = (student, idx, logprobs, None, 1.0, 0.5)
     _compare(_topk_op("cuda", *args), _topk_op("reference", *args))
+
+
+def test_unchecked_bad_labels_and_indices_give_nan_not_stray_reads():
+    """Without LLMKERN_DEBUG_CHECKS the labels are not read back on the GPU: the kernel must
+    not index with a bad one (compute-sanitizer would see it) and marks the row NaN."""
+    student = torch.randn(4, 300, device=DEV, dtype=torch.bfloat16)
+    teacher = torch.randn(4, 300, device=DEV, dtype=torch.bfloat16)
+    labels = torch.tensor([5, 300, -100, -3], device=DEV)
+    for alpha in (0.5, 1.0):
+        rows, grad = _rows_op("cuda", student, teacher, labels, 2.0, alpha, "kl")
+        assert rows[[1, 3]].isnan().all() and grad[[1, 3]].isnan().all()
+        assert torch.isfinite(rows[0]) and rows[2] == 0 and not grad[2].any()
+    idx = torch.randint(0, 300, (4, 16), device=DEV)
+    idx[2, 3] = 1 << 40
+    lp = torch.randn(4, 16, device=DEV).log_softmax(1)
+    rows, _ = torch.ops.llmkern.kd_loss_topk_rows(student, idx, lp, None, 1.0, 0.5, -100, True,
+                                                  "cuda")  # fmt: skip
+    assert rows[2].isnan() and torch.isfinite(rows[[0, 1, 3]]).all()

@@ -27,8 +27,10 @@ def test_dry_run_lists_every_step_from_the_command_line():
                          cwd=ROOT, timeout=60)  # fmt: skip
     assert out.returncode == 0, out.stderr
     text = out.stdout
-    for needle in ("environment", "build", "setup.py build_ext --inplace", "tests",
-                   "LLMKERN_TEST_GPU=1", "-m gpu", "--junitxml", "bench:int8", "bench:sparse24",
+    for needle in ("environment", "build", "setup.py build_ext --inplace", "smoke:int8",
+                   "smoke:sparse24", "smoke:kd", "tests:int8", "tests:other",
+                   "LLMKERN_TEST_GPU=1", "-m gpu", "--continue-on-collection-errors",
+                   "--junitxml", "bench:int8", "bench:sparse24",
                    "bench:kd", "w8a8_matmul (m=8192,n=8192,k=8192) vs torch._int_mm+epilogue",
                    "w8_matmul (m=1,n=4096,k=4096) vs F.linear bf16",
                    "sparse24_matmul (m=2048,n=4096,k=4096)",
@@ -39,14 +41,16 @@ def test_dry_run_lists_every_step_from_the_command_line():
 def test_dry_run_limits_add_up_to_the_budget(gc, capsys):
     assert gc.main(["--dry-run", "--time-budget", "300"]) == 0
     text = capsys.readouterr().out
-    assert "build [<= 135s]" in text and "tests [<= 105s]" in text
+    assert "build [<= 135s]" in text and "tests:kd [<= 26s]" in text  # 0.35 x 300 s / 4 groups
 
 
 def test_skips_quick_and_families_shape_the_plan(gc):
+    smoke = ["smoke:int8", "smoke:sparse24", "smoke:kd"]
+    tests = ["tests:int8", "tests:sparse24", "tests:kd", "tests:other"]
     names = [s["name"] for s in gc.plan(gc.parse_args(["--skip-build", "--families", "kd"]))]
-    assert names == ["environment", "tests", "bench:kd"]
+    assert names == ["environment", *smoke, *tests, "bench:kd"]
     names = [s["name"] for s in gc.plan(gc.parse_args(["--skip-tests", "--skip-bench"]))]
-    assert names == ["environment", "build"]
+    assert names == ["environment", "build", *smoke]
     quick = list(gc.cases("int8", quick=True))
     assert [op for op, _, _ in quick] == ["w8a8_matmul", "w8a8_linear", "w8_matmul"]
     assert {op: s for op, s, _ in gc.cases("kd", quick=True)}["fused_linear_kd_loss"]["n"] == 2048
@@ -120,3 +124,54 @@ def test_check_flags_mismatches(gc):
     assert "relative error" in gc._check(want * 1.1, want, 1e-2, "x")
     assert "non-finite" in gc._check(want * float("nan"), want, 1e-2, "x")
     assert "shape" in gc._check(torch.ones(4), want, 1e-2, "x")
+
+
+def test_test_files_are_grouped_by_kernel_family(gc):
+    groups = {g: gc.test_files(g) for g in gc.TEST_GROUPS}
+    assert "tests/test_cuda_int8.py" in groups["int8"] and "tests/test_int8_nn.py" in groups["int8"]
+    assert "tests/test_triton_sparse24.py" in groups["sparse24"]
+    assert "tests/test_cuda_kd.py" in groups["kd"] and "tests/test_gpu_paths.py" in groups["other"]
+    every = sorted(f for files in groups.values() for f in files)
+    assert len(every) == len(set(every))  # each file in one group
+    assert every == sorted(f"tests/{n}" for n in os.listdir(os.path.join(ROOT, "tests"))
+                           if n.startswith("test_") and n.endswith(".py"))  # fmt: skip
+
+
+def test_failed_cuda_families_are_read_from_the_build_log(gc):
+    log = (
+        "[3/22] c++ ... -c /r/csrc/cpu/isa.cpp -o /r/build/t/csrc/cpu/isa.o\n"
+        "FAILED: /r/build/t/csrc/cuda/sparse24_ops.o\n"
+        "/r/csrc/cuda/sparse24_ops.cpp:7:10: fatal error: cusparse.h: No such file or directory\n"
+        "/r/csrc/cuda/kd.cu(120): error: identifier undefined\n"
+        "FAILED: /r/build/t/csrc/cuda/int8.cuda.o\n"
+    )
+    assert gc.failed_cuda_families(log) == ["int8", "kd", "sparse24"]
+    assert gc.failed_cuda_families("FAILED: /r/build/t/csrc/cpu/isa.o\nerror: x") == []
+
+
+def test_json_is_written_whole_after_each_step(gc, tmp_path):
+    path = str(tmp_path / "r.json")
+    gc.write_json(path, {"steps": [{"name": "build"}], "complete": False})
+    gc.write_json(path, {"steps": [{"name": "build"}, {"name": "smoke:kd"}], "complete": False})
+    with open(path) as f:
+        data = __import__("json").load(f)
+    assert [s["name"] for s in data["steps"]] == ["build", "smoke:kd"] and not data["complete"]
+    assert os.listdir(tmp_path) == ["r.json"]  # no partial file left behind
+
+
+def test_children_import_llmkern_from_the_tree(gc, tmp_path):
+    """On the GPU machine llmkern is not pip-installed: every child finds it in the tree."""
+    rc, _, out = gc.run(
+        [sys.executable, "-c", "import llmkern, os; print(os.path.dirname(llmkern.__file__))"], 60
+    )
+    assert rc == 0 and out.strip().endswith(os.path.join(ROOT, "llmkern")), out
+
+
+def test_smoke_worker_reports_one_line_per_backend_without_crashing(gc):
+    """Without a GPU every backend is unavailable: the worker says so and exits 0."""
+    if torch.cuda.is_available():
+        pytest.skip("checks the no-GPU path")
+    rc, _, out = gc.run(gc.smoke_command("int8"), 120)
+    lines = [__import__("json").loads(ln) for ln in out.splitlines() if ln.startswith("{")]
+    assert rc == 0 and {d["backend"] for d in lines} == {"cuda", "triton"}, out
+    assert all(d["family"] == "int8" and d["status"].startswith("unavailable") for d in lines)

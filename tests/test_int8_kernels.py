@@ -87,6 +87,23 @@ def test_w8a8_int32_extremes_at_max_k(cpu_isa):
     assert torch.equal(out, want)
 
 
+@pytest.mark.parametrize("m", [1, 2, 4, 5])
+@pytest.mark.parametrize("min_weight", [False, True])
+def test_w8a8_few_rows_exact(cpu_isa, m, min_weight):
+    # Few rows take AVX2's vpmaddubsw kernel (|x| times w with x's sign moved onto w) unless a
+    # weight is -128, which vpsignb cannot negate; both routes must give the exact int32 sums,
+    # x = -128 and the largest pair sums (2 * 128 * 127) included. N = 200 ends in a partial panel.
+    k, n = 301, 200
+    x_q = torch.randint(-128, 128, (m, k), dtype=torch.int8)
+    x_q[:, :8] = -128
+    w_q = torch.randint(-127, 128, (n, k), dtype=torch.int8)
+    w_q[:, :8] = torch.tensor([127, -127] * 4, dtype=torch.int8)
+    if min_weight:
+        w_q[n // 2, k // 2] = -128
+    out = ops.w8a8_matmul(x_q, w_q, torch.ones(m), torch.ones(n), **CPU)
+    assert torch.equal(out, ops.int_matmul_ref(x_q, w_q).float())
+
+
 @pytest.mark.parametrize("m,k,n", GEMM_SHAPES)
 @pytest.mark.parametrize("out_dtype", FLOATS)
 @pytest.mark.parametrize("bias", [False, True])

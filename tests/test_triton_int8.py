@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import llmkern.ops as ops
+from llmkern.ops import int8 as int8_ops
 from llmkern.ops.int8 import quantize_per_token_ref
 
 pytest.importorskip("triton")
@@ -190,3 +191,85 @@ def test_gpu_quantize(dtype):
     q, s = ops.quantize_per_token(x, backend="triton")
     q_ref, s_ref = quantize_per_token_ref(x)
     assert torch.equal(q, q_ref) and torch.equal(s, s_ref)
+
+
+# ---------------------------------------------------------------------------------------------
+# Static activation scale (Int8Linear with input_scale): quantise with the given scale, then
+# W8A8; the linear ops w8a8_linear / w8_linear
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("k", [7, 200])  # 200 > the interpreter's one-pass block: two passes
+def test_quantize_static_exact(k, dtype):
+    from llmkern.ops.int8 import quantize_static_ref
+    from llmkern.triton.kernels.quantize import quantize_per_token
+
+    x = (torch.randn(6, k) * 3).to(dtype)
+    x[0, 0] = 40.0  # beyond 127 * scale: saturates at 127
+    x[1, k // 2] = float("inf")  # non-finite row: q 0, scale NaN
+    x[2] = 0.0
+    x[3, :] = 0.125 * torch.arange(k) - 1.5  # x / 0.25 lands on ties: rounded half to even
+    x_scale = torch.tensor(0.25)
+    q, s = quantize_per_token(x, x_scale)
+    q_ref, s_ref = quantize_static_ref(x, x_scale)
+    assert torch.equal(q, q_ref)
+    assert torch.equal(s.nan_to_num(-1.0), s_ref.nan_to_num(-1.0))
+    assert q[0, 0] == 127 and s[1].isnan() and not q[1].any() and (s[[0, 2, 3]] == 0.25).all()
+
+
+def test_quantize_static_unchecked_scales():
+    """What the GPU kernels do with scales the public functions reject on CPU tensors only: a
+    reciprocal that overflows (0 * inf) quantises to 0; a scale that is not finite and > 0
+    makes every scale NaN, so the GEMM output is NaN rather than silently wrong."""
+    from llmkern.ops.int8 import quantize_static_ref
+    from llmkern.triton.kernels.quantize import quantize_per_token
+
+    x = torch.randn(3, 40)
+    x[:, 0] = 0.0
+    tiny = torch.tensor(1e-40)  # 1 / tiny overflows float32
+    q, s = quantize_per_token(x, tiny)
+    q_ref, s_ref = quantize_static_ref(x, tiny)
+    assert torch.equal(q, q_ref) and not q[:, 0].any() and (q[:, 1:].abs() == 127).all()
+    for bad in (0.0, -0.5, float("nan"), float("inf")):
+        _, s = quantize_per_token(x, torch.tensor(bad))
+        assert s.isnan().all(), bad
+
+
+@pytest.mark.parametrize("static", [False, True])
+@pytest.mark.parametrize("m", [1, 19])  # GEMV and tiled GEMM
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_w8a8_linear(dtype, m, static):
+    n, k = 33, 96
+    x = (torch.randn(m, k) * 2).to(dtype)
+    w_q, w_scale = random_int8(n, k, low=-127), torch.rand(n) / 100 + 1e-3
+    x_scale = torch.tensor(0.03) if static else None
+    args = (x, w_q, w_scale, torch.randn(n), x_scale)
+    out = int8_ops.w8a8_linear(*args, backend="triton")
+    assert_close(out, int8_ops.w8a8_linear(*args, backend="reference"))
+
+
+@pytest.mark.parametrize("group_size", [0, 32])
+def test_w8_linear(group_size):
+    n, k = 13, 100
+    x = torch.randn(5, k).to(torch.bfloat16)
+    w_q = random_int8(n, k, low=-127)
+    args = (x, w_q, w_scales(n, k, group_size), torch.randn(n), group_size)
+    assert_close(
+        int8_ops.w8_linear(*args, backend="triton"), int8_ops.w8_linear(*args, backend="reference")
+    )
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("static", [False, True])
+@pytest.mark.parametrize("m", [1, 64, 1024])
+def test_gpu_w8a8_linear(m, static):
+    n, k = 1536, 4096
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    w_q, w_scale = random_int8(n, k, device="cuda", low=-127), torch.rand(n, device="cuda") / 100
+    x_scale = torch.tensor(0.02, device="cuda") if static else None
+    args = (x, w_q, w_scale, None, x_scale)
+    assert_close(
+        int8_ops.w8a8_linear(*args, backend="triton"),
+        int8_ops.w8a8_linear(*args, backend="reference"),
+    )

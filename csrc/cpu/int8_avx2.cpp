@@ -98,76 +98,84 @@ void quantize_row(const QuantizeArgs& a, int64_t r) {
     const __m256 clamped = _mm256_min_ps(_mm256_max_ps(v, lo), hi);
     __m256i q = _mm256_cvttps_epi32(_mm256_round_ps(clamped, kRne));
     const int64_t count = std::min<int64_t>(8, a.ld_q - c);
+    const int64_t elem = a.q_format == ActFormat::S16 ? 2 : 1;
+    uint8_t* dst = static_cast<uint8_t*>(a.q) + (r * a.ld_q + c) * elem;
     alignas(16) uint8_t tmp[16];
-    int64_t bytes = count;
+    uint8_t* to = count == 8 ? dst : tmp;  // whole vectors go straight to q
     switch (a.q_format) {
       case ActFormat::S8: {
         const __m128i w = _mm256_castsi256_si128(
             _mm256_permute4x64_epi64(_mm256_packs_epi32(q, q), 0xd8));
-        _mm_storel_epi64(reinterpret_cast<__m128i*>(tmp), _mm_packs_epi16(w, w));
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(to), _mm_packs_epi16(w, w));
         break;
       }
       case ActFormat::U8: {
         const __m128i w = narrow16(_mm256_add_epi32(q, _mm256_set1_epi32(128)));
-        _mm_storel_epi64(reinterpret_cast<__m128i*>(tmp), _mm_packus_epi16(w, w));
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(to), _mm_packus_epi16(w, w));
         break;
       }
       case ActFormat::S16:
-        _mm_store_si128(reinterpret_cast<__m128i*>(tmp),
-                        _mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packs_epi32(q, q), 0xd8)));
-        bytes = count * 2;
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(to),
+                         _mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packs_epi32(q, q), 0xd8)));
         break;
     }
-    const int64_t elem = a.q_format == ActFormat::S16 ? 2 : 1;
-    std::memcpy(static_cast<uint8_t*>(a.q) + (r * a.ld_q + c) * elem, tmp, bytes);
+    if (to == tmp) std::memcpy(dst, tmp, count * elem);
   }
 }
 
+// The 8 bytes at p in every 64-bit lane, loaded anew at each use: an asm statement, so that the
+// compiler cannot keep it in a register (the W8A8 kernel needs every register for accumulators).
+inline __m256i broadcast8(const void* p) {
+  __m256i v;
+  __asm__ volatile("vpbroadcastq %1, %0" : "=x"(v) : "m"(*static_cast<const int64_t*>(p)));
+  return v;
+}
+
 // W8A8 micro-kernel: rows [m, m + MR) x 16-channel vectors [v0, v0 + NV) of panel p. Each
-// 16-byte quarter of a 64-byte weight vector (4 channels x 4 k) is widened to int16 and
-// multiplied by 4 broadcast int16 activations with vpmaddwd (two partial sums per channel).
+// 16-byte quarter of a 64-byte weight vector (4 channels x 4 k) is widened to int16 once and
+// multiplied by the MR rows' 4 broadcast int16 activations with vpmaddwd (two partial sums
+// per channel, added pairwise in the epilogue).
 template <int MR, int NV>
 struct W8a8S16 {
   static void run(const W8a8Args& a, int64_t m, int64_t p, int64_t width, int64_t v0) {
     const int16_t* x = static_cast<const int16_t*>(a.a) + m * a.kp;
     const int8_t* b = a.w + p * kPanel * a.kp + v0 * 64;
-    __m256i acc[MR][NV][4];
+    __m256i acc[MR][NV * 4];
     _Pragma("GCC unroll 32")
     for (int r = 0; r < MR; ++r)
       _Pragma("GCC unroll 32")
-      for (int v = 0; v < NV; ++v)
-        _Pragma("GCC unroll 32")
-        for (int q = 0; q < 4; ++q) acc[r][v][q] = _mm256_setzero_si256();
-    for (int64_t kk = 0; kk < a.kp / 4; ++kk) {
-      __m256i w[NV][4];
+      for (int q = 0; q < NV * 4; ++q) acc[r][q] = _mm256_setzero_si256();
+    const int64_t kk_end = a.kp / 4;
+    for (int64_t kk = 0; kk < kk_end; ++kk) {
+      // Rows but the last keep their broadcast activations in registers; the last row's are
+      // broadcast again per quarter (a load), which leaves room for all 4 * MR accumulators.
+      __m256i xb[MR];
       _Pragma("GCC unroll 32")
-      for (int v = 0; v < NV; ++v)
-        _Pragma("GCC unroll 32")
-        for (int q = 0; q < 4; ++q)
-          w[v][q] = _mm256_cvtepi8_epi16(_mm_loadu_si128(
-              reinterpret_cast<const __m128i*>(b + (kk * width + v * 16 + q * 4) * 4)));
-      _Pragma("GCC unroll 32")
-      for (int r = 0; r < MR; ++r) {
+      for (int r = 0; r < MR - 1; ++r) {
         int64_t four;
         std::memcpy(&four, x + r * a.kp + kk * 4, 8);
-        const __m256i xb = _mm256_set1_epi64x(four);
+        xb[r] = _mm256_set1_epi64x(four);
+      }
+      const int8_t* bk = b + kk * width * 4;
+      _Pragma("GCC unroll 32")
+      for (int q = 0; q < NV * 4; ++q) {
+        const __m256i w = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bk + q * 16)));
         _Pragma("GCC unroll 32")
-        for (int v = 0; v < NV; ++v)
-          _Pragma("GCC unroll 32")
-          for (int q = 0; q < 4; ++q)
-            acc[r][v][q] = _mm256_add_epi32(acc[r][v][q], _mm256_madd_epi16(w[v][q], xb));
+        for (int r = 0; r < MR - 1; ++r) acc[r][q] = _mm256_add_epi32(acc[r][q], _mm256_madd_epi16(w, xb[r]));
+        acc[MR - 1][q] = _mm256_add_epi32(acc[MR - 1][q], _mm256_madd_epi16(w, broadcast8(x + (MR - 1) * a.kp + kk * 4)));
       }
     }
     _Pragma("GCC unroll 32")
     for (int r = 0; r < MR; ++r)
       _Pragma("GCC unroll 32")
       for (int v = 0; v < NV; ++v)
+        _Pragma("GCC unroll 2")
         for (int h = 0; h < 2; ++h) {
           const int64_t n0 = p * kPanel + (v0 + v) * 16 + h * 8;
           if (n0 >= a.n) continue;
           const int64_t count = std::min<int64_t>(8, a.n - n0);
           const __m256i sum = _mm256_permute4x64_epi64(
-              _mm256_hadd_epi32(acc[r][v][2 * h], acc[r][v][2 * h + 1]), 0xd8);
+              _mm256_hadd_epi32(acc[r][4 * v + 2 * h], acc[r][4 * v + 2 * h + 1]), 0xd8);
           const int64_t row = m + r;
           __m256 out = _mm256_cvtepi32_ps(sum);
           out = _mm256_mul_ps(out, _mm256_set1_ps(a.x_scale[row]));
@@ -178,33 +186,90 @@ struct W8a8S16 {
   }
 };
 
+// W8A8 micro-kernel for few rows (memory-bound): rows [m, m + MR) x 8-channel vectors
+// [v0, v0 + NV8) of panel p, reading each 32-byte weight vector (8 channels x 4 k) as it lies.
+// vpmaddubsw multiplies unsigned by signed bytes: |x| times w with x's sign moved onto w
+// (vpsignb) gives exact pair sums (|x| <= 128, |w| <= 127: at most 32512), widened by vpmaddwd
+// with ones. Needs a packed weight without -128 (vpsignb cannot negate it).
+template <int MR, int NV8>
+struct W8a8Sign {
+  static void run(const W8a8Args& a, int64_t m, int64_t p, int64_t width, int64_t v0) {
+    const int16_t* x = static_cast<const int16_t*>(a.a) + m * a.kp;
+    const int8_t* b = a.w + p * kPanel * a.kp + v0 * 32;
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i acc[MR][NV8];
+    _Pragma("GCC unroll 32")
+    for (int r = 0; r < MR; ++r)
+      _Pragma("GCC unroll 32")
+      for (int v = 0; v < NV8; ++v) acc[r][v] = _mm256_setzero_si256();
+    const int64_t kk_end = a.kp / 4, stride = width * 4;
+    for (int64_t kk = 0; kk < kk_end; ++kk) {
+      const int8_t* bk = b + kk * stride;
+      _mm_prefetch(reinterpret_cast<const char*>(bk + 8 * stride), _MM_HINT_T0);
+      __m256i xs[MR], xa[MR];
+      _Pragma("GCC unroll 32")
+      for (int r = 0; r < MR; ++r) {
+        const __m128i x16 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(x + r * a.kp + kk * 4));
+        xs[r] = _mm256_broadcastd_epi32(_mm_packs_epi16(x16, x16));
+        xa[r] = _mm256_abs_epi8(xs[r]);
+      }
+      _Pragma("GCC unroll 32")
+      for (int v = 0; v < NV8; ++v) {
+        const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bk + v * 32));
+        _Pragma("GCC unroll 32")
+        for (int r = 0; r < MR; ++r) {
+          const __m256i pairs = _mm256_maddubs_epi16(xa[r], _mm256_sign_epi8(w, xs[r]));
+          acc[r][v] = _mm256_add_epi32(acc[r][v], _mm256_madd_epi16(pairs, ones));
+        }
+      }
+    }
+    _Pragma("GCC unroll 32")
+    for (int r = 0; r < MR; ++r)
+      _Pragma("GCC unroll 32")
+      for (int v = 0; v < NV8; ++v) {
+        const int64_t n0 = p * kPanel + (v0 + v) * 8;
+        if (n0 >= a.n) continue;
+        const int64_t count = std::min<int64_t>(8, a.n - n0);
+        const int64_t row = m + r;
+        __m256 out = _mm256_cvtepi32_ps(acc[r][v]);
+        out = _mm256_mul_ps(out, _mm256_set1_ps(a.x_scale[row]));
+        out = _mm256_mul_ps(out, load_f32(a.w_scale + n0, count));
+        if (a.bias) out = _mm256_add_ps(out, load_f32(a.bias + n0, count));
+        store8(a.out, a.out_dtype, row * a.ld_out + n0, out, count);
+      }
+  }
+};
+
 // Weight-only micro-kernel: rows [m, m + MR) x 16-channel vectors [v0, v0 + NV) of panel p.
-template <int MR, int NV>
+// Products are summed unscaled within a scale group and scaled once per group; with per-channel
+// scales (one group) that is once, in the epilogue, so the inner loop is convert + FMA.
+template <int MR, int NV, bool Grouped>
 struct W8Kernel {
   static void run(const W8Args& a, int64_t m, int64_t p, int64_t width, int64_t v0) {
     const int8_t* b = a.w + p * kPanel * a.k + v0 * 16;
     const float* s = a.scales + p * kPanel * a.groups + v0 * 16;
     const float* x = a.x_row(m);
     __m256 acc[MR][2 * NV];
-    _Pragma("GCC unroll 32")
-    for (int r = 0; r < MR; ++r)
-      _Pragma("GCC unroll 32")
-      for (int v = 0; v < 2 * NV; ++v) acc[r][v] = _mm256_setzero_ps();
+    zero(acc);
     for (int64_t g = 0; g < a.groups; ++g) {
-      const float* sg = s + g * width;
-      const int64_t k_end = std::min(a.k, (g + 1) * a.group_size);
-      for (int64_t k = g * a.group_size; k < k_end; ++k) {
-        __m256 wv[2 * NV];
+      const int64_t k0 = g * a.group_size, k1 = std::min(a.k, k0 + a.group_size);
+      if constexpr (Grouped) {
+        __m256 part[MR][2 * NV];
+        zero(part);
+        dot(a, b, x, k0, k1, width, part);
         _Pragma("GCC unroll 32")
         for (int v = 0; v < 2 * NV; ++v) {
-          const __m128i w8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(b + k * width + v * 8));
-          wv[v] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(w8)), _mm256_loadu_ps(sg + v * 8));
-        }
-        _Pragma("GCC unroll 32")
-        for (int r = 0; r < MR; ++r) {
-          const __m256 xb = _mm256_set1_ps(x[k * a.x_rows + r]);
+          const __m256 sv = _mm256_loadu_ps(s + g * width + v * 8);
           _Pragma("GCC unroll 32")
-          for (int v = 0; v < 2 * NV; ++v) acc[r][v] = _mm256_fmadd_ps(xb, wv[v], acc[r][v]);
+          for (int r = 0; r < MR; ++r) acc[r][v] = _mm256_fmadd_ps(part[r][v], sv, acc[r][v]);
+        }
+      } else {
+        dot(a, b, x, k0, k1, width, acc);
+        _Pragma("GCC unroll 32")
+        for (int v = 0; v < 2 * NV; ++v) {
+          const __m256 sv = _mm256_loadu_ps(s + v * 8);
+          _Pragma("GCC unroll 32")
+          for (int r = 0; r < MR; ++r) acc[r][v] = _mm256_mul_ps(acc[r][v], sv);
         }
       }
     }
@@ -220,7 +285,37 @@ struct W8Kernel {
         store8(a.out, a.out_dtype, (m + r) * a.ld_out + n0, out, count);
       }
   }
+
+  static void zero(__m256 (&acc)[MR][2 * NV]) {
+    _Pragma("GCC unroll 32")
+    for (int r = 0; r < MR; ++r)
+      _Pragma("GCC unroll 32")
+      for (int v = 0; v < 2 * NV; ++v) acc[r][v] = _mm256_setzero_ps();
+  }
+
+  // acc += x[:, k0:k1] * w[k0:k1, channels] (unscaled int8 weights).
+  static void dot(const W8Args& a, const int8_t* b, const float* x, int64_t k0, int64_t k1,
+                  int64_t width, __m256 (&acc)[MR][2 * NV]) {
+    for (int64_t k = k0; k < k1; ++k) {
+      _mm_prefetch(reinterpret_cast<const char*>(b + (k + 16) * width), _MM_HINT_T0);
+      __m256 wv[2 * NV];
+      _Pragma("GCC unroll 32")
+      for (int v = 0; v < 2 * NV; ++v)
+        wv[v] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
+            _mm_loadl_epi64(reinterpret_cast<const __m128i*>(b + k * width + v * 8))));
+      _Pragma("GCC unroll 32")
+      for (int r = 0; r < MR; ++r) {
+        const __m256 xb = _mm256_set1_ps(x[k * a.x_rows + r]);
+        _Pragma("GCC unroll 32")
+        for (int v = 0; v < 2 * NV; ++v) acc[r][v] = _mm256_fmadd_ps(xb, wv[v], acc[r][v]);
+      }
+    }
+  }
 };
+template <int MR, int NV>
+using W8PerChannel = W8Kernel<MR, NV, false>;
+template <int MR, int NV>
+using W8Grouped = W8Kernel<MR, NV, true>;
 
 }  // namespace
 
@@ -234,12 +329,33 @@ void quantize_rows_avx2(const QuantizeArgs& a, int64_t r0, int64_t r1) {
   }
 }
 
+// Row tiles of at most this many rows take the vpmaddubsw kernel, one row at a time (measured
+// faster up to M = 4 on 4096x4096; with more rows vpmaddwd on weights widened once per 3 rows
+// wins).
+constexpr int64_t kSignRows = 4;
+
 void w8a8_tile_avx2(const W8a8Args& a, int64_t m0, int64_t m1, int64_t p0, int64_t p1) {
-  run_tiles<2, 1, W8a8S16>(a, m0, m1, p0, p1);
+  if (m1 - m0 <= kSignRows && !a.w_has_min) {
+    // One row at a time over whole panels: the panel streams from memory for the first row
+    // and from L2 for the others.
+    static const auto table = kernel_table<W8a8Sign, W8a8Args, 8>(std::make_integer_sequence<int, 8>{});
+    const int64_t n_pad = round_up(a.n, kLane);
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t nv8 = std::min(kPanel, n_pad - p * kPanel) / 8;
+      for (int64_t m = m0; m < m1; ++m) table[nv8 - 1](a, m, p, nv8 * 8, 0);
+    }
+    return;
+  }
+  run_tiles<3, 1, W8a8S16>(a, m0, m1, p0, p1);
 }
 
 void w8_tile_avx2(const W8Args& a, int64_t m0, int64_t m1, int64_t p0, int64_t p1) {
-  run_tiles<2, 2, W8Kernel>(a, m0, m1, p0, p1);
+  if (a.groups > 1)
+    run_tiles<1, 2, W8Grouped>(a, m0, m1, p0, p1);  // accumulators twice: per group and total
+  else if (m1 - m0 == 1)
+    run_tiles<1, 4, W8PerChannel>(a, m0, m1, p0, p1);  // whole 64-byte panel rows, in order
+  else
+    run_tiles<2, 2, W8PerChannel>(a, m0, m1, p0, p1);
 }
 
 }  // namespace llmkern::int8

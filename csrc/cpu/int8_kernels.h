@@ -22,8 +22,8 @@ enum class ActFormat : int32_t { S8 = 0, U8 = 1, S16 = 2 };
 
 constexpr int64_t kPanel = 64;  // output channels per weight panel (4 zmm of 16 lanes)
 constexpr int64_t kLane = 16;   // N is padded to a multiple of this inside a packed weight
-constexpr int64_t kHeaderBytes = 64;
-constexpr int64_t kMagic = 0x38494b4c4d4c4c;  // "LLMLKI8"
+constexpr int64_t kHeaderBytes = 128;
+constexpr int64_t kMagic = 0x39494b4c4d4c4c;  // "LLMLKI9" (layout version 2: w_has_min)
 constexpr int64_t kKindW8A8 = 1;
 constexpr int64_t kKindW8 = 2;
 
@@ -39,6 +39,7 @@ struct PackedHeader {
   int64_t groups;      // W8: ceil(K / group_size); W8A8: 0
   int64_t aux_offset;  // byte offset of the int32 compensation (W8A8) or float scales (W8)
   int64_t nbytes;      // total size of the buffer
+  int64_t w_has_min;   // W8A8: 1 when some weight is -128 (see W8a8Args::w_has_min); W8: 0
 };
 static_assert(sizeof(PackedHeader) <= kHeaderBytes, "header must fit its slot");
 
@@ -50,7 +51,7 @@ static_assert(sizeof(PackedHeader) <= kHeaderBytes, "header must fit its slot");
 int64_t w8a8_packed_bytes(int64_t n, int64_t k);
 // Packing: the header (and zeroed padding) first, then panels [p0, p1) (independent, so the
 // glue packs them in parallel).
-void pack_w8a8_header(int64_t n, int64_t k, uint8_t* dst);
+void pack_w8a8_header(int64_t n, int64_t k, bool w_has_min, uint8_t* dst);
 void pack_w8a8_panels(const int8_t* w, uint8_t* dst, int64_t p0, int64_t p1);
 
 // W8 (weight-only) layout: N padded to 16, panels of 64 channels, one k per row of a panel:
@@ -109,6 +110,7 @@ struct W8a8Args {
   void* out;
   DType out_dtype;
   int64_t ld_out;
+  bool w_has_min;  // a weight is -128: kernels that move x's sign onto w (vpsignb) cannot run
 };
 
 // out[m, n] = sum_k x[m, k] * (w[n, k] * scale[n, k / group_size]) + bias[n], cast to

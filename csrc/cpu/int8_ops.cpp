@@ -96,7 +96,7 @@ PackedHeader read_header(const at::Tensor& packed, int64_t kind) {
               "llmkern int8: not a packed ", kind == kKindW8A8 ? "W8A8" : "W8",
               " weight of this layout version (repack it)");
   if (kind == kKindW8A8) {
-    TORCH_CHECK(h.nbytes == w8a8_packed_bytes(h.n, h.k) &&
+    TORCH_CHECK(h.nbytes == w8a8_packed_bytes(h.n, h.k) && (h.w_has_min == 0 || h.w_has_min == 1) &&
                     h.aux_offset == kHeaderBytes + round_up(round_up(h.n, kLane) * round_up(h.k, 4), 64),
                 "llmkern int8: corrupt packed W8A8 weight header");
   } else {
@@ -125,7 +125,7 @@ at::Tensor pack_w8a8_op(const at::Tensor& w_q) {
   const at::Tensor w = w_q.contiguous();
   const int64_t n = w.size(0), k = w.size(1);
   at::Tensor out = at::empty({w8a8_packed_bytes(n, k)}, w.options().dtype(at::kByte));
-  pack_w8a8_header(n, k, out.data_ptr<uint8_t>());
+  pack_w8a8_header(n, k, w.eq(-128).any().item<bool>(), out.data_ptr<uint8_t>());
   at::parallel_for(0, panel_count(n), 1, [&](int64_t p0, int64_t p1) {
     pack_w8a8_panels(w.data_ptr<int8_t>(), out.data_ptr<uint8_t>(), p0, p1);
   });
@@ -197,7 +197,8 @@ at::Tensor w8a8_run(Isa isa, const at::Tensor& act, const at::Tensor& x_scale, c
                    b.defined() ? b.data_ptr<float>() : nullptr,
                    out.data_ptr(),
                    dtype_of(out_dtype),
-                   h.n};
+                   h.n,
+                   h.w_has_min != 0};
   for_each_tile(m, h.n, a.kp, [&](int64_t m0, int64_t m1, int64_t p) { w8a8_tile(isa, a, m0, m1, p); });
   return out;
 }

@@ -62,9 +62,9 @@ int64_t w8a8_packed_bytes(int64_t n, int64_t k) {
   return kHeaderBytes + round_up(n_pad * round_up(k, 4), 64) + n_pad * 4;
 }
 
-void pack_w8a8_header(int64_t n, int64_t k, uint8_t* dst) {
+void pack_w8a8_header(int64_t n, int64_t k, bool w_has_min, uint8_t* dst) {
   const int64_t aux = kHeaderBytes + round_up(round_up(n, kLane) * round_up(k, 4), 64);
-  const PackedHeader h{kMagic, kKindW8A8, n, k, 0, 0, aux, w8a8_packed_bytes(n, k)};
+  const PackedHeader h{kMagic, kKindW8A8, n, k, 0, 0, aux, w8a8_packed_bytes(n, k), w_has_min};
   std::memset(dst, 0, h.nbytes);
   std::memcpy(dst, &h, sizeof(h));
 }
@@ -104,7 +104,7 @@ void pack_w8_header(int64_t n, int64_t k, int64_t group_size, uint8_t* dst) {
   const int64_t gs = group_size == 0 ? k : group_size;
   const int64_t groups = (k + gs - 1) / gs;
   const int64_t aux = kHeaderBytes + round_up(round_up(n, kLane) * k, 64);
-  const PackedHeader h{kMagic, kKindW8, n, k, gs, groups, aux, w8_packed_bytes(n, k, groups)};
+  const PackedHeader h{kMagic, kKindW8, n, k, gs, groups, aux, w8_packed_bytes(n, k, groups), 0};
   std::memset(dst, 0, h.nbytes);
   std::memcpy(dst, &h, sizeof(h));
 }

@@ -113,6 +113,15 @@ double finish_stats(RowArgs& a, const RowStats& st, const Setup& s, const at::Te
   return (static_cast<double>(st.mz) - element(student, r, y)) + a.log_sum_1;
 }
 
+// NaN gradient rows where `undefined` is set (an empty flag vector: none).
+void fill_undefined_rows(at::Tensor& grad, const std::vector<uint8_t>& undefined) {
+  if (grad.numel() == 0 || std::find(undefined.begin(), undefined.end(), 1) == undefined.end())
+    return;
+  at::Tensor mask = at::empty({static_cast<int64_t>(undefined.size())}, at::kBool);
+  std::memcpy(mask.data_ptr<bool>(), undefined.data(), undefined.size());
+  grad.masked_fill_(mask.unsqueeze(1), NAN);
+}
+
 std::tuple<at::Tensor, at::Tensor> kd_loss_rows(const at::Tensor& student_in,
                                                 const at::Tensor& teacher_in,
                                                 const c10::optional<at::Tensor>& labels, double tau,
@@ -138,6 +147,10 @@ std::tuple<at::Tensor, at::Tensor> kd_loss_rows(const at::Tensor& student_in,
   float* loss = rows.data_ptr<float>();
   const DType v_type = storage_type(teacher);
   const int64_t row_bytes = s.v * student.element_size();
+  // Rows whose teacher defines no distribution (NaN / +inf entry, or all -inf): NaN loss and
+  // gradient, as the reference (llmkern/ops/kd.py). A defined row has sum_p >= 1 (its maximum
+  // contributes exp(0) = 1); such a teacher gives NaN (exp propagates it) or 0.
+  std::vector<uint8_t> undefined(kd ? s.n : 0, 0);
 
   at::parallel_for(0, s.n, 1, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
@@ -154,6 +167,11 @@ std::tuple<at::Tensor, at::Tensor> kd_loss_rows(const at::Tensor& student_in,
       a.ce = ce;
       a.beta = static_cast<float>(beta);
       const RowStats st = K.stats(a.z, a.z_type, a.v, a.v_type, s.v, s.t, flags);
+      if (kd && !(st.sum_p >= 1.0f)) {
+        loss[r] = NAN;
+        undefined[r] = 1;
+        continue;
+      }
       const double ce_term = finish_stats(a, st, s, student, r, y);
       double div = 0.0;
       if (kd) {
@@ -181,6 +199,7 @@ std::tuple<at::Tensor, at::Tensor> kd_loss_rows(const at::Tensor& student_in,
       K.grad(a);
     }
   });
+  fill_undefined_rows(grad, undefined);
   return {rows, grad};
 }
 

@@ -1,6 +1,7 @@
 // AVX2 2:4 kernels. AVX2 has no two-source permute, so each half chunk (4 groups: 16 x columns,
-// 8 kept values) permutes both 8-column halves of x with one index vector and blends: kept
-// values 0-3 come from the low half, 4-7 from the high half.
+// 8 kept values) picks from two x vectors with one index vector and blends: float lanes with
+// in-lane vpermilps from lane-arranged x (FloatLanes::load_x), int lanes with vpermd from the
+// low and high 8 columns.
 #pragma GCC target("avx2,fma,f16c")
 #include <immintrin.h>
 
@@ -53,10 +54,21 @@ struct FloatLanes {
   using Vec = __m256;
   using Out = float;
   static Vec zero() { return _mm256_setzero_ps(); }
-  static Vec load_x(const float* p) { return _mm256_loadu_ps(p); }
+  // The 16 x columns of a half chunk as two sources that in-lane vpermilps can pick from
+  // (cross-lane permutes are slow on AMD): kept values 0-1 and 4-5 come from xa, whose 128-bit
+  // halves hold columns 0-3 and 8-11, kept values 2-3 and 6-7 from xb (columns 4-7 and 12-15).
+  static void load_x(const float* p, Vec& xa, Vec& xb) {
+    xa = _mm256_loadu2_m128(p + 8, p);
+    xb = _mm256_loadu2_m128(p + 12, p + 4);
+  }
+  // Lane j selects position (meta16 >> 2j) & 3 of its group (vpermilps reads the low 2 bits).
+  static __m256i index(uint32_t meta16) {
+    const __m256i shifts = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
+    return _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(meta16)), shifts);
+  }
   static Vec load_w(const S* p) { return V::load(p); }
-  static Vec madd(Vec acc, Vec xl, __m256i idx, Vec xh, Vec w) {
-    const Vec g = _mm256_blend_ps(_mm256_permutevar8x32_ps(xl, idx), _mm256_permutevar8x32_ps(xh, idx), 0xF0);
+  static Vec madd(Vec acc, Vec xa, __m256i idx, Vec xb, Vec w) {
+    const Vec g = _mm256_blend_ps(_mm256_permutevar_ps(xa, idx), _mm256_permutevar_ps(xb, idx), 0xCC);
     return _mm256_fmadd_ps(g, w, acc);
   }
   static Out sum(Vec v) {
@@ -76,6 +88,11 @@ struct IntLanes {
   static Vec load_x(const int8_t* p) {
     return _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
   }
+  static void load_x(const int8_t* p, Vec& xl, Vec& xh) {
+    xl = load_x(p);
+    xh = load_x(p + 8);
+  }
+  static __m256i index(uint32_t meta16) { return half_index(meta16); }
   static Vec load_w(const int8_t* p) { return load_x(p); }
   static Vec madd(Vec acc, Vec xl, __m256i idx, Vec xh, Vec w) {
     const Vec g = _mm256_blend_epi32(_mm256_permutevar8x32_epi32(xl, idx), _mm256_permutevar8x32_epi32(xh, idx), 0xF0);
@@ -101,12 +118,9 @@ struct Kernel {
                           const S* const (&v)[NR], const uint32_t (&mw)[NR]) {
     for (int h = 0; h < 2; ++h) {
       Vec xl[MR], xh[MR];
-      for (int i = 0; i < MR; ++i) {
-        xl[i] = L::load_x(x[i] + 32 * c + 16 * h);
-        xh[i] = L::load_x(x[i] + 32 * c + 16 * h + 8);
-      }
+      for (int i = 0; i < MR; ++i) L::load_x(x[i] + 32 * c + 16 * h, xl[i], xh[i]);
       for (int r = 0; r < NR; ++r) {
-        const __m256i idx = half_index(mw[r] >> (16 * h));
+        const __m256i idx = L::index(mw[r] >> (16 * h));
         const Vec w = L::load_w(v[r] + 8 * h);
         for (int i = 0; i < MR; ++i) acc[r][i] = L::madd(acc[r][i], xl[i], idx, xh[i], w);
       }

@@ -18,10 +18,13 @@ namespace {
 constexpr int kQuantThreads = 256;
 
 // E elements per thread access (E = 1 when the rows are not aligned for wider accesses).
+// static_scale != nullptr: static quantisation with that per-tensor scale (the absmax pass still
+// runs: it finds the rows with a non-finite value).
 template <class T, int E>
 __global__ void __launch_bounds__(kQuantThreads)
     quantize_rows_kernel(const T* __restrict__ x, int64_t ld_x, int8_t* __restrict__ q,
-                         int64_t ld_q, float* __restrict__ scale, int64_t K) {
+                         int64_t ld_q, float* __restrict__ scale,
+                         const float* __restrict__ static_scale, int64_t K) {
   __shared__ float scratch[kQuantThreads / kWarp];
   const int64_t row = blockIdx.x;
   const T* xr = x + row * ld_x;
@@ -41,25 +44,34 @@ __global__ void __launch_bounds__(kQuantThreads)
   }
   amax = block_reduce<kQuantThreads>(amax, scratch, MaxOp{});
   const bool finite = !__syncthreads_or(nan) && amax != __int_as_float(0x7f800000);
-  const bool positive = finite && amax > 0.0f;
-  // As the reference (ieee_div): correctly rounded divisions; a tiny row whose 127 / absmax
-  // overflows quantises like a zero row.
-  const float r = positive ? __fdiv_rn(127.0f, amax) : 0.0f;
-  const bool usable = positive && r <= 3.4028234663852886e38f;
-  const float inv = usable ? r : 0.0f;
-  if (threadIdx.x == 0)
-    scale[row] = !finite ? __int_as_float(0x7fc00000) : usable ? __fdiv_rn(amax, 127.0f)
-                                                                 : 1.0f;
+  float inv, row_scale;
+  if (static_scale != nullptr) {
+    const float s = *static_scale;
+    inv = __fdiv_rn(1.0f, s);
+    // A scale that is not finite and > 0 (unchecked on the GPU): NaN outputs, not wrong ones.
+    row_scale = s > 0.0f && s <= 3.4028234663852886e38f ? s : __int_as_float(0x7fc00000);
+  } else {
+    const bool positive = finite && amax > 0.0f;
+    // As the reference (ieee_div): correctly rounded divisions; a tiny row whose 127 / absmax
+    // overflows quantises like a zero row.
+    const float r = positive ? __fdiv_rn(127.0f, amax) : 0.0f;
+    const bool usable = positive && r <= 3.4028234663852886e38f;
+    inv = usable ? r : 0.0f;
+    row_scale = usable ? __fdiv_rn(amax, 127.0f) : 1.0f;
+  }
+  if (threadIdx.x == 0) scale[row] = finite ? row_scale : __int_as_float(0x7fc00000);
   for (int64_t i = threadIdx.x; i < n_vec; i += kQuantThreads) {
     float v[E];
     load_floats<T, E>(xr + i * E, v);
     Pack<int8_t, E> out;
 #pragma unroll
     for (int e = 0; e < E; ++e) {
-      float r = rintf(__fmul_rn(v[e], inv));
-      r = fminf(fmaxf(r, -127.0f), 127.0f);
-      // NaN (0 * inf when absmax underflows the reciprocal) converts to 0, as in torch.
-      out.v[e] = (!finite || r != r) ? int8_t(0) : static_cast<int8_t>(__float2int_rn(r));
+      const float r = rintf(__fmul_rn(v[e], inv));
+      // NaN here is 0 * inf (a static scale whose reciprocal overflows): 0, as the reference.
+      // Tested before the clamp, which would turn NaN into -127.
+      out.v[e] = (!finite || r != r)
+                     ? int8_t(0)
+                     : static_cast<int8_t>(__float2int_rn(fminf(fmaxf(r, -127.0f), 127.0f)));
     }
     *reinterpret_cast<Pack<int8_t, E>*>(qr + i * E) = out;
   }
@@ -67,14 +79,17 @@ __global__ void __launch_bounds__(kQuantThreads)
 
 template <class T>
 cudaError_t launch_quantize(const T* x, int64_t ld_x, int8_t* q, int64_t ld_q, float* scale,
-                            int64_t M, int64_t K, cudaStream_t stream) {
+                            const float* static_scale, int64_t M, int64_t K,
+                            cudaStream_t stream) {
   constexpr int E = 16 / sizeof(T);  // 16-byte loads; E int8 stores
   const bool vec = K % E == 0 && ld_x % E == 0 && ld_q % E == 0 && is_aligned(x, 16) &&
                    is_aligned(q, E);
   if (vec)
-    quantize_rows_kernel<T, E><<<M, kQuantThreads, 0, stream>>>(x, ld_x, q, ld_q, scale, K);
+    quantize_rows_kernel<T, E>
+        <<<M, kQuantThreads, 0, stream>>>(x, ld_x, q, ld_q, scale, static_scale, K);
   else
-    quantize_rows_kernel<T, 1><<<M, kQuantThreads, 0, stream>>>(x, ld_x, q, ld_q, scale, K);
+    quantize_rows_kernel<T, 1>
+        <<<M, kQuantThreads, 0, stream>>>(x, ld_x, q, ld_q, scale, static_scale, K);
   return cudaGetLastError();
 }
 
@@ -507,17 +522,19 @@ constexpr int64_t kMaxGridY = 65535;
 }  // namespace
 
 cudaError_t quantize_per_token(const void* x, FloatType x_type, int64_t ld_x, int8_t* q,
-                               int64_t ld_q, float* scale, int64_t M, int64_t K,
-                               cudaStream_t stream) {
+                               int64_t ld_q, float* scale, const float* static_scale, int64_t M,
+                               int64_t K, cudaStream_t stream) {
   if (M <= 0 || K <= 0 || M > INT32_MAX) return cudaErrorInvalidValue;
   switch (x_type) {
     case FloatType::F32:
-      return launch_quantize(static_cast<const float*>(x), ld_x, q, ld_q, scale, M, K, stream);
+      return launch_quantize(static_cast<const float*>(x), ld_x, q, ld_q, scale, static_scale,
+                             M, K, stream);
     case FloatType::F16:
-      return launch_quantize(static_cast<const __half*>(x), ld_x, q, ld_q, scale, M, K, stream);
+      return launch_quantize(static_cast<const __half*>(x), ld_x, q, ld_q, scale, static_scale,
+                             M, K, stream);
     case FloatType::BF16:
-      return launch_quantize(static_cast<const __nv_bfloat16*>(x), ld_x, q, ld_q, scale, M, K,
-                             stream);
+      return launch_quantize(static_cast<const __nv_bfloat16*>(x), ld_x, q, ld_q, scale,
+                             static_scale, M, K, stream);
   }
   return cudaErrorInvalidValue;
 }

@@ -13,10 +13,12 @@
 namespace llmkern {
 namespace cuda {
 
-// x [M, K] (type x_type) -> q int8 [M, K] (row stride ld_q), scale float32 [M].
+// x [M, K] (type x_type) -> q int8 [M, K] (row stride ld_q), scale float32 [M]: per token, or
+// with `static_scale` (one float32 in device memory, or nullptr) static per-tensor
+// quantisation q = clamp(rint(x * (1 / s)), -127, 127), scale[m] = s.
 cudaError_t quantize_per_token(const void* x, FloatType x_type, int64_t ld_x, int8_t* q,
-                               int64_t ld_q, float* scale, int64_t M, int64_t K,
-                               cudaStream_t stream);
+                               int64_t ld_q, float* scale, const float* static_scale, int64_t M,
+                               int64_t K, cudaStream_t stream);
 
 // out [M, N] (out_type) = (float(x_q @ w_q.T) * x_scale[m]) * w_scale[n] + bias[n];
 // x_q int8 [M, K], w_q int8 [N, K], bias float32 [N] or nullptr. Requires K <= 2^17.

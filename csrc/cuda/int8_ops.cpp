@@ -19,16 +19,25 @@ using llmkern::cuda::FloatType;
 using llmkern::cuda::row_major;
 using llmkern::cuda::row_stride;
 
-std::tuple<at::Tensor, at::Tensor> quantize_per_token(const at::Tensor& x_in) {
+// Dynamic per-token quantisation, or static with a one-element float32 x_scale on x's device
+// (its value is read by the kernel: no host synchronisation).
+std::tuple<at::Tensor, at::Tensor> quantize_per_token(const at::Tensor& x_in,
+                                                      const c10::optional<at::Tensor>& x_scale) {
   const at::Tensor x = row_major(x_in);
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t m = x.size(0), k = x.size(1);
+  c10::optional<at::Tensor> s;
+  if (x_scale.has_value()) {
+    TORCH_CHECK(x_scale->numel() == 1 && x_scale->device() == x.device(),
+                "llmkern quantize cuda: x_scale must be one value on x's device");
+    s = x_scale->to(at::kFloat).contiguous();
+  }
   at::Tensor q = at::empty({m, k}, x.options().dtype(at::kChar));
   at::Tensor scale = at::empty({m}, x.options().dtype(at::kFloat));
-  check(llmkern::cuda::quantize_per_token(x.const_data_ptr(), float_type(x.scalar_type()),
-                                          row_stride(x), q.data_ptr<int8_t>(), k,
-                                          scale.data_ptr<float>(), m, k,
-                                          c10::cuda::getCurrentCUDAStream()),
+  check(llmkern::cuda::quantize_per_token(
+            x.const_data_ptr(), float_type(x.scalar_type()), row_stride(x), q.data_ptr<int8_t>(),
+            k, scale.data_ptr<float>(), s ? s->const_data_ptr<float>() : nullptr, m, k,
+            c10::cuda::getCurrentCUDAStream()),
         "quantize_per_token");
   return {q, scale};
 }
@@ -86,7 +95,8 @@ at::Tensor w8_gemm(const at::Tensor& x_in, const at::Tensor& w_q_in, const at::T
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(llmkern_C, m) {
-  m.def("int8_quantize_per_token_cuda(Tensor x) -> (Tensor, Tensor)", &quantize_per_token);
+  m.def("int8_quantize_per_token_cuda(Tensor x, Tensor? x_scale=None) -> (Tensor, Tensor)",
+        &quantize_per_token);
   m.def(
       "int8_w8a8_gemm_cuda(Tensor x_q, Tensor w_q, Tensor x_scale, Tensor w_scale, Tensor? bias, "
       "ScalarType out_dtype) -> Tensor",

@@ -191,6 +191,12 @@ __device__ __forceinline__ int64_t row_label(const int64_t* labels, int64_t row)
   return labels != nullptr ? labels[row] : -1;
 }
 
+// A label outside [0, vocab) (checked by the Python layer only where that costs no host
+// synchronisation) is never read: the row's loss and gradient are NaN.
+__device__ __forceinline__ bool bad_label(const int64_t* labels, int64_t y, int64_t vocab) {
+  return labels != nullptr && (y < 0 || y >= vocab);
+}
+
 // CE of the row, -log softmax(z)[y] (NaN for a label outside [0, vocab): never read there).
 template <class TS>
 __device__ __forceinline__ float ce_value(const TS* z, int64_t y, int64_t vocab,
@@ -279,10 +285,11 @@ __global__ void __launch_bounds__(kThreads) kd_rows_kernel(const RowsArgs p) {
       k = (1.0f - c.beta) * kl_qm;  // grad = q ((1 - beta)(log q - log m) - k)
     }
   }
+  const bool no_label = bad_label(p.labels, y, p.vocab);
   if (threadIdx.x == 0) {
     float loss = c.kd ? c.loss_kd * div : 0.0f;
     if (c.ce) loss += c.w_ce * ce_value(z, y, p.vocab, L);
-    p.loss[row] = loss;
+    p.loss[row] = no_label ? __int_as_float(0x7fc00000) : loss;
   }
   if (g == nullptr) return;
 
@@ -307,7 +314,7 @@ __global__ void __launch_bounds__(kThreads) kd_rows_kernel(const RowsArgs p) {
         }
       }
       if (c.ce) o += ce_grad(a, i * E + e, y, L, c);
-      out[e] = o;
+      out[e] = no_label ? __int_as_float(0x7fc00000) : o;
     }
     store_floats<TS, E>(g + i * E, out);
   }
@@ -378,7 +385,9 @@ __global__ void __launch_bounds__(kThreads) kd_topk_kernel(const TopkArgs p) {
       const float log_p = lp[j] * c.t - lse;
       const float pj = expf(log_p);
       const int64_t col = idx[j];
-      if (pj > 0.0f && col >= 0 && col < p.vocab) {
+      if (col < 0 || col >= p.vocab) {
+        div = __int_as_float(0x7fc00000);  // unchecked bad index: never read, the loss is NaN
+      } else if (pj > 0.0f) {
         const float log_q = (to_float(z[col]) - L.shz) * c.t - L.ln_sq;
         div = fmaf(pj, log_p - log_q, div);
       }
@@ -389,10 +398,11 @@ __global__ void __launch_bounds__(kThreads) kd_topk_kernel(const TopkArgs p) {
     }
     div = block_reduce<kThreads>(div, scratch, SumOp{});  // also publishes the cache
   }
+  const bool no_label = bad_label(p.labels, y, p.vocab);
   if (threadIdx.x == 0) {
     float loss = c.kd ? c.loss_kd * div : 0.0f;
     if (c.ce) loss += c.w_ce * ce_value(z, y, p.vocab, L);
-    p.loss[row] = loss;
+    p.loss[row] = no_label ? __int_as_float(0x7fc00000) : loss;
   }
   if (g == nullptr) return;
 
@@ -401,7 +411,7 @@ __global__ void __launch_bounds__(kThreads) kd_topk_kernel(const TopkArgs p) {
     const float a = zv - L.shz;
     float o = c.kd ? c.grad_kd * ex2(a * c.t2 - L.l2_sq) : 0.0f;
     if (c.ce) o += ce_grad(a, col, y, L, c);
-    return o;
+    return no_label ? __int_as_float(0x7fc00000) : o;
   };
   for (int64_t i = threadIdx.x; i < n_vec; i += kThreads) {
     float zf[E], out[E];
@@ -427,7 +437,7 @@ __global__ void __launch_bounds__(kThreads) kd_topk_kernel(const TopkArgs p) {
     const float a = to_float(z[col]) - L.shz;
     float o = c.grad_kd * (ex2(a * c.t2 - L.l2_sq) - psum);
     if (c.ce) o += ce_grad(a, col, y, L, c);
-    g[col] = from_float<TS>(o);
+    g[col] = from_float<TS>(no_label ? __int_as_float(0x7fc00000) : o);
   }
 }
 

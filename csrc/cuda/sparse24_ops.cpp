@@ -4,13 +4,16 @@
 // are internal invariants that keep the kernels in bounds.
 #ifdef LLMKERN_WITH_CUDA
 
-#include <ATen/cuda/CUDAContext.h>
+// Only c10's CUDA headers: ATen/cuda/CUDAContext.h pulls in cuSPARSE, cuBLAS and cuSOLVER
+// headers, which a CUDA toolkit may lack (pip's CUDA torch ships them in separate packages).
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/extension.h>
 
 #include <optional>
 
 #include "cuda/sparse24.cuh"
+#include "cuda/torch_glue.h"
 
 namespace {
 
@@ -42,9 +45,15 @@ const float* vector_ptr(const std::optional<at::Tensor>& t, const at::Tensor& x,
 }
 
 void check_sm80(const at::Tensor& x) {
-  const auto* props = at::cuda::getDeviceProperties(x.get_device());
-  TORCH_CHECK(props->major >= 8, "sparse24 CUDA: needs compute capability 8.0 or newer, got ",
-              props->major, ".", props->minor);
+  int major = 0, minor = 0;
+  llmkern::cuda::check(
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, x.get_device()),
+      "sparse24 CUDA: compute capability");
+  llmkern::cuda::check(
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, x.get_device()),
+      "sparse24 CUDA: compute capability");
+  TORCH_CHECK(major >= 8, "sparse24 CUDA: needs compute capability 8.0 or newer, got ", major,
+              ".", minor);
 }
 
 void check_launch(cudaError_t err, const char* op) {
@@ -80,7 +89,7 @@ at::Tensor sparse24_gemv_cuda(const at::Tensor& x, const at::Tensor& values,
   a.out = out.data_ptr();
   a.ldo = n;
   check_launch(sp::launch_gemv(dtype_of(x.scalar_type()), dtype_of(values.scalar_type()), a,
-                               at::cuda::getCurrentCUDAStream()),
+                               c10::cuda::getCurrentCUDAStream()),
                "sparse24_gemv_cuda");
   return out;
 }
@@ -138,7 +147,7 @@ at::Tensor sparse24_mma_cuda(const at::Tensor& x, const at::Tensor& values,
   a.out = out.data_ptr();
   a.ldo = n;
   check_launch(sp::launch_mma16(dtype_of(x.scalar_type()), dtype_of(values.scalar_type()), a,
-                                at::cuda::getCurrentCUDAStream()),
+                                c10::cuda::getCurrentCUDAStream()),
                "sparse24_mma_cuda");
   return out;
 }
@@ -160,7 +169,7 @@ at::Tensor sparse24_mma_s8_cuda(const at::Tensor& x, const at::Tensor& values,
   a.bias = vector_ptr(bias, x, n, "bias");
   a.out = out.data_ptr();
   a.ldo = n;
-  check_launch(sp::launch_mma_s8(dtype_of(out_dtype), a, at::cuda::getCurrentCUDAStream()),
+  check_launch(sp::launch_mma_s8(dtype_of(out_dtype), a, c10::cuda::getCurrentCUDAStream()),
                "sparse24_mma_s8_cuda");
   return out;
 }

@@ -13,12 +13,20 @@ Selection: an explicit per-call ``backend=`` wins, then the environment variable
 ``LLMKERN_BACKEND``, then the automatic order for the tensor's device (:data:`AUTO_ORDER`), where
 the first registered, available kernel that supports the call is used. A backend asked for by
 name that cannot run the call raises :class:`BackendUnavailableError`; it never falls back.
+
+On CUDA tensors automatic selection lands on ``reference`` only when no GPU kernel can run the
+call (the extension built without CUDA and triton missing, or an unsupported dtype such as
+float64 KD logits); it then warns once per op (:class:`ReferenceOnGPUWarning`), since the
+reference is a slow composition of torch operators. Ops whose reference *is* the GPU
+implementation (plain tensor operators, e.g. the 2:4 format conversions) are registered with
+``native=True`` and do not warn.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,6 +42,10 @@ class BackendUnavailableError(RuntimeError):
     """A backend was requested by name but cannot run this call."""
 
 
+class ReferenceOnGPUWarning(UserWarning):
+    """Automatic selection ran an op's pure-PyTorch reference on CUDA tensors (slow)."""
+
+
 @dataclass(frozen=True)
 class Kernel:
     op: str
@@ -45,6 +57,9 @@ class Kernel:
     # an explicit request raises with `why`.
     supports: Callable[..., bool] | None = None
     why: str = ""
+    # A reference that is also the production implementation on every device (vectorised
+    # tensor operators, nothing faster to write): running it on CUDA tensors does not warn.
+    native: bool = False
 
 
 _REGISTRY: dict[str, dict[str, Kernel]] = {}
@@ -56,6 +71,7 @@ def register(
     devices: tuple[str, ...] = ("cpu",),
     supports: Callable[..., bool] | None = None,
     why: str = "",
+    native: bool = False,
 ):
     """Decorator: register ``fn`` as the ``backend`` kernel of ``op`` on ``devices``."""
     if backend not in BACKENDS:
@@ -63,7 +79,7 @@ def register(
 
     def deco(fn):
         _REGISTRY.setdefault(op, {})[backend] = Kernel(
-            op, backend, fn, tuple(devices), supports, why
+            op, backend, fn, tuple(devices), supports, why, native
         )
         return fn
 
@@ -99,6 +115,29 @@ def triton_version() -> str | None:
 def cpu_isa() -> str:
     """ISA path the CPU kernels use now (after LLMKERN_CPU_ISA), or 'unavailable'."""
     return _ext._C.active_isa() if _ext.available() else "unavailable"
+
+
+@functools.cache
+def cpu_model() -> str:
+    """The CPU's model name (``lscpu``, else /proc/cpuinfo, else platform), for benchmark reports."""
+    import platform
+    import subprocess
+
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):  # no lscpu: the next source
+        pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
 
 
 def cuda_ext_available() -> bool:
@@ -188,8 +227,34 @@ def select(
             continue
         if kernel.supports is not None and args and not kernel.supports(*args):
             continue
+        if name == "reference" and dev == "cuda" and not kernel.native:
+            _warn_reference_on_gpu(op, table)
         return kernel
     raise BackendUnavailableError(f"llmkern: no kernel for op {op!r} on {dev} tensors")
+
+
+_WARNED_REFERENCE: set[str] = set()
+
+
+def _warn_reference_on_gpu(op: str, table: dict[str, Kernel]) -> None:
+    """One warning per op and process: the GPU kernels that exist and why none ran."""
+    if op in _WARNED_REFERENCE:
+        return
+    _WARNED_REFERENCE.add(op)
+    reasons = []
+    for name in ("cuda", "triton"):
+        kernel = table.get(name)
+        if kernel is None or "cuda" not in kernel.devices:
+            reasons.append(f"{name}: no kernel")
+            continue
+        ok, why = backend_available(name, "cuda")
+        reasons.append(f"{name}: {why if not ok else kernel.why or 'does not support this call'}")
+    warnings.warn(
+        f"llmkern: op {op!r} runs its pure-PyTorch reference on CUDA tensors (slow; "
+        f"{'; '.join(reasons)}). Warned once per op.",
+        ReferenceOnGPUWarning,
+        stacklevel=3,
+    )
 
 
 def dispatch(op: str, device: torch.device | str, backend: str | None, *args):

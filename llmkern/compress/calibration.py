@@ -2,12 +2,15 @@
 its input activations (what SmoothQuant, static activation scales and Wanda need).
 
 A batch is a dict (called as ``model(**batch)``), a tuple/list (``model(*batch)``) or a tensor
-(``model(batch)``); tensors are moved to the model's device.
+(``model(batch)``); tensors are moved to the model's device. Calibration data is an iterable of
+batches, read once into a list by :func:`calibration_batches` before a compression call changes
+anything (so a generator works, and is not consumed twice); one batch alone is refused.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import itertools
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -53,11 +56,39 @@ class InputStats:
         return self.sumsq.sqrt()
 
 
-def _check_batches(data) -> None:
+def check_batches(data, what: str = "calibration") -> None:
+    """``data`` must be an iterable of batches. One batch given alone (a dict or a tensor, which
+    are iterable too: over keys, over rows) is a TypeError, not batches made of its pieces."""
+    if isinstance(data, (Mapping, torch.Tensor)):
+        raise TypeError(
+            f"{what} must be an iterable of batches, got one batch ({type(data).__name__}): "
+            "pass a list of batches, e.g. [batch]"
+        )
     if data is None or isinstance(data, (str, bytes)) or not isinstance(data, Iterable):
         raise TypeError(
-            f"calibration must be an iterable of batches (a DataLoader or a list), got {type(data).__name__}"
+            f"{what} must be an iterable of batches (a DataLoader or a list), got {type(data).__name__}"
         )
+
+
+def calibration_batches(data, max_batches: int | None = None) -> list:
+    """The calibration batches as a list, read once (a generator or a DataLoader is consumed
+    here, so every later pass sees the same batches), at most ``max_batches`` of them; every
+    check happens before the caller changes anything. Each batch must be a dict, a tuple/list
+    or a tensor."""
+    check_batches(data)
+    if max_batches is not None and (
+        isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1
+    ):
+        raise ValueError(f"max_batches must be a positive int or None, got {max_batches!r}")
+    batches = list(itertools.islice(data, max_batches))
+    if not batches:
+        raise ValueError("calibration data yielded no batch")
+    for i, b in enumerate(batches):
+        if not isinstance(b, (Mapping, list, tuple, torch.Tensor)):
+            raise TypeError(
+                f"calibration batch {i} must be a dict, a tuple/list or a tensor, got {type(b).__name__}"
+            )
+    return batches
 
 
 @torch.no_grad()
@@ -65,7 +96,7 @@ def collect_input_stats(
     model: nn.Module, names: list[str], data, max_batches: int | None = None
 ) -> dict[str, InputStats]:
     """Run ``data`` through ``model`` (eval mode) and return :class:`InputStats` per layer name."""
-    _check_batches(data)
+    check_batches(data)
     stats: dict[str, InputStats] = {}
 
     def hook(name):

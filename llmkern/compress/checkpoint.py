@@ -7,8 +7,9 @@
   shared tensors.
 
 ``load`` checks everything before it touches a model: the config, the tensor file's size and
-hash, and that every tensor name, shape and kind (integer or floating) matches the rebuilt
-architecture. A truncated, corrupted or mismatched checkpoint raises a ValueError that says
+hash, that every swapped module replaces a linear layer of the model with the same in/out
+features and bias, and that every tensor name, shape and kind (integer or floating) matches the
+rebuilt architecture. A truncated, corrupted or mismatched checkpoint raises a ValueError that says
 which, and nothing is loaded.
 """
 
@@ -214,6 +215,31 @@ def _kind(dtype: torch.dtype) -> str:
     return "float" if dtype.is_floating_point else "integer"
 
 
+def _linear_signature(m: nn.Module):
+    """(in_features, out_features, has bias) of a linear layer: nn.Linear, Conv1D or an llmkern
+    module; None for anything else."""
+    from llmkern.compress.modules import is_conv1d
+
+    if is_conv1d(m):
+        return (m.weight.shape[0], m.weight.shape[1], m.bias is not None)
+    if isinstance(m, nn.Linear) or (
+        _is_llmkern_module(m) and hasattr(m, "in_features") and hasattr(m, "out_features")
+    ):
+        return (m.in_features, m.out_features, getattr(m, "bias", None) is not None)
+    return None
+
+
+def _check_swap(name: str, current: nn.Module, stored: nn.Module, spec_class: str) -> None:
+    """The checkpoint's layer must replace a linear layer of the same shape in the model."""
+    want, got = _linear_signature(current), _linear_signature(stored)
+    if want is None or got is None or want != got:
+        fmt = lambda s: "?" if s is None else f"{s[0]} -> {s[1]}, bias={s[2]}"  # noqa: E731
+        raise ValueError(
+            f"checkpoint does not match the model at {name!r}: the checkpoint has a {spec_class} "
+            f"({fmt(got)}), the model a {type(current).__name__} ({fmt(want)})"
+        )
+
+
 def load(path: str, model: nn.Module | None = None) -> nn.Module:
     """Load a checkpoint written by :func:`save`. Hugging Face models are rebuilt from the stored
     config; for any other model pass ``model``, an uncompressed instance of the same architecture,
@@ -239,6 +265,7 @@ def load(path: str, model: nn.Module | None = None) -> nn.Module:
             raise ValueError(
                 f"checkpoint module {name!r} ({spec['class']}) cannot be built: {exc}"
             ) from None
+        _check_swap(name, base.get_submodule(name), replacements[name], spec["class"])
 
     expected: dict[str, torch.Tensor] = {
         k: v for k, v in base.state_dict().items()

@@ -3,9 +3,14 @@
 The loss, per batch:
 
 - both models are language models with a plain linear LM head (Hugging Face ``*ForCausalLM`` /
-  ``*LMHeadModel`` included): llmkern.nn.FusedLinearKDLoss on the backbones' last hidden states
-  and the heads' weights, so the [tokens, vocab] logits are never materialised;
-- otherwise: llmkern.nn.KDLoss on the two models' output logits;
+  ``*LMHeadModel`` included) whose logits are exactly ``head(last hidden state)``:
+  llmkern.nn.FusedLinearKDLoss on the backbones' last hidden states and the heads' weights, so
+  the [tokens, vocab] logits are never materialised. A model that post-processes its logits
+  (Gemma-2's ``config.final_logit_softcapping``, or any model whose logits on the first batch
+  differ from its head applied to its backbone's output) gets the next form instead;
+- otherwise: llmkern.nn.KDLoss on the two models' output logits (an output tensor, or an output
+  with ``.logits``; a model without logits, e.g. a bare encoder, is a TypeError unless
+  ``loss_fn`` is given: its hidden states are not logits);
 - or any ``loss_fn(student, teacher, batch) -> scalar`` the caller gives (e.g. for embedding
   models).
 
@@ -14,6 +19,11 @@ next tokens of ``input_ids`` (padding ignored). The loop does gradient accumulat
 bf16 autocast, evaluation and checkpoint callbacks, a time limit and a progress bar; under
 torchrun (torch.distributed initialised with more than one process) the student is wrapped in
 DistributedDataParallel and every process takes every world_size-th batch.
+
+``data`` is an iterable of batches (one batch alone is refused). A list or a DataLoader is
+repeated as needed for ``steps``; an iterator (a generator) is read once: when it runs out
+before ``steps``, training stops there with a warning and the report says so
+(``report.stopped``).
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -28,8 +39,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from llmkern.compress.calibration import call_model, to_device
+from llmkern.compress.calibration import call_model, check_batches, to_device
 from llmkern.compress.modules import model_device
+from llmkern.ops._checks import check_float_scalar
 
 IGNORE_INDEX = -100
 
@@ -57,12 +69,16 @@ def _hidden(base: nn.Module, batch: dict) -> torch.Tensor:
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
 
-def _logits(out) -> torch.Tensor:
+def _logits(out, who: str = "model") -> torch.Tensor:
     if isinstance(out, torch.Tensor):
         return out
-    if hasattr(out, "logits"):
-        return out.logits
-    return out[0]
+    logits = getattr(out, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    raise TypeError(
+        f"distill: the {who}'s output ({type(out).__name__}) has no logits (a tensor, or .logits), "
+        "which the KD loss needs; for other models pass loss_fn(student, teacher, batch)"
+    )
 
 
 def lm_labels(batch, causal: bool):
@@ -84,9 +100,55 @@ def _shift(t: torch.Tensor, causal: bool) -> torch.Tensor:
     return t[:, :-1] if causal else t
 
 
-def choose_loss(teacher: nn.Module, student: nn.Module) -> str:
-    both = lm_parts(student) is not None and lm_parts(teacher) is not None
-    return "fused_linear_kd" if both else "kd"
+# Config entries of Hugging Face models that change the logits after the LM head.
+LOGIT_POSTPROCESSING = ("final_logit_softcapping",)
+
+
+@torch.no_grad()
+def _head_gives_logits(model: nn.Module, batch) -> bool:
+    """Whether ``model``'s logits are its LM head applied to its backbone's last hidden state
+    (so the fused linear KD loss computes the KD loss of the real logits): no known logit
+    post-processing in its config and, given a batch, the same numbers on it."""
+    config = getattr(model, "config", None)
+    if any(getattr(config, a, None) not in (None, 0) for a in LOGIT_POSTPROCESSING):
+        return False
+    if batch is None:
+        return True
+    if not isinstance(batch, dict):  # the fused path feeds the backbone a dict batch
+        return False
+    base, head = lm_parts(model)
+    was = model.training
+    model.eval()
+    try:
+        logits = _logits(call_model(model, batch))
+        fused = torch.nn.functional.linear(_hidden(base, batch), head)  # as the head computes
+    finally:
+        model.train(was)
+    if logits.shape != fused.shape:
+        return False
+    tol = 16 * torch.finfo(logits.dtype).eps * float(logits.abs().max()) + 1e-6
+    return float((logits.float() - fused.float()).abs().max()) <= tol
+
+
+def choose_loss(teacher: nn.Module, student: nn.Module, batch=None) -> str:
+    """``"fused_linear_kd"`` when both models are LMs whose logits are ``head(hidden)`` (checked
+    on ``batch`` when given), else ``"kd"`` (KD on the models' real logits)."""
+    for m in (student, teacher):
+        if lm_parts(m) is None or not _head_gives_logits(m, batch):
+            return "kd"
+    return "fused_linear_kd"
+
+
+@torch.no_grad()
+def _check_logits(teacher: nn.Module, student: nn.Module, batch) -> None:
+    """Both models must give logits (for the KD loss on logits): checked on the first batch."""
+    for who, m in (("teacher", teacher), ("student", student)):
+        was = m.training
+        m.eval()
+        try:
+            _logits(call_model(m, batch), who)
+        finally:
+            m.train(was)
 
 
 class _StudentLoss(nn.Module):
@@ -117,8 +179,8 @@ class _StudentLoss(nn.Module):
             s_h = _shift(_hidden(s_base, batch), self.causal)
             return self.kd(s_h, s_head, t_h.to(s_h.dtype), t_head.to(s_head.dtype), labels)
         with torch.no_grad():
-            t_logits = _shift(_logits(call_model(teacher, batch)), self.causal)
-        s_logits = _shift(_logits(call_model(self.student, batch)), self.causal)
+            t_logits = _shift(_logits(call_model(teacher, batch), "teacher"), self.causal)
+        s_logits = _shift(_logits(call_model(self.student, batch), "student"), self.causal)
         return self.kd(s_logits, t_logits, labels)
 
 
@@ -184,17 +246,25 @@ def distill(
     learning rate falls linearly to 0 over the run (its progress is the larger of the step and
     time fractions). Returns a :class:`DistillReport` with the loss per step and the
     ``eval_fn(student)`` results."""
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    if steps is not None and steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    if grad_accum < 1:
-        raise ValueError(f"grad_accum must be >= 1, got {grad_accum}")
+    check_float_scalar("temperature", temperature, low=0.0, low_open=True)
+    check_float_scalar("alpha", alpha, low=0.0, high=1.0)
+    for name, v in (("steps", steps), ("grad_accum", grad_accum)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    check_batches(data, "data")
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError("loss_fn must be a callable loss_fn(student, teacher, batch)")
     rank, world = _world()
-    kind = "custom" if loss_fn is not None else choose_loss(teacher, student)
     device = model_device(student)
+    it = _batches(data, steps, rank, world)
+    first = next(it)  # "no batch" is an error here, before anything is trained
+    it = itertools.chain([first], it)
+    if loss_fn is not None:
+        kind = "custom"
+    else:
+        kind = choose_loss(teacher, student, to_device(first, device))
+        if kind == "kd":
+            _check_logits(teacher, student, to_device(first, device))
     teacher.eval()
     student.train()
     module = _StudentLoss(student, teacher, kind, loss_fn, temperature, alpha)
@@ -208,19 +278,6 @@ def distill(
     opt = _make_optimizer(optimizer, params, lr)
     base_lrs = [g["lr"] for g in opt.param_groups]
 
-    def batches():
-        epochs = itertools.count() if steps is not None else range(1)
-        for _ in epochs:
-            n = 0
-            for i, b in enumerate(data):
-                if i % world == rank:
-                    n += 1
-                    yield b
-            if n == 0:
-                raise ValueError(
-                    "distill: data yielded no batch" + (f" for rank {rank}" if world > 1 else "")
-                )
-
     from tqdm.auto import tqdm
 
     report = DistillReport(kind)
@@ -228,7 +285,6 @@ def distill(
         total=steps, disable=not progress or rank != 0, desc=f"distill ({kind})", unit="step"
     )
     t0 = time.perf_counter()
-    it = batches()
     try:
         while steps is None or report.steps < steps:
             total, got = 0.0, 0
@@ -245,7 +301,14 @@ def distill(
                 loss.backward()
                 total += float(loss.detach())
                 got += 1
-            if got == 0:
+            if got == 0 and steps is None:  # the one pass is done
+                break
+            if got == 0:  # an iterator read to its end before `steps`
+                report.stopped = (
+                    f"data ran out after {report.steps} steps (an iterator is read once; "
+                    "pass a list or a DataLoader to repeat it)"
+                )
+                warnings.warn(f"distill: {report.stopped}", stacklevel=2)
                 break
             if clip_grad:
                 torch.nn.utils.clip_grad_norm_(params, clip_grad)
@@ -275,6 +338,24 @@ def distill(
         _evaluate(eval_fn, student, report)
     student.eval()
     return report
+
+
+def _batches(data, steps, rank, world):
+    """This process's batches: one pass over ``data`` when ``steps`` is None, else passes
+    repeated until the caller stops (a one-shot iterator simply ends after its first pass)."""
+    epochs = itertools.count() if steps is not None else range(1)
+    for epoch in epochs:
+        n = 0
+        for i, b in enumerate(data):
+            if i % world == rank:
+                n += 1
+                yield b
+        if n == 0:
+            if epoch == 0:
+                raise ValueError(
+                    "distill: data yielded no batch" + (f" for rank {rank}" if world > 1 else "")
+                )
+            return
 
 
 def _decay(opt, base_lrs, step, steps, elapsed, max_seconds):

@@ -8,11 +8,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from llmkern.compress.modules import as_linear, linear_layers, set_module
+from llmkern.compress.modules import as_linear, linear_layers
 from llmkern.compress.report import Report
+from llmkern.compress.transaction import Transaction, require_targets
+from llmkern.nn._base import NoTorchScript
+from llmkern.ops._checks import check_float_scalar
 
 
-class LowRankLinear(nn.Module):
+class LowRankLinear(NoTorchScript, nn.Module):
     """``y = up(down(x))``: ``down`` [rank, in] without bias, ``up`` [out, rank] with the bias."""
 
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True,
@@ -29,6 +32,18 @@ class LowRankLinear(nn.Module):
         return self.up.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.down.weight
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"input must have shape [..., {self.in_features}], got {tuple(x.shape)}"
+            )
+        if x.device != w.device or x.dtype != w.dtype:
+            raise TypeError(
+                f"input is {x.dtype} on {x.device}, the layer {w.dtype} on {w.device}: "
+                "convert one of them (.to())"
+            )
         return self.up(self.down(x))
 
     @classmethod
@@ -77,24 +92,29 @@ def low_rank(
 ) -> Report:
     """Factorise each linear layer (in place) to ``rank``, or to the smallest rank keeping
     ``energy`` of its squared singular values when ``rank`` is None. Returns a :class:`Report`;
-    layers where the factors would not be smaller stay dense."""
+    layers where the factors would not be smaller stay dense. All or nothing, like
+    :func:`llmkern.quantize`; the factors of a LowRankLinear are linear layers too, so low_rank
+    after low_rank factorises them again, and quantize/prune after low_rank compress them."""
     if rank is None and energy is None:
         raise ValueError("give rank or energy")
-    if rank is not None and (not isinstance(rank, int) or rank < 1):
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
         raise ValueError(f"rank must be a positive int, got {rank!r}")
-    if rank is None and not 0.0 < energy <= 1.0:
-        raise ValueError(f"energy must be in (0, 1], got {energy}")
+    if rank is None:
+        check_float_scalar("energy", energy, low=0.0, high=1.0, low_open=True)
+    layers = linear_layers(model, skip)
+    require_targets("low_rank", model, layers, "Factorise a float model.")
     report = Report("low_rank" + (f" rank={rank}" if rank is not None else f" energy={energy}"))
     report.start(model)
-    for name, m in linear_layers(model, skip):
-        lin = as_linear(m)
-        n_out, n_in = lin.weight.shape
-        svd = torch.linalg.svd(lin.weight.detach().float(), full_matrices=False)
-        r = rank_for_energy(svd[1], energy) if rank is None else min(rank, n_in, n_out)
-        if r * (n_in + n_out) >= n_in * n_out:
-            report.add(name, m, m, f"kept dense (rank {r} would not save memory)")
-            continue
-        new = LowRankLinear.from_float(lin, r, svd)
-        set_module(model, name, new)
-        report.add(name, m, new, f"SVD rank {r} of {min(n_in, n_out)}")
+    with Transaction(model) as txn:
+        for name, m in layers:
+            lin = as_linear(m)
+            n_out, n_in = lin.weight.shape
+            svd = torch.linalg.svd(lin.weight.detach().float(), full_matrices=False)
+            r = rank_for_energy(svd[1], energy) if rank is None else min(rank, n_in, n_out)
+            if r * (n_in + n_out) >= n_in * n_out:
+                report.add(name, m, m, f"kept dense (rank {r} would not save memory)")
+                continue
+            new = LowRankLinear.from_float(lin, r, svd)
+            txn.swap(name, new)
+            report.add(name, m, new, f"SVD rank {r} of {min(n_in, n_out)}")
     return report.finish(model)

@@ -31,6 +31,7 @@ import torch
 from llmkern.compress import hf, texts
 from llmkern.compress.distill import distill
 from llmkern.compress.structure import apply_saved_layout, prune_structure
+from llmkern.ops._checks import check_float_scalar
 
 
 @dataclass
@@ -70,10 +71,9 @@ class Settings:
             raise ValueError(
                 f"--steps and --teacher-steps must be >= 1, got {self.steps}, {self.teacher_steps}"
             )
-        if self.temperature <= 0:
-            raise ValueError(f"--temperature must be > 0, got {self.temperature}")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"--alpha must be in [0, 1], got {self.alpha}")
+        # NaN and inf fail here, not minutes later in the KD loss
+        check_float_scalar("--temperature", self.temperature, low=0.0, low_open=True)
+        check_float_scalar("--alpha", self.alpha, low=0.0, high=1.0)
 
 
 def quick_settings(s: Settings) -> Settings:

@@ -16,10 +16,11 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from llmkern.compress.calibration import call_model, collect_input_stats
-from llmkern.compress.modules import as_linear, is_conv1d, linear_layers, set_module
+from llmkern.compress.calibration import calibration_batches, call_model, collect_input_stats
+from llmkern.compress.modules import as_linear, is_conv1d, linear_layers
 from llmkern.compress.reconstruct import reconstruct as refit
 from llmkern.compress.report import Report
+from llmkern.compress.transaction import Transaction, require_targets
 
 IMPORTANCES = ("magnitude", "l1", "wanda", "taylor")
 PATTERNS = {"2:4": (2, 4)}
@@ -29,8 +30,8 @@ def _taylor_grads(model, names, data, max_batches):
     """Accumulated |dL/dw| per layer over the calibration batches (the model must return a loss)."""
     params = {n: model.get_submodule(n).weight for n in names}
     grads = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
-    was = [(p, p.requires_grad) for p in model.parameters()]
-    for p, _ in was:
+    was = [(p, p.requires_grad, p.grad) for p in model.parameters()]
+    for p, _, _ in was:
         p.requires_grad_(False)
     for p in params.values():
         p.requires_grad_(True)
@@ -54,25 +55,17 @@ def _taylor_grads(model, names, data, max_batches):
                 grads[n] += p.grad.detach().float().abs()
             n_batches += 1
     finally:
-        model.zero_grad(set_to_none=True)
-        for p, flag in was:
+        for p, flag, grad in was:  # the caller's gradients and flags, as they were
+            p.grad = grad
             p.requires_grad_(flag)
     if n_batches == 0:
         raise ValueError("calibration data yielded no batch")
     return grads
 
 
-def _scores(model, names, importance, calibration, max_batches):
-    if importance in ("wanda", "taylor") and calibration is None:
-        raise ValueError(f"importance={importance!r} needs calibration batches")
-    stats = (
-        collect_input_stats(model, names, calibration, max_batches)
-        if importance == "wanda"
-        else None
-    )
-    grads = (
-        _taylor_grads(model, names, calibration, max_batches) if importance == "taylor" else None
-    )
+def _scores(model, names, importance, data):
+    stats = collect_input_stats(model, names, data) if importance == "wanda" else None
+    grads = _taylor_grads(model, names, data, None) if importance == "taylor" else None
     from llmkern.compress import importance as imp
 
     out = {}
@@ -139,30 +132,66 @@ def prune(
     ``reconstruct``: after each step's masks, re-fit the kept weights layer by layer so each layer
     reproduces its unpruned outputs on the calibration inputs (least squares, see
     llmkern.compress.reconstruct; needs ``calibration``).
-    Layers whose input size is not a multiple of 4 stay dense (reported)."""
+    Layers whose input size is not a multiple of 4 stay dense (reported).
+
+    All or nothing: arguments and calibration are checked first, and if anything fails
+    (including ``fine_tune``) the model is left exactly as it was; with a schedule, ``reconstruct``
+    or ``fine_tune`` the weights change in place during the call, so prune keeps a copy of them
+    (of the whole model's parameters with ``fine_tune``) until it returns. A model with no float
+    linear layer (e.g. pruned or quantised already) is a ValueError: prune before quantize."""
     if pattern not in PATTERNS:
         raise ValueError(f"pattern must be one of {list(PATTERNS)}, got {pattern!r}")
     if importance not in IMPORTANCES:
         raise ValueError(f"importance must be one of {IMPORTANCES}, got {importance!r}")
+    if importance in ("wanda", "taylor") and calibration is None:
+        raise ValueError(f"importance={importance!r} needs calibration batches")
     if reconstruct and calibration is None:
         raise ValueError("reconstruct=True needs calibration batches")
     if fine_tune is not None and not callable(fine_tune):
         raise TypeError("fine_tune must be a callable fine_tune(model, step)")
     fractions = _parse_schedule(schedule)
     n, m = PATTERNS[pattern]
+    needs_data = importance in ("wanda", "taylor") or reconstruct
+    data = calibration_batches(calibration, max_batches) if needs_data else None
     from llmkern.nn import Sparse24Linear
 
+    layers = linear_layers(model, skip)
+    require_targets("prune", model, layers, "Prune a float model, then quantize it (2:4 + int8).")
     report = Report(f"prune {pattern} {importance}").start(model)
-    targets = []
-    for name, mod in linear_layers(model, skip):
-        if as_linear(mod).in_features % m:
-            report.add(name, mod, mod, f"kept dense (in_features not a multiple of {m})")
-            continue
-        if is_conv1d(mod):
-            set_module(model, name, as_linear(mod))
-        targets.append((name, mod))
-    names = [t[0] for t in targets]
+    # Weights change in place during the call only when later steps, the re-fit or fine_tune
+    # must see the pruned model; one shot builds the sparse layers from weight * mask.
+    in_place = len(fractions) > 1 or reconstruct or fine_tune is not None
 
+    with Transaction(model) as txn:
+        if fine_tune is not None:
+            txn.save_module(model)  # user code may train anything
+        targets = []
+        for name, mod in layers:
+            if as_linear(mod).in_features % m:
+                report.add(name, mod, mod, f"kept dense (in_features not a multiple of {m})")
+                continue
+            if is_conv1d(mod):
+                txn.swap(name, as_linear(mod))
+            targets.append((name, mod))
+        names = [t[0] for t in targets]
+        if in_place:
+            txn.save(*(model.get_submodule(name).weight for name in names))
+        masks = _find_masks(model, names, importance, data, fractions, n, m, in_place,
+                            reconstruct, fine_tune)  # fmt: skip
+
+        for name, before in targets:
+            lin = model.get_submodule(name)
+            new = Sparse24Linear.from_weight(lin.weight.detach() * masks[name], lin.bias)
+            txn.swap(name, new)
+            steps = f", {len(fractions)} steps" if len(fractions) > 1 else ""
+            refitted = ", re-fitted" if reconstruct else ""
+            report.add(name, before, new, f"{pattern} by {importance}{steps}{refitted}")
+    return report.finish(model)
+
+
+def _find_masks(model, names, importance, data, fractions, n, m, in_place, reconstruct, fine_tune):
+    """The keep mask of every layer in ``names`` after the schedule's steps (with the weights
+    masked, re-fitted and fine-tuned in place between steps when ``in_place``)."""
     masks: dict[str, torch.Tensor] = {}
 
     def enforce(module, _args):
@@ -178,18 +207,18 @@ def prune(
         hooks.append(lin.register_forward_pre_hook(enforce))
     try:
         for step, fraction in enumerate(fractions):
-            scores = _scores(model, names, importance, calibration, max_batches)
+            scores = _scores(model, names, importance, data)
             if reconstruct:  # the weights each layer's re-fit reproduces, before this step's mask
                 unpruned = {
                     layer: model.get_submodule(layer).weight.detach().clone() for layer in names
                 }
             for name in names:
-                lin = model.get_submodule(name)
                 masks[name] = _step_mask(scores[name].float(), masks.get(name), fraction, n, m)
-                with torch.no_grad():
-                    lin.weight.mul_(masks[name])
+                if in_place:
+                    with torch.no_grad():
+                        model.get_submodule(name).weight.mul_(masks[name])
             if reconstruct:
-                refit(model, unpruned, masks, calibration, max_batches=max_batches)
+                refit(model, unpruned, masks, data)
             if fine_tune is not None:
                 fine_tune(model, step)
     finally:
@@ -197,14 +226,4 @@ def prune(
             h.remove()
         for name in names:
             del model.get_submodule(name)._llmkern_name
-
-    for name, before in targets:
-        lin = model.get_submodule(name)
-        with torch.no_grad():
-            lin.weight.mul_(masks[name])
-        new = Sparse24Linear.from_weight(lin.weight, lin.bias)
-        set_module(model, name, new)
-        steps = f", {len(fractions)} steps" if len(fractions) > 1 else ""
-        refitted = ", re-fitted" if reconstruct else ""
-        report.add(name, before, new, f"{pattern} by {importance}{steps}{refitted}")
-    return report.finish(model)
+    return masks

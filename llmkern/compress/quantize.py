@@ -4,17 +4,20 @@ Methods: ``"w8a8"`` (int8 weights per output channel x int8 activations per toke
 per-tensor activation scale from calibration) and ``"w8"`` (int8 weights, float activations).
 Optional SmoothQuant (``smoothquant=alpha``) migrates activation outliers into the weights first;
 it needs ``calibration`` batches. Layers that are already 2:4 sparse (llmkern.nn.Sparse24Linear,
-from :func:`llmkern.compress.prune`) get int8 values, giving 2:4 + int8.
+from :func:`llmkern.compress.prune`) get int8 values, giving 2:4 + int8. Every call is all or
+nothing (llmkern.compress.transaction).
 """
 
 from __future__ import annotations
 
 from torch import nn
 
-from llmkern.compress.calibration import collect_input_stats
-from llmkern.compress.modules import as_linear, is_conv1d, linear_layers, set_module
+from llmkern.compress.calibration import calibration_batches, collect_input_stats
+from llmkern.compress.modules import as_linear, is_conv1d, linear_layers
 from llmkern.compress.report import Report
 from llmkern.compress.smoothquant import smooth
+from llmkern.compress.transaction import Transaction, require_targets
+from llmkern.ops._checks import check_float_scalar
 
 METHODS = ("w8a8", "w8")
 ACTIVATION_SCALES = ("dynamic", "static")
@@ -26,10 +29,11 @@ def _nn():
     return lnn
 
 
-def _first_batch(data):
-    for batch in data:
-        return batch
-    raise ValueError("calibration data yielded no batch")
+def _float_sparse(model):
+    lnn = _nn()
+    return {
+        n: m for n, m in model.named_modules() if isinstance(m, lnn.Sparse24Linear) and not m.int8
+    }
 
 
 def quantize(
@@ -49,6 +53,10 @@ def quantize(
     ``activation_scale``: ``"dynamic"`` (per token, at run time) or ``"static"`` (one per-tensor
     scale per layer from ``calibration``; W8A8 only). ``group_size``: W8 scales per group of
     ``group_size`` input channels (0: per output channel). ``max_batches`` limits calibration.
+
+    All or nothing: arguments and calibration are checked first, and if anything fails the model
+    is left exactly as it was. A model with no float linear layer (e.g. quantised already) is a
+    ValueError; int8 layers are never quantised again.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -58,84 +66,98 @@ def quantize(
         )
     if activation_scale == "static" and method != "w8a8":
         raise ValueError("activation_scale='static' applies to method='w8a8' only")
+    if smoothquant is not None:
+        check_float_scalar("smoothquant", smoothquant, low=0.0, high=1.0)
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 0:
+        raise ValueError(f"group_size must be an int >= 0 (0 = per channel), got {group_size!r}")
     needs_data = smoothquant is not None or activation_scale == "static"
     if needs_data and calibration is None:
         raise ValueError("smoothquant and activation_scale='static' need calibration batches")
+    data = calibration_batches(calibration, max_batches) if needs_data else None
     lnn = _nn()
-    report = Report(f"quantize {method}").start(model)
-
-    sparse = {n: m for n, m in model.named_modules() if isinstance(m, lnn.Sparse24Linear)}
+    sparse = _float_sparse(model)
     dense = linear_layers(model, skip)
-    for name, m in dense:  # one weight layout ([out, in]) from here on
-        if is_conv1d(m):
-            set_module(model, name, as_linear(m))
+    require_targets(
+        "quantize", model, dense + list(sparse.items()),
+        "Quantise a float model once (for 2:4 + int8: prune, then quantize).",
+    )  # fmt: skip
+    report = Report(f"quantize {method}").start(model)
     names = [n for n, _ in dense]
     originals = dict(dense)
 
-    stats = None
-    if needs_data and names:
-        stats = collect_input_stats(model, names, calibration, max_batches)
-        if smoothquant is not None:
-            groups = smooth(model, stats, smoothquant, _first_batch(calibration))
-            report.notes["smoothquant"] = {
-                "alpha": smoothquant,
-                "smoothed": [
-                    f"{g.producer} -> {', '.join(g.consumers)}" for g in groups if g.applied
-                ],
-                "not equivalent, skipped": [
-                    f"{g.producer} -> {', '.join(g.consumers)}" for g in groups if not g.applied
-                ],
-            }
+    with Transaction(model) as txn:
+        for name, m in dense:  # one weight layout ([out, in]) from here on
+            if is_conv1d(m):
+                txn.swap(name, as_linear(m))
+        stats = None
+        if needs_data and names:
+            stats = collect_input_stats(model, names, data)
+            if smoothquant is not None:
+                groups = smooth(model, stats, smoothquant, data[0], save=txn.save)
+                report.notes["smoothquant"] = {
+                    "alpha": smoothquant,
+                    "smoothed": [
+                        f"{g.producer} -> {', '.join(g.consumers)}" for g in groups if g.applied
+                    ],
+                    "not equivalent, skipped": [
+                        f"{g.producer} -> {', '.join(g.consumers)}" for g in groups if not g.applied
+                    ],
+                }
 
-    for name in names:
-        lin = model.get_submodule(name)
-        before = originals[name]
-        if method == "w8":
-            new = lnn.Int8WeightOnlyLinear.from_float(lin, group_size=group_size)
-            action = "int8 weights" + (
-                f", groups of {group_size}" if group_size else ", per channel"
-            )
-        elif activation_scale == "static":
-            new = lnn.Int8Linear.from_float(lin, input_scale=stats[name].tensor_absmax / 127.0)
-            action = "int8 W8A8, static activation scale"
-        else:
-            new = lnn.Int8Linear.from_float(lin)
-            action = "int8 W8A8, per-token activations"
-        if stats is not None and smoothquant is not None:
-            action += f", smoothquant {smoothquant}"
-        set_module(model, name, new)
-        report.add(name, before, new, action)
+        for name in names:
+            lin = model.get_submodule(name)
+            before = originals[name]
+            if method == "w8":
+                new = lnn.Int8WeightOnlyLinear.from_float(lin, group_size=group_size)
+                action = "int8 weights" + (
+                    f", groups of {group_size}" if group_size else ", per channel"
+                )
+            elif activation_scale == "static":
+                new = lnn.Int8Linear.from_float(lin, input_scale=stats[name].tensor_absmax / 127.0)
+                action = "int8 W8A8, static activation scale"
+            else:
+                new = lnn.Int8Linear.from_float(lin)
+                action = "int8 W8A8, per-token activations"
+            if stats is not None and smoothquant is not None:
+                action += f", smoothquant {smoothquant}"
+            txn.swap(name, new)
+            report.add(name, before, new, action)
 
-    for name, m in sparse.items():
-        new = lnn.Sparse24Linear.from_weight(m.dense_weight(), m.bias, int8=method)
-        set_module(model, name, new)
-        report.add(name, m, new, f"2:4 values to int8 ({method})")
+        for name, m in sparse.items():
+            new = lnn.Sparse24Linear.from_weight(m.dense_weight(), m.bias, int8=method)
+            txn.swap(name, new)
+            report.add(name, m, new, f"2:4 values to int8 ({method})")
     return report.finish(model)
 
 
 def prepare_qat(model: nn.Module, skip: list[str] | None = None) -> Report:
     """Swap linear layers for llmkern.nn.Int8LinearQAT (fake-quantised weights and activations
-    with straight-through gradients) so the model can be fine-tuned for int8; then :func:`convert`."""
+    with straight-through gradients) so the model can be fine-tuned for int8; then :func:`convert`.
+    All or nothing, like :func:`quantize`."""
     lnn = _nn()
+    targets = linear_layers(model, skip)
+    require_targets("prepare_qat", model, targets, "prepare_qat takes a float model.")
     report = Report("prepare_qat").start(model)
-    for name, m in linear_layers(model, skip):
-        new = lnn.Int8LinearQAT.from_float(as_linear(m))
-        set_module(model, name, new)
-        report.add(name, m, new, "fake-quant int8 for training")
+    with Transaction(model) as txn:
+        for name, m in targets:
+            new = lnn.Int8LinearQAT.from_float(as_linear(m))
+            txn.swap(name, new)
+            report.add(name, m, new, "fake-quant int8 for training")
     return report.finish(model)
 
 
 def convert(model: nn.Module) -> Report:
-    """Turn every Int8LinearQAT (after QAT fine-tuning) into a real Int8Linear."""
+    """Turn every Int8LinearQAT (after QAT fine-tuning) into a real Int8Linear (all or nothing)."""
     lnn = _nn()
-    report = Report("convert").start(model)
-    for name, m in list(model.named_modules()):
-        if isinstance(m, lnn.Int8LinearQAT):
-            new = m.to_int8()
-            set_module(model, name, new)
-            report.add(name, m, new, "int8 W8A8 from QAT")
-    if not report.layers:
+    targets = [(n, m) for n, m in model.named_modules() if isinstance(m, lnn.Int8LinearQAT)]
+    if not targets:
         raise ValueError(
             "convert: the model has no Int8LinearQAT layer; call prepare_qat(model) first"
         )
+    report = Report("convert").start(model)
+    with Transaction(model) as txn:
+        for name, m in targets:
+            new = m.to_int8()
+            txn.swap(name, new)
+            report.add(name, m, new, "int8 W8A8 from QAT")
     return report.finish(model)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from llmkern.compress.calibration import _check_batches, call_model
+from llmkern.compress.calibration import call_model, check_batches
 
 # Rows solved at once are capped so that the batched [rows, k, k] systems stay near this size.
 _SOLVE_ELEMENTS = 1 << 26
@@ -123,7 +123,7 @@ def reconstruct(
     """Re-fit, layer by layer in execution order, the weights of the linear layers named in
     ``targets`` (name -> the unpruned weight to reproduce) under ``masks`` (name -> keep mask),
     writing the result into each layer's ``weight``."""
-    _check_batches(calibration)
+    check_batches(calibration)
     data = list(calibration)
     pending = list(targets)
     was_training = model.training

@@ -11,7 +11,8 @@ so X' @ W'.T == X @ W.T. The producer is either a normalisation layer whose outp
 or a linear layer whose output rows reach X through attention or a gated product (value -> output
 projection, up -> down projection; found by sibling names). Each group is applied and then
 checked: if the model's output on a calibration batch moved (say a post-LayerNorm model, where
-the norm's output also feeds the residual), the group is reverted and reported as skipped.
+the norm's output also feeds the residual), the group gets its exact former weights back and is
+reported as skipped.
 """
 
 from __future__ import annotations
@@ -115,9 +116,16 @@ def _scales(model, group: SmoothGroup, stats: dict[str, InputStats], alpha: floa
     return s.clamp(min=1e-5)
 
 
+def _group_tensors(model, group: SmoothGroup) -> list[torch.Tensor]:
+    """The tensors :func:`_apply` changes in place."""
+    prod = model.get_submodule(group.producer)
+    out = [prod.weight, getattr(prod, "bias", None)]
+    out += [model.get_submodule(c).weight for c in group.consumers]
+    return [t for t in out if t is not None]
+
+
 @torch.no_grad()
-def _apply(model, group: SmoothGroup, s: torch.Tensor, inverse: bool = False) -> None:
-    s = 1.0 / s if inverse else s
+def _apply(model, group: SmoothGroup, s: torch.Tensor) -> None:
     prod = model.get_submodule(group.producer)
     if group.rows is None:
         prod.weight.div_(s.to(prod.weight.dtype))
@@ -134,10 +142,12 @@ def _apply(model, group: SmoothGroup, s: torch.Tensor, inverse: bool = False) ->
 
 @torch.no_grad()
 def smooth(
-    model: nn.Module, stats: dict[str, InputStats], alpha: float, batch
+    model: nn.Module, stats: dict[str, InputStats], alpha: float, batch, save=None
 ) -> list[SmoothGroup]:
     """Apply SmoothQuant to every group whose folding keeps ``model``'s output on ``batch``;
-    ``stats`` are the layers' input statistics collected on the unsmoothed model."""
+    ``stats`` are the layers' input statistics collected on the unsmoothed model. A group that
+    is not kept gets its exact former values back. ``save(*tensors)`` is called before any
+    tensor changes (llmkern.compress.transaction.Transaction.save)."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"smoothquant alpha must be in [0, 1], got {alpha}")
     groups = find_groups(model, list(stats), batch)
@@ -148,6 +158,10 @@ def smooth(
     try:
         for g in groups:
             s = _scales(model, g, stats, alpha)
+            touched = _group_tensors(model, g)
+            if save is not None:
+                save(*touched)
+            before = [t.clone() for t in touched]
             _apply(model, g, s)
             out = _first_tensor(call_model(model, batch)).float()
             if float((out - ref).abs().max()) <= tol:
@@ -158,7 +172,8 @@ def smooth(
                         stats[c].absmax / s, stats[c].sumsq / s.square(), stats[c].rows
                     )
             else:
-                _apply(model, g, s, inverse=True)
+                for t, b in zip(touched, before, strict=True):
+                    t.copy_(b)
     finally:
         model.train(was_training)
     return groups

@@ -17,7 +17,16 @@ On CPU the weight is also kept pre-packed for the C++ kernels in a non-persisten
 after ``load_state_dict`` and on every device move (call ``repack()`` after editing ``qweight`` or
 ``weight_scale`` in place). Inputs may be float32, bfloat16 or float16
 with any leading dimensions; the output has the input's dtype. Scales and bias stay float32
-whatever ``module.to(dtype)`` asks.
+whatever ``module.to(dtype)`` / ``.half()`` / ``.double()`` asks. Modules pickle
+(``torch.save(model)``); ``torch.jit.script`` raises a TypeError (use torch.compile). On the
+meta device, ``from_float`` builds a module with meta buffers (shapes only).
+
+Autograd: the inference modules are differentiable in their input (so a quantised student can
+sit inside a model that is trained, e.g. distilled): the backward is that of the float layer with
+the dequantised weight, ``dx = g @ W``, exact for :class:`Int8WeightOnlyLinear` and the
+straight-through estimator of the activation rounding for :class:`Int8Linear`. The int8 weight,
+its scales and the bias are frozen buffers and get no gradient; train with
+:class:`Int8LinearQAT`.
 
 Expected error against the float layer (Gaussian weights and activations, K in the hundreds to
 thousands): round-to-nearest with step ``absmax / 127`` adds noise of relative RMS
@@ -29,10 +38,10 @@ Execution: on CPU in eager mode the forward calls the C++ kernel directly (no Py
 it matters for small layers at batch 1), except that weight-only layers hand inputs with more
 rows than :data:`W8_GEMM_ROWS` to torch's GEMM on the weight dequantised for the call; under
 ``torch.compile`` and with ``LLMKERN_BACKEND`` set to another backend it goes through the
-``llmkern`` custom ops. On other devices it calls the
-ops (``quantize_per_token`` + ``w8a8_matmul``, ``w8_matmul``), whose cuda/triton backends run,
-without the per-call value checks of the public functions (they would synchronise with the GPU;
-the module checks its scales when they are set or loaded).
+``llmkern`` custom ops. On other devices it calls the ops ``w8a8_linear`` (quantisation, dynamic
+or static, then the W8A8 GEMM) and ``w8_matmul``, whose cuda/triton backends run, without the
+per-call value checks of the public functions (they would synchronise with the GPU; the module
+checks its scales when they are set or loaded).
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmkern import _ext
+from llmkern.nn._base import NoTorchScript, needs_input_grad, straight_through
 from llmkern.ops import int8 as ops
 from llmkern.ops._checks import FLOAT_DTYPES, check_finite
 
@@ -98,7 +108,24 @@ def w8_gemm(x2, w_q, w_scale, group_size, bias) -> torch.Tensor:
     return F.linear(x2, w, None if bias is None else bias.to(x2.dtype))
 
 
-class _QuantizedLinearBase(nn.Module):
+def keep_float32(module: nn.Module, fn, names) -> None:
+    """``module._apply(fn)`` that leaves the float32 tensors ``names`` (buffers or parameters)
+    float32: a dtype cast of the module (``.half()``, ``.double()``, ``.to(dtype)``) moves them
+    to the new device only. Scales and biases of the int8 layers are float32 by contract."""
+    old = {n: getattr(module, n) for n in names if getattr(module, n, None) is not None}
+    old = {n: t.data for n, t in old.items() if t.dtype == torch.float32}
+    nn.Module._apply(module, fn)
+    for n, t in old.items():
+        new = getattr(module, n)
+        if new.dtype == torch.float32:
+            continue
+        if isinstance(new, nn.Parameter):
+            new.data = t.to(new.device)
+        else:
+            module._buffers[n] = t.to(new.device)
+
+
+class _QuantizedLinearBase(NoTorchScript, nn.Module):
     """Buffers and conversions shared by the two inference modules."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool, scale_shape, device):
@@ -154,15 +181,22 @@ class _QuantizedLinearBase(nn.Module):
         self._packed = self._pack() if use else None
 
     def _apply(self, fn, recurse=True):
-        # Scales and bias stay float32 under module.to(dtype) / .half(); the packed copy follows
-        # the weight (CPU only).
-        floats = {k: v for k, v in self._buffers.items() if v is not None and v.is_floating_point()}
-        super()._apply(fn, recurse)
-        for name, old in floats.items():
-            if self._buffers[name].dtype != torch.float32:
-                self._buffers[name] = old.to(self._buffers[name].device)
+        # Scales and bias stay float32; the packed copy follows the weight (CPU only).
+        keep_float32(self, fn, [k for k, v in self._buffers.items() if v is not None])
         self.repack()
         return self
+
+    def _forward(self, x2: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(x, self.in_features, self.qweight.device)
+        x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)
+        if needs_input_grad(x2, self.bias):
+            out = straight_through(self._forward, x2, self.bias, lambda: self.weight)
+        else:
+            out = self._forward(x2)
+        return out if x.dim() == 2 else out.reshape(*x.shape[:-1], self.out_features)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -222,29 +256,20 @@ class Int8Linear(_QuantizedLinearBase):
             self.input_scale = None
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, self.in_features, self.qweight.device)
-        x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)
-        if _cpu_kernels_direct(x, self._packed):
-            out = torch.ops.llmkern_C.int8_w8a8_linear(
+    def _forward(self, x2: torch.Tensor) -> torch.Tensor:
+        if _cpu_kernels_direct(x2, self._packed):
+            return torch.ops.llmkern_C.int8_w8a8_linear(
                 x2, self.weight_scale, self.bias, self.input_scale, self._packed
             )
-        elif x.device.type == "cpu":
-            out = ops.w8a8_linear(
+        if x2.device.type == "cpu":
+            return ops.w8a8_linear(
                 x2, self.qweight, self.weight_scale, self.bias, self.input_scale, self._packed
             )
-        elif self.input_scale is None:
-            # The custom ops without the public functions' checks: the module's buffers were
-            # validated when set, and the value checks would synchronise with the GPU.
-            x_q, x_scale = ops._quantize_per_token_op(x2, "")
-            out = ops._w8a8_matmul_op(
-                x_q, self.qweight, x_scale, self.weight_scale, self.bias, x.dtype, ""
-            )
-        else:
-            out = ops._w8a8_linear_op(
-                x2, self.qweight, self.weight_scale, self.bias, self.input_scale, None, ""
-            )
-        return out if x.dim() == 2 else out.reshape(*x.shape[:-1], self.out_features)
+        # The custom op without the public function's checks: the module's buffers were
+        # validated when set, and the value checks would synchronise with the GPU.
+        return ops._w8a8_linear_op(
+            x2, self.qweight, self.weight_scale, self.bias, self.input_scale, None, ""
+        )
 
     def extra_repr(self) -> str:
         acts = "dynamic per-token" if self.input_scale is None else "static per-tensor"
@@ -294,24 +319,19 @@ class Int8WeightOnlyLinear(_QuantizedLinearBase):
 
         return pack_w8(self.qweight, self.weight_scale, self.group_size)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, self.in_features, self.qweight.device)
-        x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)
-        if _cpu_kernels_direct(x, self._packed):
-            out = (
-                w8_gemm(x2, self.qweight, self.weight_scale, self.group_size, self.bias)
-                if w8_uses_gemm(x2)
-                else torch.ops.llmkern_C.int8_w8_linear(x2, self.bias, self._packed)
-            )
-        elif x.device.type == "cpu":
-            out = ops.w8_linear(
+    def _forward(self, x2: torch.Tensor) -> torch.Tensor:
+        if _cpu_kernels_direct(x2, self._packed):
+            if w8_uses_gemm(x2):
+                return w8_gemm(x2, self.qweight, self.weight_scale, self.group_size, self.bias)
+            return torch.ops.llmkern_C.int8_w8_linear(x2, self.bias, self._packed)
+        if x2.device.type == "cpu":
+            return ops.w8_linear(
                 x2, self.qweight, self.weight_scale, self.bias, self.group_size, self._packed
             )
-        else:  # unchecked custom op, as in Int8Linear.forward
-            out = ops._w8_matmul_op(
-                x2, self.qweight, self.weight_scale, self.bias, self.group_size, ""
-            )
-        return out if x.dim() == 2 else out.reshape(*x.shape[:-1], self.out_features)
+        # unchecked custom op, as in Int8Linear._forward
+        return ops._w8_matmul_op(
+            x2, self.qweight, self.weight_scale, self.bias, self.group_size, ""
+        )
 
     def extra_repr(self) -> str:
         scales = "per-channel" if self.group_size == 0 else f"group_size={self.group_size}"
@@ -327,7 +347,7 @@ def _fake_quant(x: torch.Tensor, quantized: torch.Tensor, scale: torch.Tensor) -
     return xf + (quantized.float() * scale - xf).detach()
 
 
-class Int8LinearQAT(nn.Linear):
+class Int8LinearQAT(NoTorchScript, nn.Linear):
     """Quantisation-aware training for :class:`Int8Linear`: a float ``nn.Linear`` (float master
     weight and bias, trained as usual) whose forward sees the weight and the activations exactly
     as Int8Linear quantises them (per-channel weights, dynamic per-token activations), with

@@ -2,14 +2,16 @@
 cross-entropy), backed by :func:`llmkern.kd_loss` and :func:`llmkern.fused_linear_kd_loss`.
 
 Leading batch/sequence dimensions are flattened (logits ``[..., V]``, hidden states
-``[..., H]``, labels ``[...]``); with ``reduction="none"`` the per-row losses come back in the
-leading shape. Both work under ``torch.compile`` (the losses are custom ops with fake kernels)."""
+``[..., H]``, labels ``[...]``); the teacher's and the labels' leading dimensions must be the
+student's (checked: equal sizes in another shape would pair unrelated rows); with
+``reduction="none"`` the per-row losses come back in the leading shape. Both work under ``torch.compile`` (the losses are custom ops with fake kernels)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from llmkern.nn._base import NoTorchScript
 from llmkern.ops.kd import DIVERGENCES, check_kd_options, fused_linear_kd_loss, kd_loss
 
 
@@ -19,6 +21,16 @@ def _flat(name: str, t: torch.Tensor) -> torch.Tensor:
     if t.dim() < 2:
         raise ValueError(f"{name} must have shape [..., features], got {tuple(t.shape)}")
     return t.reshape(-1, t.shape[-1])
+
+
+def _check_lead(name: str, t, lead, other: str) -> None:
+    """The teacher's leading (token) dimensions must be the student's: flattening tensors of the
+    same size but other shapes would pair unrelated rows."""
+    if isinstance(t, torch.Tensor) and tuple(t.shape[:-1]) != tuple(lead):
+        raise ValueError(
+            f"{name} must have shape [{', '.join(map(str, lead))}, ...] like {other}, "
+            f"got {tuple(t.shape)}"
+        )
 
 
 def _flat_labels(labels, lead):
@@ -31,7 +43,7 @@ def _flat_labels(labels, lead):
     return labels.reshape(-1)
 
 
-class _KDOptions(nn.Module):
+class _KDOptions(NoTorchScript, nn.Module):
     def __init__(self, temperature, alpha, ignore_index, reduction, divergence, beta):
         super().__init__()
         check_kd_options(0, None, temperature, alpha, ignore_index, reduction, beta)
@@ -69,9 +81,11 @@ class KDLoss(_KDOptions):
         self.backend = backend
 
     def forward(self, student_logits, teacher_logits, labels=None):
+        student = _flat("student_logits", student_logits)
         lead = student_logits.shape[:-1]
+        _check_lead("teacher_logits", teacher_logits, lead, "student_logits")
         loss = kd_loss(
-            _flat("student_logits", student_logits), _flat("teacher_logits", teacher_logits),
+            student, _flat("teacher_logits", teacher_logits),
             _flat_labels(labels, lead), self.temperature, self.alpha, self.ignore_index,
             self.reduction, self.divergence, self.beta, backend=self.backend,
         )  # fmt: skip
@@ -96,9 +110,11 @@ class FusedLinearKDLoss(_KDOptions):
 
     def forward(self, student_hidden, student_head_weight, teacher_hidden, teacher_head_weight,
                 labels=None):  # fmt: skip
+        student = _flat("student_hidden", student_hidden)
         lead = student_hidden.shape[:-1]
+        _check_lead("teacher_hidden", teacher_hidden, lead, "student_hidden")
         loss = fused_linear_kd_loss(
-            _flat("student_hidden", student_hidden), student_head_weight,
+            student, student_head_weight,
             _flat("teacher_hidden", teacher_hidden), teacher_head_weight,
             _flat_labels(labels, lead), self.temperature, self.alpha, self.ignore_index,
             self.reduction, self.divergence, self.beta, chunk_size=self.chunk_size,

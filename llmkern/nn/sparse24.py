@@ -9,6 +9,12 @@ Weight forms (``int8``):
 - ``"w8"``: int8 values with a per-output-channel scale, float x (weight-only int8);
 - ``"w8a8"``: int8 values, x quantised per token (the W8A8 contract of llmkern.ops.int8).
 
+The int8 forms follow llmkern.nn.int8's rules: ``w_scale`` and ``bias`` stay float32 under
+``.half()`` / ``.double()`` / ``.to(dtype)``; the int8 values and scales are frozen; x gets the
+gradient of the float layer with the dequantised weight (exact for "w8", straight-through for the
+activation rounding of "w8a8") and a trainable ``bias`` its gradient. Modules pickle;
+``torch.jit.script`` raises a TypeError.
+
 Backend choice: 2:4 pays off when reading the weight dominates (small batch, decoding). For many
 rows of x the dense GEMM of the CPU's BLAS wins, so when x has more than :attr:`max_sparse_rows`
 rows the layer multiplies with a dense copy of its weight (built on first use and cached, not
@@ -26,7 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmkern import _ext
-from llmkern.nn.int8 import w8_gemm, w8_uses_gemm
+from llmkern.nn._base import NoTorchScript, needs_input_grad, straight_through
+from llmkern.nn.int8 import keep_float32, w8_gemm, w8_uses_gemm
 from llmkern.ops import int8 as int8_ops
 from llmkern.ops import sparse24 as s24
 from llmkern.ops._checks import FLOAT_DTYPES
@@ -55,7 +62,19 @@ def _round4(k: int) -> int:
     return -(-k // 4) * 4
 
 
-class Sparse24Linear(nn.Module):
+def _check_not_meta(weight: torch.Tensor) -> None:
+    if weight.device.type == "meta":
+        raise ValueError(
+            "Sparse24Linear needs the weight's values to find and check its 2:4 pattern (a meta "
+            "tensor has none); for shapes only: Sparse24Linear(in, out, device='meta')"
+        )
+
+
+def _validate_after_load(module: Sparse24Linear, _incompatible_keys) -> None:
+    module._validate()  # a module-level function, not a lambda: the module must pickle
+
+
+class Sparse24Linear(NoTorchScript, nn.Module):
     def __init__(
         self,
         in_features: int,
@@ -92,7 +111,7 @@ class Sparse24Linear(nn.Module):
         )
         self.max_sparse_rows: int | None = -1  # -1: the measured default for the input's dtype
         self._dense_cache = None
-        self.register_load_state_dict_post_hook(lambda module, _: module._validate())
+        self.register_load_state_dict_post_hook(_validate_after_load)
 
     # -----------------------------------------------------------------------------------------
     # Construction and conversion
@@ -116,6 +135,7 @@ class Sparse24Linear(nn.Module):
 
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
+        _check_not_meta(linear.weight)
         w = linear.weight.detach()
         if isinstance(importance, torch.Tensor):
             scores = importance
@@ -136,6 +156,9 @@ class Sparse24Linear(nn.Module):
     ) -> Sparse24Linear:
         """From a weight [out, in] that is already 2:4 along ``in`` (else a ValueError naming the
         first offending group); ``int8`` quantises the kept values per output channel."""
+        if not isinstance(weight, torch.Tensor):
+            raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
+        _check_not_meta(weight)
         weight = weight.detach()
         if weight.dim() != 2 or weight.dtype not in FLOAT_DTYPES:
             raise TypeError(
@@ -199,6 +222,12 @@ class Sparse24Linear(nn.Module):
         self.values.copy_(values)
         self.meta.copy_(meta)
 
+    def _apply(self, fn, recurse=True):
+        if self.int8:  # scales and bias stay float32, as in llmkern.nn.int8
+            keep_float32(self, fn, ("w_scale", "bias"))
+            return self
+        return super()._apply(fn, recurse)
+
     def _validate(self) -> None:
         k = _round4(self.in_features)
         dtypes = (torch.int8,) if self.int8 else FLOAT_DTYPES
@@ -260,7 +289,12 @@ class Sparse24Linear(nn.Module):
         pad = _round4(self.in_features) - self.in_features
         if pad:
             x2 = F.pad(x2, (0, pad))
-        out = self._matmul(x2)
+        if self.int8 and needs_input_grad(x2, self.bias):
+            out = straight_through(
+                self._matmul, x2, self.bias, lambda: self._dense_padded(torch.float32)
+            )
+        else:
+            out = self._matmul(x2)
         return out.reshape(*lead, self.out_features)
 
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:

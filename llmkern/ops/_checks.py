@@ -4,6 +4,7 @@ expected, before any kernel runs."""
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -39,10 +40,23 @@ def check_shape(name: str, t: torch.Tensor, shape: tuple[int, ...]) -> None:
 
 def check_same_device(**tensors) -> None:
     present = {k: v for k, v in tensors.items() if v is not None}
+    for k, v in present.items():
+        if not isinstance(v, torch.Tensor):
+            raise TypeError(f"{k} must be a torch.Tensor, got {type(v).__name__}")
     devices = {v.device for v in present.values()}
     if len(devices) > 1:
         listing = ", ".join(f"{k} on {v.device}" for k, v in present.items())
         raise ValueError(f"all tensors must be on one device, got {listing}")
+
+
+def values_checked(t: torch.Tensor) -> bool:
+    """Whether the per-call checks of ``t``'s *values* run (shapes, dtypes and devices are always
+    checked). Always for CPU tensors; for GPU tensors only with ``LLMKERN_DEBUG_CHECKS=1``:
+    reading a value back waits for the GPU (one host synchronisation per call). Without the
+    check the GPU kernels stay memory-safe and mark bad values in the output (see each op)."""
+    if t.device.type == "cpu":
+        return True
+    return t.device.type != "meta" and os.environ.get("LLMKERN_DEBUG_CHECKS", "0") not in ("", "0")
 
 
 def check_finite(name: str, t: torch.Tensor) -> None:

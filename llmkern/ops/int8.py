@@ -42,6 +42,7 @@ from llmkern.ops._checks import (
     check_same_device,
     check_shape,
     check_tensor,
+    values_checked,
 )
 
 # int8 operands are in [-128, 127] (callers may pass their own x_q with -128), so
@@ -114,12 +115,13 @@ def w8_matmul_ref(x, w_q, w_scale, bias, group_size):
 def quantize_static_ref(
     x: torch.Tensor, x_scale: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Static per-tensor quantisation with a calibrated scale (values beyond it saturate)."""
+    """Static per-tensor quantisation with a calibrated scale (values beyond it saturate; a
+    NaN product, 0 * inf where 1 / scale overflows, quantises to 0)."""
     xf = x.float()
     finite = torch.isfinite(xf).all(dim=1)
     scale = x_scale.float().reshape(())
     q = torch.round(xf * ieee_div(1.0, scale)).clamp_(-127, 127)
-    q = torch.where(finite[:, None], q, 0.0).to(torch.int8)
+    q = torch.where(finite[:, None] & (q == q), q, 0.0).to(torch.int8)
     return q, torch.where(finite, scale, float("nan"))
 
 
@@ -233,8 +235,9 @@ def _(x, w_q, w_scale, bias, group_size, packed, backend):
 
 
 def check_values_finite(name: str, t: torch.Tensor) -> None:
-    """check_finite, in eager mode only: under torch.compile the tensors hold no values."""
-    if not torch.compiler.is_compiling():
+    """check_finite, in eager mode only (under torch.compile and on the meta device the tensors
+    hold no values) and where it costs no host synchronisation (:func:`values_checked`)."""
+    if not torch.compiler.is_compiling() and values_checked(t):
         check_finite(name, t)
 
 
@@ -283,7 +286,7 @@ def check_static_scale(x_scale, device) -> None:
             f"x_scale (static) must hold one per-tensor value, got shape {tuple(x_scale.shape)}"
         )
     check_same_device(x=torch.empty(0, device=device), x_scale=x_scale)
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or not values_checked(x_scale):
         return
     value = float(x_scale)
     if not (math.isfinite(value) and value > 0):

@@ -10,7 +10,11 @@ vocabulary are dropped and the rest renormalised), q = softmax(z / tau):
 with D = KL(p || q) (``"kl"``), KL(q || p) (``"reverse_kl"``) or the generalised
 Jensen-Shannon divergence ``beta * KL(p || M) + (1 - beta) * KL(q || M)``, M = beta p + (1-beta) q
 (``"jsd"``). With ``labels=None`` there is no CE term, every row counts and the KD term has
-weight 1 (alpha is not used). The teacher may be given as logits or as log-probabilities: both
+weight 1 (alpha is not used). A teacher row that defines no distribution (a NaN or +inf entry,
+or every entry -inf) gives a NaN KD term, hence a NaN row loss and gradient, on every backend:
+never a silently dropped term (entries at -inf among finite ones are fine: probability 0). When
+the KD term has weight 0 (``alpha=0`` with labels) the teacher is not read. The teacher may be
+given as logits or as log-probabilities: both
 give the same p, since softmax is shift-invariant per row. Reductions: ``mean`` over valid rows
 (0 when there are none), ``sum``, ``none`` (per row). All arithmetic in float32 (float64 inputs
 stay float64); the loss is float32.
@@ -43,6 +47,7 @@ from llmkern.ops._checks import (
     check_same_device,
     check_shape,
     check_tensor,
+    values_checked,
 )
 
 DIVERGENCES = ("kl", "reverse_kl", "jsd")
@@ -62,14 +67,34 @@ def _weights(labels, alpha):
     return (alpha, 1.0 - alpha) if labels is not None else (1.0, 0.0)
 
 
+def undefined_teacher_rows(t: torch.Tensor) -> torch.Tensor:
+    """Rows of teacher logits (or log-probabilities) that define no distribution: one entry NaN
+    or +inf, or every entry -inf. Their KD term is NaN on every backend (see the module doc)."""
+    return torch.isnan(t).any(1) | torch.isposinf(t).any(1) | torch.isneginf(t).all(1)
+
+
+def _kd_part(w_kd, tau, div, grad_s, teacher):
+    """The weighted KD term per row and its gradient; NaN on undefined teacher rows, and left
+    out (0, the teacher not read) when its weight is 0."""
+    if w_kd == 0:
+        return torch.zeros_like(div), torch.zeros_like(grad_s)
+    bad = undefined_teacher_rows(teacher)
+    rows = torch.where(bad, math.nan, w_kd * tau * tau * div)
+    grad = torch.where(bad[:, None], math.nan, w_kd * tau * grad_s)  # tau^2 * d/dz(z / tau)
+    return rows, grad
+
+
 def _hard_label_terms(z, labels, ignore_index, valid):
-    """CE per row and its gradient d CE / d z (zero rows where invalid)."""
+    """CE per row and its gradient d CE / d z (zero rows where invalid). A label outside
+    [0, V) (possible on the GPU, where check_label_values does not run) is never indexed: its
+    row gets NaN, as in the GPU kernels."""
     logq1 = torch.log_softmax(z, dim=1)
-    safe = torch.where(valid, labels, 0)
+    unknown = valid & ((labels < 0) | (labels >= z.shape[1]))
+    safe = torch.where(valid & ~unknown, labels, 0)
     ce = -logq1.gather(1, safe[:, None])[:, 0]
     grad = logq1.exp()
     grad[torch.arange(z.shape[0], device=z.device), safe] -= 1.0
-    return ce, grad
+    return ce.masked_fill(unknown, math.nan), grad.masked_fill(unknown[:, None], math.nan)
 
 
 def kd_loss_rows_ref(
@@ -103,8 +128,7 @@ def kd_loss_rows_ref(
             div = div + (q * g).sum(1)
         grad_s = q * (g - (q * g).sum(1, keepdim=True))
     w_kd, w_ce = _weights(labels, alpha)
-    rows = w_kd * tau * tau * div
-    grad = w_kd * tau * grad_s  # tau^2 * d/dz(z / tau)
+    rows, grad = _kd_part(w_kd, tau, div, grad_s, teacher[:, :v])
     if labels is not None:
         valid = labels != ignore_index
         ce, ce_grad = _hard_label_terms(z, labels, ignore_index, valid)
@@ -124,10 +148,14 @@ def kd_loss_topk_rows_ref(
     logq = torch.log_softmax(z / tau, dim=1)
     logp = torch.log_softmax(topk_logprobs.to(cd) / tau, dim=1)  # renormalised over the k entries
     p = logp.exp()
+    # An index outside [0, V) (unchecked on the GPU) is never read: its row's loss is NaN.
+    known = (topk_idx >= 0) & (topk_idx < z.shape[1])
+    topk_idx = torch.where(known, topk_idx, 0)
     div = torch.where(p > 0, p * (logp - logq.gather(1, topk_idx)), 0.0).sum(1)
+    div = div.masked_fill(~known.all(1), math.nan)
     w_kd, w_ce = _weights(labels, alpha)
-    rows = w_kd * tau * tau * div
-    grad = logq.exp().scatter_add(1, topk_idx, -p) * (w_kd * tau)
+    grad_s = logq.exp().scatter_add(1, topk_idx, -p)
+    rows, grad = _kd_part(w_kd, tau, div, grad_s, topk_logprobs)
     if labels is not None:
         valid = labels != ignore_index
         ce, ce_grad = _hard_label_terms(z, labels, ignore_index, valid)
@@ -184,10 +212,18 @@ def _kd_loss_topk_rows_op(
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     check_label_values(labels, student.shape[1], ignore_index)
-    if bool(((topk_idx < 0) | (topk_idx >= student.shape[1])).any()):
+    if values_checked(topk_idx) and bool(((topk_idx < 0) | (topk_idx >= student.shape[1])).any()):
         raise ValueError(f"topk_indices must be in [0, {student.shape[1]})")
     args = (student, topk_idx, topk_logprobs, labels, tau, alpha, ignore_index, compute_grad)
-    return dispatch("kd_loss_topk_rows", student.device, backend or None, *args)
+    rows, grad = dispatch("kd_loss_topk_rows", student.device, backend or None, *args)
+    if labels is None or alpha > 0:  # undefined teacher rows: NaN on every backend (cheap: [N, k])
+        bad = undefined_teacher_rows(topk_logprobs)
+        if labels is not None:
+            bad &= labels != ignore_index
+        rows.masked_fill_(bad, math.nan)
+        if grad.numel():
+            grad.masked_fill_(bad[:, None], math.nan)
+    return rows, grad
 
 
 @_kd_loss_topk_rows_op.register_fake
@@ -251,14 +287,15 @@ def check_kd_options(n, labels, temperature, alpha, ignore_index, reduction, bet
     if labels is not None:
         check_tensor("labels", labels, ndim=1, dtypes=(torch.int64, torch.int32))
         check_shape("labels", labels, (n,))
-        labels = labels.long()
+        labels = labels.long().contiguous()  # any stride (e.g. a column, expanded): kernels index
     return tau, alpha, beta, labels
 
 
 def check_label_values(labels, v, ignore_index):
     """Labels in [0, V) or ignore_index. A data-dependent check, so it runs inside the custom
-    ops (before any kernel), where torch.compile sees no graph break."""
-    if labels is None:
+    ops (before any kernel), where torch.compile sees no graph break; on GPU tensors only with
+    LLMKERN_DEBUG_CHECKS=1 (values_checked): without it a bad label's row gets a NaN loss."""
+    if labels is None or not values_checked(labels):
         return
     bad = (labels != ignore_index) & ((labels < 0) | (labels >= v))
     if bool(bad.any()):
@@ -277,6 +314,13 @@ def reduce_rows(rows, labels, ignore_index, reduction):
         return total
     n_valid = rows.shape[0] if labels is None else (labels != ignore_index).sum()
     return total / torch.clamp(torch.as_tensor(n_valid, device=rows.device), min=1).to(rows.dtype)
+
+
+def _teacher_unused(labels, alpha) -> bool:
+    """alpha = 0 with labels: the KD term has weight 0, so no kernel may read the teacher (an
+    undefined teacher row must not turn 0 x NaN into a NaN loss): the calls below hand the
+    kernels a harmless stand-in (the student itself, or zeros for a top-k teacher)."""
+    return labels is not None and alpha == 0.0
 
 
 def _wants_grad(student):
@@ -309,6 +353,8 @@ def kd_loss(
         )
     check_choice("divergence", divergence, DIVERGENCES)
     check_same_device(student_logits=student_logits, teacher_logits=teacher_logits, labels=labels)
+    if _teacher_unused(labels, alpha):
+        teacher_logits = student_logits
     rows, _ = _kd_loss_rows_op(
         student_logits, teacher_logits.detach(), labels, tau, alpha, int(ignore_index),
         divergence, beta, _wants_grad(student_logits), backend or "",
@@ -343,6 +389,8 @@ def kd_loss_topk(
     check_shape("topk_logprobs", topk_logprobs, tuple(topk_indices.shape))
     check_same_device(student_logits=student_logits, topk_indices=topk_indices,
                       topk_logprobs=topk_logprobs, labels=labels)  # fmt: skip
+    if _teacher_unused(labels, alpha):
+        topk_logprobs = torch.zeros_like(topk_logprobs)
     rows, _ = _kd_loss_topk_rows_op(
         student_logits, topk_indices, topk_logprobs.detach(), labels, tau, alpha,
         int(ignore_index), _wants_grad(student_logits), backend or "",
@@ -431,8 +479,11 @@ def _fused_linear_kd_forward(
         c1 = min(n, c0 + rows_per_chunk)
         h = student_hidden[c0:c1].float()
         zs = _logits(h, student_head, zs_buf[: c1 - c0])
-        zt = _logits(teacher_hidden[c0:c1].float(), teacher_head, zt_buf[: c1 - c0])
         lab = None if labels is None else labels[c0:c1]
+        if _teacher_unused(labels, alpha):  # no teacher GEMM either
+            zt = zs
+        else:
+            zt = _logits(teacher_hidden[c0:c1].float(), teacher_head, zt_buf[: c1 - c0])
         r, g = dispatch("kd_loss_rows", zs.device, backend or None, zs, zt, lab, tau, alpha,
                         ignore_index, divergence, beta, compute_grad)  # fmt: skip
         rows[c0:c1] = r
@@ -456,8 +507,12 @@ def _fused_linear_kd_forward(
     return rows, gh, gw
 
 
-def _n_valid(labels, n, ignore_index):
-    return n if labels is None else int((labels != ignore_index).sum())
+def _mean_scale(labels, n, ignore_index):
+    """1 / (number of rows that count, at least 1): a float, or without host synchronisation a
+    float32 0-dim tensor on the labels' device."""
+    if labels is None:
+        return 1.0 / max(1, n)
+    return 1.0 / (labels != ignore_index).sum().clamp(min=1).float()
 
 
 @torch.library.custom_op("llmkern::fused_linear_kd_loss", mutates_args=())
@@ -486,7 +541,7 @@ def _fused_linear_kd_op(
     n = student_hidden.shape[0]
     grad_scale = 1.0
     if reduction == "mean":
-        grad_scale = 1.0 / max(1, _n_valid(labels, n, ignore_index))
+        grad_scale = _mean_scale(labels, n, ignore_index)
     rows, gh, gw = _fused_linear_kd_forward(
         student_hidden, student_head, teacher_hidden, teacher_head, labels, tau, alpha,
         ignore_index, divergence, beta, row_scale, grad_scale, chunk_size, grad_hidden,

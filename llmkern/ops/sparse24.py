@@ -33,6 +33,7 @@ from llmkern.ops._checks import (
     check_same_device,
     check_shape,
     check_tensor,
+    values_checked,
 )
 from llmkern.ops.int8 import (
     MAX_K_W8A8,
@@ -114,8 +115,9 @@ def sparse24_w8_matmul_ref(x, values, meta, w_scale, bias):
     return w8_matmul_ref(x, w_q, w_scale, bias, 0)
 
 
-register("compress_24", "reference", _DEVICES)(compress_24_ref)
-register("decompress_24", "reference", _DEVICES)(decompress_24_ref)
+# The format conversions are vectorised tensor operators: the reference is the GPU path too.
+register("compress_24", "reference", _DEVICES, native=True)(compress_24_ref)
+register("decompress_24", "reference", _DEVICES, native=True)(decompress_24_ref)
 register("sparse24_matmul", "reference", _DEVICES)(sparse24_matmul_ref)
 register("sparse24_w8a8_matmul", "reference", _DEVICES)(sparse24_w8a8_matmul_ref)
 register("sparse24_w8_matmul", "reference", _DEVICES)(sparse24_w8_matmul_ref)
@@ -207,7 +209,8 @@ def _sparse24_w8a8_matmul_op(
     backend: str,
 ) -> torch.Tensor:
     args = (x_q, values, meta, x_scale, w_scale, bias, out_dtype)
-    check_finite("w_scale", w_scale)
+    if values_checked(w_scale):  # no host synchronisation per call on the GPU
+        check_finite("w_scale", w_scale)
     return dispatch("sparse24_w8a8_matmul", x_q.device, backend or None, *args)
 
 
@@ -225,7 +228,8 @@ def _sparse24_w8_matmul_op(
     bias: torch.Tensor | None,
     backend: str,
 ) -> torch.Tensor:
-    check_finite("w_scale", w_scale)
+    if values_checked(w_scale):  # no host synchronisation per call on the GPU
+        check_finite("w_scale", w_scale)
     return dispatch("sparse24_w8_matmul", x.device, backend or None, x, values, meta, w_scale, bias)
 
 

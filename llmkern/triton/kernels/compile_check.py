@@ -109,22 +109,20 @@ def variants(all_configs: bool) -> list[Variant]:
         for v in gemv:
             v.configs = v.configs[1:2]
     out += gemv
-    out.append(
-        Variant(
-            "quantize bf16",
-            quantize._quantize_rows_kernel,
-            {
-                "x_ptr": "*bf16",
-                "q_ptr": "*i8",
-                "scale_ptr": "*fp32",
-                "K": "i32",
-                "stride_xm": "i32",
-                "stride_qm": "i32",
-            },
-            {"ONE_PASS": True},
-            [({"BLOCK_K": 4096}, 8, 1)],
-        )
-    )
+    for name, x, one_pass, static in (
+        ("quantize bf16", "bf16", True, False),
+        ("quantize fp16 two-pass", "fp16", False, False),
+        ("quantize static bf16", "bf16", True, True),
+        ("quantize static fp32 two-pass", "fp32", False, True),
+    ):
+        sig = {
+            "x_ptr": f"*{x}", "q_ptr": "*i8", "scale_ptr": "*fp32", "static_ptr": "*fp32",
+            "K": "i32", "stride_xm": "i32", "stride_qm": "i32",
+        }  # fmt: skip
+        # As launched: K = 4096 in one pass (8 warps), K > MAX_ONE_PASS in blocks of it (16).
+        config = ({"BLOCK_K": 4096}, 8, 1) if one_pass else ({"BLOCK_K": 16384}, 16, 1)
+        flags = {"ONE_PASS": one_pass, "STATIC": static}
+        out.append(Variant(name, quantize._quantize_rows_kernel, sig, flags, [config]))
     kd_sig = {
         "s_ptr": "*bf16", "t_ptr": "*bf16", "y_ptr": "*i64", "rows_ptr": "*fp32",
         "g_ptr": "*bf16", "V": "i32", "stride_s": "i32", "stride_t": "i32", "stride_g": "i32",
@@ -196,6 +194,13 @@ def compile_variant(v: Variant, arch: int, config) -> dict:
     if v.fn is quantize._quantize_rows_kernel:
         options["enable_fp_fusion"] = False
     compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+    # Every kernel computes in float32 or narrower: float64 in the PTX is an accident (a Python
+    # float literal that triton typed as float64 promotes whole expressions; 64x slower on GPUs).
+    f64 = re.findall(r"^\s*\S+\.f64\b.*$", compiled.asm["ptx"], flags=re.MULTILINE)
+    if f64:
+        raise TypeError(
+            f"float64 arithmetic in the PTX ({len(f64)} instructions): {f64[0].strip()}"
+        )
     regs, stack = _resources(compiled.asm["cubin"])
     return {"shared": compiled.metadata.shared, "regs": regs, "stack": stack}
 

@@ -28,6 +28,9 @@ import triton.language as tl
 from llmkern.triton.kernels.common import INTERPRET, next_pow2, rowmajor
 
 _NEG_INF = tl.constexpr(float("-inf"))
+# FLT_MIN written exactly: triton (3.6) types a float literal below 2**-126 as float64, and the
+# rounded decimal 1.17549435e-38 is just below it, which silently made the JSD sums float64.
+_FLT_MIN = tl.constexpr(2.0**-126)
 KL, REVERSE_KL, JSD = 0, 1, 2
 _DIVERGENCE_CODE = {"kl": KL, "reverse_kl": REVERSE_KL, "jsd": JSD}
 # Under the interpreter: small blocks so the tests cross several of them.
@@ -41,7 +44,7 @@ BLOCK_HITS = 4  # top-k entries matched against a vocabulary block at a time
 def _log_mixture(logp, logq, p, q, beta):
     """log(beta p + (1 - beta) q) as the reference takes it: exactly log q or log p when one side
     is weightless, else floored at FLT_MIN so an underflowed mixture stays finite."""
-    logm = tl.log(tl.maximum(beta * p + (1.0 - beta) * q, 1.17549435e-38))
+    logm = tl.log(tl.maximum(beta * p + (1.0 - beta) * q, _FLT_MIN))
     logm = tl.where(beta == 0.0, logq, logm)
     return tl.where(beta == 1.0, logp, logm)
 
@@ -63,23 +66,27 @@ def _lse(m, s):
 
 
 @triton.jit
-def _ce_grad(z, q, offs, lse_z, y, TAU_ONE: tl.constexpr):
-    """d CE / d z = softmax(z) - onehot(y); softmax(z) is q when tau == 1."""
+def _ce_grad(z, q, offs, lse_z, y, V, TAU_ONE: tl.constexpr):
+    """d CE / d z = softmax(z) - onehot(y); softmax(z) is q when tau == 1. NaN for a label
+    outside [0, V), as its CE."""
     if TAU_ONE:
         soft = q
     else:
         soft = tl.exp(z - lse_z)
-    return soft - (offs == y).to(tl.float32)
+    g = soft - (offs == y).to(tl.float32)
+    return tl.where((y >= 0) & (y < V), g, float("nan"))
 
 
 @triton.jit
-def _ce(s_row, y, lse_a, mz, sz, TAU_ONE: tl.constexpr):
-    """(CE of the row's label, lse(z)); lse(z) is lse(z / tau) when tau == 1."""
+def _ce(s_row, y, V, lse_a, mz, sz, TAU_ONE: tl.constexpr):
+    """(CE of the row's label, lse(z)); lse(z) is lse(z / tau) when tau == 1. A label outside
+    [0, V) (unchecked on the GPU) is not read: its CE is NaN."""
     if TAU_ONE:
         lse_z = lse_a
     else:
         lse_z = _lse(mz, sz)
-    return lse_z - tl.load(s_row + y).to(tl.float32), lse_z
+    z_y = tl.load(s_row + y, mask=(y >= 0) & (y < V), other=float("nan")).to(tl.float32)
+    return lse_z - z_y, lse_z
 
 
 @triton.jit
@@ -135,6 +142,9 @@ def _kd_rows_kernel(
                 cross = cross * ra + tl.sum(tl.where(ea > 0.0, ea * (a - b), 0.0), axis=0)
         lse_a = _lse(ma, sa)
         lse_b = _lse(mb, sb)
+        # A teacher row with NaN / +inf, or all -inf, has no finite log-sum: its KD term is NaN
+        # (as the reference; the JSD sums below would otherwise drop its NaN terms).
+        p_ok = (lse_b > _NEG_INF) & (lse_b < -_NEG_INF)
         if DIVERGENCE == 0:
             div = cross / sb + lse_a - lse_b
         elif DIVERGENCE == 1:
@@ -156,10 +166,10 @@ def _kd_rows_kernel(
             div = tl.where(beta > 0.0, beta * d_p, 0.0) + tl.where(
                 beta < 1.0, (1.0 - beta) * d_q, 0.0
             )
-        loss = loss_scale * div
+        loss = loss_scale * tl.where(p_ok, div, float("nan"))
         lse_z = 0.0
         if HAS_LABELS:
-            ce, lse_z = _ce(s_row, y, lse_a, mz, sz, TAU_ONE)
+            ce, lse_z = _ce(s_row, y, V, lse_a, mz, sz, TAU_ONE)
             loss += w_ce * ce
         tl.store(rows_ptr + row, loss)
         if GRAD:
@@ -178,9 +188,9 @@ def _kd_rows_kernel(
                     logm = _log_mixture(logp, logq, tl.exp(logp), q, beta)
                     g = (1.0 - beta) * q * (tl.where(q > 0.0, logq - logm, 0.0) - d_q)
                     g = tl.where(beta < 1.0, g, 0.0)
-                g = grad_scale * g
+                g = grad_scale * tl.where(p_ok, g, float("nan"))
                 if HAS_LABELS:
-                    g += w_ce * _ce_grad(z, q, offs, lse_z, y, TAU_ONE)
+                    g += w_ce * _ce_grad(z, q, offs, lse_z, y, V, TAU_ONE)
                 tl.store(g_row + offs, g.to(g_ptr.dtype.element_ty), mask=offs < V)
     else:
         tl.store(rows_ptr + row, 0.0)
@@ -247,14 +257,17 @@ def _kd_topk_kernel(
             ok = offs_j < KT
             b = tl.load(lp_row + offs_j, mask=ok, other=_NEG_INF).to(tl.float32) * inv_tau
             idx = tl.load(idx_row + offs_j, mask=ok, other=0)
-            a = tl.load(s_row + idx, mask=ok, other=0.0).to(tl.float32) * inv_tau
+            # An index outside [0, V) (unchecked on the GPU) is not read: the loss is NaN.
+            known = (idx >= 0) & (idx < V)
+            a = tl.load(s_row + idx, mask=ok & known, other=0.0).to(tl.float32) * inv_tau
+            a = tl.where(ok & ~known, float("nan"), a)
             mb, sb, eb, rb = _online(mb, sb, b)
-            cross = cross * rb + tl.sum(tl.where(eb > 0.0, eb * (b - a), 0.0), axis=0)
+            cross = cross * rb + tl.sum(tl.where((eb > 0.0) | (a != a), eb * (b - a), 0.0), axis=0)
         lse_b = _lse(mb, sb)
         loss = loss_scale * (cross / sb + lse_a - lse_b)
         lse_z = 0.0
         if HAS_LABELS:
-            ce, lse_z = _ce(s_row, y, lse_a, mz, sz, TAU_ONE)
+            ce, lse_z = _ce(s_row, y, V, lse_a, mz, sz, TAU_ONE)
             loss += w_ce * ce
         tl.store(rows_ptr + row, loss)
         if GRAD:
@@ -277,7 +290,7 @@ def _kd_topk_kernel(
                 q = tl.exp(z * inv_tau - lse_a)
                 g = grad_scale * (q - p)
                 if HAS_LABELS:
-                    g += w_ce * _ce_grad(z, q, offs, lse_z, y, TAU_ONE)
+                    g += w_ce * _ce_grad(z, q, offs, lse_z, y, V, TAU_ONE)
                 tl.store(g_row + offs, g.to(g_ptr.dtype.element_ty), mask=offs < V)
     else:
         tl.store(rows_ptr + row, 0.0)
