@@ -774,3 +774,62 @@ def test_every_public_callable_is_covered():
     missing = public_callables() - COVERED
     assert not missing, f"add misuse cases to tests/test_misuse.py for {sorted(missing)}"
     assert len(public_callables()) >= 30  # the walk itself found the API
+
+
+# ---------------------------------------------------------------------------------------------
+# Structured pruning (llmkern.prune_structure, llmkern.Recovery)
+# ---------------------------------------------------------------------------------------------
+
+
+def _tiny_llama(seed):
+    import transformers
+
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(vocab_size=40, hidden_size=32, num_hidden_layers=3,
+                                   num_attention_heads=8, num_key_value_heads=2,
+                                   intermediate_size=48, max_position_embeddings=32)  # fmt: skip
+    return transformers.LlamaModel(cfg).eval()
+
+
+def _token_batches(n, seed):
+    g = _gen(seed)
+    return [{"input_ids": torch.randint(0, 40, (2, 6), generator=g)} for _ in range(n)]
+
+
+STRUCTURE_MISUSES = ("list", "generator", "single_dict", "empty", "unsupported", "bad_ratio",
+                     "too_many_layers", "bad_recovery")  # fmt: skip
+
+
+@covers("llmkern.prune_structure", "llmkern.Recovery")
+@settings(max_examples=16, **SETTINGS)
+@given(misuse=st.sampled_from(STRUCTURE_MISUSES), n_batches=st.integers(1, 3),
+       seed=st.integers(0, 99))  # fmt: skip
+def test_structure_misuse(misuse, n_batches, seed):
+    data = _token_batches(n_batches, seed)
+    model = Net(seed=seed) if misuse == "unsupported" else _tiny_llama(seed)
+    snap = _state(model)
+    kw = {"ffn": 0.5, "heads": 0.5, "layers": 1}
+    if misuse in ("list", "generator"):
+        calib = data if misuse == "list" else (b for b in data)
+        llmkern.prune_structure(model, calibration=calib, **kw)
+        ref = _tiny_llama(seed)
+        llmkern.prune_structure(ref, calibration=data, **kw)
+        assert not _same(model, snap)
+        x = _token_batches(1, seed + 1)[0]
+        with torch.no_grad():
+            torch.testing.assert_close(model(**x).last_hidden_state,
+                                       ref(**x).last_hidden_state, rtol=0, atol=0)  # fmt: skip
+        return
+    calls = {
+        "single_dict": (TypeError, dict(calibration=data[0], **kw)),
+        "empty": (ValueError, dict(calibration=[], **kw)),
+        "unsupported": ((TypeError, ValueError), dict(calibration=data, **kw)),
+        "bad_ratio": (ValueError, dict(calibration=data, ffn=1.5)),
+        "too_many_layers": (ValueError, dict(calibration=data, layers=3)),
+        "bad_recovery": ((TypeError, ValueError),
+                         dict(calibration=data, recovery=llmkern.Recovery(data=[], steps=1), **kw)),
+    }  # fmt: skip
+    exc, kwargs = calls[misuse]
+    with pytest.raises(exc):
+        llmkern.prune_structure(model, **kwargs)
+    assert _same(model, snap)

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from llmkern.compress.calibration import _check_batches, call_model
+from llmkern.compress.calibration import calibration_batches, call_model
 from llmkern.compress.modules import is_conv1d
 from llmkern.compress.report import LayerRow, Report, count_bytes, count_params
 
@@ -616,7 +616,7 @@ def prune_structure(
     if importance in ("activation", "taylor"):
         if calibration is None:
             raise ValueError(f"importance={importance!r} needs calibration batches")
-        _check_batches(calibration)
+        calibration = calibration_batches(calibration)  # read once: generators are consumed
     _check_plain(attns, ffns)
     shapes = {(a.n_heads, a.n_kv, a.head_dim, _out_features(f.up[0]))
               for a, f in zip(attns, ffns, strict=True)}  # fmt: skip
