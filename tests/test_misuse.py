@@ -533,8 +533,11 @@ def test_kd_module_misuse(kind, lead, misuse, seed):
         with pytest.raises(ValueError, match="teacher"):
             mod(*bad, labels)
     elif misuse == "bad_labels_shape":
+        bad = labels.reshape(-1, 1)
+        if tuple(bad.shape) == lead:  # lead (n, 1) is that shape already: flat is wrong for it
+            bad = labels.reshape(-1)
         with pytest.raises(ValueError, match="labels"):
-            mod(*args, labels.reshape(-1, 1))
+            mod(*args, bad)
     elif misuse == "strided_labels":
         wide = torch.stack([labels, labels], -1)[..., 0]
         torch.testing.assert_close(mod(*args, wide), flat(*args, lab=labels))
