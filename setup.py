@@ -79,10 +79,13 @@ def _want_cuda():
 
 
 def extensions():
-    cxx = ["-O3", "-std=c++17", "-fno-math-errno", "-Wall", "-Wno-unknown-pragmas"]
-    ldflags = []
+    # -fopenmp: at::parallel_for is an inline OpenMP loop in torch's CPU builds; compiled without
+    # it, every kernel runs on one thread. The extension then shares torch's libgomp (same
+    # soname, already loaded), so torch.set_num_threads applies to it.
+    cxx = ["-O3", "-std=c++17", "-fno-math-errno", "-Wall", "-Wno-unknown-pragmas", "-fopenmp"]
+    ldflags = ["-fopenmp"]
     if _flag("LLMKERN_DEBUG"):
-        cxx = ["-O0", "-g", "-std=c++17"]
+        cxx = ["-O0", "-g", "-std=c++17", "-fopenmp"]
     if _flag("LLMKERN_SANITIZE"):
         san = [
             "-fsanitize=address,undefined",
