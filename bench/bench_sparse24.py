@@ -34,8 +34,8 @@ import torch
 import llmkern
 from llmkern import benchmark as B
 from llmkern.cpu import int8 as cpu_int8
+from llmkern.cpu.sparse24 import SPARSE_MAX_ROWS
 from llmkern.nn import Sparse24Linear
-from llmkern.nn.sparse24 import SPARSE_MAX_ROWS
 
 MINILM = ((384, 384), (384, 1536), (1536, 384))
 LLAMA = ((2048, 2048), (2048, 5632), (5632, 2048), (4096, 4096))

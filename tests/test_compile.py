@@ -52,6 +52,7 @@ def sample_args(op):
         "sparse24_matmul": (x, values, meta, b),
         "sparse24_w8a8_matmul": (xq, qvalues, qmeta, xs, ws, b, torch.float32),
         "sparse24_w8_matmul": (x, qvalues, qmeta, ws, None),
+        "sparse24_w8a8_linear": (x, qvalues, qmeta, ws, b),
         "kd_loss_rows": (z.requires_grad_(), t, labels, 2.0, 0.5, -100, "kl", 0.5, True),
         "kd_loss_topk_rows": (z.detach().requires_grad_(), idx, lp, labels, 2.0, 0.5, -100, True),
         "w8a8_linear": (x, wq, ws, b, None, None),
@@ -81,7 +82,7 @@ def sample_args(op):
 CUSTOM_OPS = [
     "quantize_per_token", "w8a8_matmul", "w8_matmul", "w8a8_linear", "w8_linear", "compress_24",
     "decompress_24", "sparse24_matmul", "sparse24_w8a8_matmul", "sparse24_w8_matmul",
-    "kd_loss_rows", "kd_loss_topk_rows", "fused_linear_kd_loss",
+    "sparse24_w8a8_linear", "kd_loss_rows", "kd_loss_topk_rows", "fused_linear_kd_loss",
 ]  # fmt: skip
 VARIANTS = {"w8a8_linear": ["w8a8_linear/static"], "w8_linear": ["w8_linear/grouped"]}
 # The backward of the KD ops scales the saved forward gradient in place (llmkern/ops/kd.py

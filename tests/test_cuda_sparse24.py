@@ -124,24 +124,23 @@ def test_invalid_layout_name():
         cs.to_mma_sp_layout(values, meta, "m16n8k16")
 
 
-def test_packed_weight_cache_follows_in_place_changes():
+def test_mma_weight_form_follows_in_place_changes():
+    """The mma.sp layout is one of a module's Prepared forms: built once, rebuilt when the weight
+    changes in place or is another tensor; without Prepared (a bare op call) built per call."""
+    from llmkern.backends import Prepared
+
     values, meta = ops.compress_24(_random_24(8, 64, torch.float16))
-    first = cs.packed_weight(values, meta, cs.MMA16)
-    assert cs.packed_weight(values, meta, cs.MMA16) is first
+    prepared = Prepared()
+    first = cs.mma_weight(values, meta, cs.MMA16, prepared)
+    assert cs.mma_weight(values, meta, cs.MMA16, prepared) is first
     values.mul_(2)
-    second = cs.packed_weight(values, meta, cs.MMA16)
+    second = cs.mma_weight(values, meta, cs.MMA16, prepared)
     assert second is not first
     assert torch.equal(cs.from_mma_sp_layout(second)[0], values)
-    assert cs.packed_weight(values, meta.clone(), cs.MMA16) is not second
-
-
-def test_packed_weight_cache_entry_dies_with_the_weight():
-    values, meta = ops.compress_24(_random_24(8, 64, torch.float16))
-    cs.packed_weight(values, meta, cs.MMA16)
-    key = (id(values), cs.MMA16)
-    assert key in cs._PACKED
-    del values
-    assert key not in cs._PACKED
+    assert cs.mma_weight(values, meta.clone(), cs.MMA16, prepared) is not second
+    assert cs.mma_weight(values, meta, cs.MMA16) is not cs.mma_weight(values, meta, cs.MMA16)
+    prepared.clear()
+    assert len(prepared) == 0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -50,8 +50,27 @@ def test_dense_fallback_above_the_threshold_gives_the_same_result():
         sparse = mod(x)
         mod.max_sparse_rows = 4  # 9 rows > 4: dense
         dense = mod(x)
-        assert mod._dense_cache is not None
+        assert len(mod._prepared) == 1  # the dense copy, kept by the module
+        assert torch.equal(mod(x), dense)
+        # The public op applies the same rule (the cpu backend's), without a kept copy.
+        mod.max_sparse_rows = -1  # the default limit (64 rows for fp32)
+        x70 = torch.randn(70, 64)
+        assert torch.equal(s24.sparse24_matmul(x70, mod.values, mod.meta, mod.bias), mod(x70))
     torch.testing.assert_close(sparse, dense, atol=1e-5, rtol=1e-5)
+    mod.to(torch.float64).to(torch.float32)  # a move drops the forms of the old weight
+    assert len(mod._prepared) == 0
+
+
+def test_dense_fallback_keeps_the_nan_contract():
+    """A non-finite x keeps the 2:4 kernel: pruned weights are never multiplied."""
+    mod = Sparse24Linear.from_float(masked_linear(64, 40))
+    x = torch.randn(9, 64)
+    x[3, 5] = float("inf")
+    with torch.no_grad():
+        mod.max_sparse_rows = 0
+        got = mod(x)
+        mod.max_sparse_rows = None
+        assert torch.equal(got, mod(x))
 
 
 @pytest.mark.parametrize("form", ["w8", "w8a8"])
@@ -75,9 +94,9 @@ def test_int8_forms(form, xdtype):
 
 @pytest.mark.parametrize("xdtype", [torch.float32, torch.bfloat16])
 def test_w8_dense_path_with_many_rows_uses_the_gemm(monkeypatch, xdtype):
-    import llmkern.nn.int8 as nn_int8
+    import llmkern.cpu.int8 as cpu_int8
 
-    monkeypatch.setitem(nn_int8.W8_GEMM_ROWS, xdtype, 6)
+    monkeypatch.setitem(cpu_int8.W8_GEMM_ROWS, xdtype, 6)
     mod = Sparse24Linear.from_float(masked_linear(30, 24), int8="w8")  # K padded to 32
     x = torch.randn(7, 30).to(xdtype)
     want = F.linear(x.float(), mod.weight, mod.bias).to(xdtype)
@@ -88,7 +107,7 @@ def test_w8_dense_path_with_many_rows_uses_the_gemm(monkeypatch, xdtype):
     torch.testing.assert_close(got.float(), want.float(), atol=tol, rtol=tol)
     w_q = s24.decompress_24(mod.values, mod.meta)
     xp = F.pad(x, (0, 2))
-    assert torch.equal(got, nn_int8.w8_gemm(xp, w_q, mod.w_scale, 0, mod.bias))
+    assert torch.equal(got, cpu_int8.w8_gemm(xp, w_q, mod.w_scale, 0, mod.bias))
 
 
 def test_w8a8_dense_fallback_is_bit_exact():

@@ -20,6 +20,20 @@ float64 KD logits); it then warns once per op (:class:`ReferenceOnGPUWarning`), 
 reference is a slow composition of torch operators. Ops whose reference *is* the GPU
 implementation (plain tensor operators, e.g. the 2:4 format conversions) are registered with
 ``native=True`` and do not warn.
+
+Two entries run an op: the public functions of llmkern.ops check their arguments and call the
+op's ``torch.library`` custom op, which dispatches here; the llmkern.nn modules, whose buffers
+were validated when set, call :func:`run`, which in eager mode calls the selected kernel
+directly (the selection is cached per op, device and environment, so a batch-1 call costs
+microseconds) and under torch.compile, or when autograd must see the op, the custom op.
+Shape rules that are kernel selection (e.g. a dense GEMM beating the 2:4 kernel for many rows)
+live in the backend's kernel, so the public op and the module compute the same thing.
+
+Prepared weights: a backend may register :func:`register_prepare` for an op, a function that
+turns a module's weight into the form its kernel reads (a packed layout). The module calls
+:func:`prepare` when its weight is set, loaded or moved and holds the result; forms that are
+only needed for some calls (a dense copy for large batches, a tensor-core layout) are built on
+first use into the module's :class:`Prepared` slots. Nothing is cached globally.
 """
 
 from __future__ import annotations
@@ -60,9 +74,12 @@ class Kernel:
     # A reference that is also the production implementation on every device (vectorised
     # tensor operators, nothing faster to write): running it on CUDA tensors does not warn.
     native: bool = False
+    # The kernel takes a module's Prepared forms as the keyword argument ``prepared``.
+    takes_prepared: bool = False
 
 
 _REGISTRY: dict[str, dict[str, Kernel]] = {}
+_PREPARE: dict[tuple[str, str], Callable] = {}
 
 
 def register(
@@ -72,6 +89,7 @@ def register(
     supports: Callable[..., bool] | None = None,
     why: str = "",
     native: bool = False,
+    takes_prepared: bool = False,
 ):
     """Decorator: register ``fn`` as the ``backend`` kernel of ``op`` on ``devices``."""
     if backend not in BACKENDS:
@@ -79,8 +97,9 @@ def register(
 
     def deco(fn):
         _REGISTRY.setdefault(op, {})[backend] = Kernel(
-            op, backend, fn, tuple(devices), supports, why, native
+            op, backend, fn, tuple(devices), supports, why, native, takes_prepared
         )
+        _CANDIDATES.clear()
         return fn
 
     return deco
@@ -192,15 +211,19 @@ def requested_backend(backend: str | None = None) -> str | None:
     return name
 
 
-def select(
-    op: str, device: torch.device | str, args: tuple = (), backend: str | None = None
-) -> Kernel:
-    """The kernel that runs ``op`` for ``args`` on ``device`` (see module docstring)."""
-    dev = torch.device(device).type
+# Kernels that can run an op, in selection order, per (op, device type, requested backend,
+# TRITON_INTERPRET): availability never changes within a process, so it is checked once.
+_CANDIDATES: dict[tuple, tuple[Kernel, ...]] = {}
+
+
+def _candidates(op: str, dev: str, want: str | None) -> tuple[Kernel, ...]:
+    key = (op, dev, want, triton_interpret())
+    hit = _CANDIDATES.get(key)
+    if hit is not None:
+        return hit
     table = _REGISTRY.get(op)
     if table is None:
         raise KeyError(f"no op named {op!r} is registered")
-    want = requested_backend(backend)
     if want is not None:
         kernel = table.get(want)
         if kernel is None or dev not in kernel.devices:
@@ -212,25 +235,141 @@ def select(
         ok, reason = backend_available(want, dev)
         if not ok:
             raise BackendUnavailableError(f"llmkern: backend {want!r} for op {op!r}: {reason}")
+        found = (kernel,)
+    else:
+        found = tuple(
+            table[name]
+            for name in AUTO_ORDER.get(dev, ("reference",))
+            if name in table
+            and dev in table[name].devices
+            and not (name == "triton" and dev == "cpu")  # the interpreter is never automatic
+            and backend_available(name, dev)[0]
+        )
+    _CANDIDATES[key] = found
+    return found
+
+
+def _device_type(device: torch.device | str) -> str:
+    return device.type if isinstance(device, torch.device) else torch.device(device).type
+
+
+def select(
+    op: str, device: torch.device | str, args: tuple = (), backend: str | None = None
+) -> Kernel:
+    """The kernel that runs ``op`` for ``args`` on ``device`` (see module docstring)."""
+    dev = _device_type(device)
+    want = requested_backend(backend)
+    found = _candidates(op, dev, want)
+    if want is not None:
+        kernel = found[0]
         if kernel.supports is not None and not kernel.supports(*args):
             raise BackendUnavailableError(
                 f"llmkern: backend {want!r} does not support this call of {op!r}: {kernel.why}"
             )
         return kernel
-    for name in AUTO_ORDER.get(dev, ("reference",)):
-        kernel = table.get(name)
-        if kernel is None or dev not in kernel.devices:
-            continue
-        if name == "triton" and dev == "cpu":
-            continue  # the interpreter is never chosen automatically
-        if not backend_available(name, dev)[0]:
-            continue
+    for kernel in found:
         if kernel.supports is not None and args and not kernel.supports(*args):
             continue
-        if name == "reference" and dev == "cuda" and not kernel.native:
-            _warn_reference_on_gpu(op, table)
+        if kernel.backend == "reference" and dev == "cuda" and not kernel.native:
+            _warn_reference_on_gpu(op, _REGISTRY[op])
         return kernel
     raise BackendUnavailableError(f"llmkern: no kernel for op {op!r} on {dev} tensors")
+
+
+def _needs_autograd(args: tuple) -> bool:
+    return torch.is_grad_enabled() and any(
+        isinstance(a, torch.Tensor) and a.requires_grad for a in args
+    )
+
+
+def run(
+    op: str,
+    custom_op: Callable,
+    args: tuple,
+    prepared: Prepared | None = None,
+    differentiable: bool = False,
+):
+    """Run ``op`` on ``args`` without argument checks (for modules, whose buffers were checked
+    when set): the selected kernel directly in eager mode, with the module's ``prepared``
+    forms; the custom op (``custom_op(*args, "")``) under torch.compile, on the meta device
+    (its fake implementation gives the shapes), and for a ``differentiable`` op when autograd
+    needs its backward."""
+    if (
+        torch.compiler.is_compiling()
+        or args[0].device.type == "meta"
+        or (differentiable and _needs_autograd(args))
+    ):
+        return custom_op(*args, "")
+    kernel = select(op, args[0].device, args)
+    if prepared is None or not kernel.takes_prepared:
+        return kernel.fn(*args)
+    return kernel.fn(*args, prepared=prepared)
+
+
+# ---------------------------------------------------------------------------------------------
+# Prepared weights
+# ---------------------------------------------------------------------------------------------
+
+
+class Prepared:
+    """Forms of one module's weight that kernels derive from it on first use (a dense copy for
+    the batch sizes where a dense GEMM wins, a tensor-core layout), owned by the module: they
+    die with it, and the module calls :meth:`clear` when its weight moves or is replaced. Each
+    form is stored with the key it was built for (the weight's identity and version counters),
+    so an in-place update of the weight (an optimizer step) rebuilds it."""
+
+    def __init__(self, **settings):
+        # The module's settings for its kernels (e.g. a row limit), kept across clear().
+        self.settings = settings
+        self._forms: dict[str, tuple] = {}
+
+    def get(self, name: str, key: tuple, build: Callable):
+        hit = self._forms.get(name)
+        if hit is None or hit[0] != key:
+            hit = self._forms[name] = (key, build())
+        return hit[1]
+
+    def clear(self) -> None:
+        self._forms.clear()
+
+    def __len__(self) -> int:
+        return len(self._forms)
+
+    def __getstate__(self):  # pickles and deep copies keep the settings; forms are rebuilt
+        return {"settings": dict(self.settings), "_forms": {}}
+
+
+def weight_key(*tensors: torch.Tensor | None) -> tuple:
+    """Identity and version of the tensors a prepared form was built from (tensors created in
+    inference mode have no version counter and are keyed on identity only)."""
+    return tuple(
+        (t.data_ptr(), None if t.is_inference() else t._version) for t in tensors if t is not None
+    )
+
+
+def register_prepare(op: str, backend: str):
+    """Decorator: ``fn(*weight) -> Tensor`` builds the weight form the ``backend`` kernel of
+    ``op`` reads (e.g. a packed layout), once per module weight."""
+
+    def deco(fn):
+        _PREPARE[(op, backend)] = fn
+        return fn
+
+    return deco
+
+
+def prepare(op: str, device: torch.device | str, *weight):
+    """The weight form that the backend automatic selection picks for ``op`` on ``device`` reads
+    (see :func:`register_prepare`), or None when that backend reads the canonical weight. A
+    backend forced per call (LLMKERN_BACKEND) is handed the same form and ignores what it cannot
+    use."""
+    dev = _device_type(device)
+    if dev == "meta":
+        return None
+    for kernel in _candidates(op, dev, None):
+        fn = _PREPARE.get((op, kernel.backend))
+        return None if fn is None else fn(*weight)
+    return None
 
 
 _WARNED_REFERENCE: set[str] = set()

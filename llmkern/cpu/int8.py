@@ -3,17 +3,41 @@ of those kernels.
 
 The kernels read weights pre-packed once (``pack_w8a8`` / ``pack_w8``: 64-channel panels in the
 order the inner loops consume them, plus the VNNI compensation or the scales, behind a header
-the kernel checks). The ``*_linear`` ops use the ``packed`` argument when given; the canonical
-``w8a8_matmul`` / ``w8_matmul`` pack their ``w_q`` on every call, so repeated calls with one
-weight should go through the ``*_linear`` ops (as llmkern.nn does).
+the kernel checks). The ``*_linear`` ops use the ``packed`` argument when given (llmkern.nn
+modules prepare it once, see llmkern.backends.prepare); the canonical ``w8a8_matmul`` /
+``w8_matmul`` pack their ``w_q`` on every call.
+
+Kernel choice by shape: weight-only calls with more than :data:`W8_GEMM_ROWS` rows of x are
+compute-bound, and torch's GEMM on the weight dequantised for the call beats the weight-only
+kernel (fp32 FMA) there.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from llmkern import _ext
-from llmkern.backends import register
+from llmkern.backends import register, register_prepare
+from llmkern.ops.int8 import dequantize_weight
+
+# Rows of x above which weight-only products run as torch's GEMM on the dequantised weight.
+# Crossovers measured on the 2-core AVX-512 machine on K x N = 384x384, 384x1536, 1536x384 and
+# 4096x4096: fp32 1.0-1.56x faster from M = 2048 (0.93x on 4096x4096 at M = 1024), bf16 1.2-6x
+# from M = 512. fp16 keeps the kernel (torch's fp16 CPU GEMM is slow). The bf16 GEMM rounds
+# the dequantised weight to bf16 (relative 2^-9).
+W8_GEMM_ROWS = {torch.float32: 1024, torch.bfloat16: 256}
+
+
+def w8_uses_gemm(x: torch.Tensor) -> bool:
+    limit = W8_GEMM_ROWS.get(x.dtype)
+    return limit is not None and x.shape[0] > limit
+
+
+def w8_gemm(x, w_q, w_scale, group_size, bias) -> torch.Tensor:
+    """``x @ dequantised(w_q)^T + bias`` with torch's GEMM in x's dtype (see W8_GEMM_ROWS)."""
+    w = dequantize_weight(w_q, w_scale, group_size).to(x.dtype)
+    return F.linear(x, w, None if bias is None else bias.to(x.dtype))
 
 
 def pack_w8a8(w_q: torch.Tensor) -> torch.Tensor:
@@ -40,7 +64,7 @@ if _ext.available():
 
     @register("w8_matmul", "cpu")
     def w8_matmul(x, w_q, w_scale, bias, group_size):
-        return torch.ops.llmkern_C.int8_w8_linear(x, bias, pack_w8(w_q, w_scale, group_size))
+        return w8_linear(x, w_q, w_scale, bias, group_size, None)
 
     @register("w8a8_linear", "cpu")
     def w8a8_linear(x, w_q, w_scale, bias, x_scale, packed):
@@ -49,5 +73,10 @@ if _ext.available():
 
     @register("w8_linear", "cpu")
     def w8_linear(x, w_q, w_scale, bias, group_size, packed):
+        if w8_uses_gemm(x):
+            return w8_gemm(x, w_q, w_scale, group_size, bias)
         packed = pack_w8(w_q, w_scale, group_size) if packed is None else packed
         return torch.ops.llmkern_C.int8_w8_linear(x, bias, packed)
+
+    register_prepare("w8a8_linear", "cpu")(pack_w8a8)
+    register_prepare("w8_linear", "cpu")(pack_w8)

@@ -2,24 +2,90 @@
 
 They read the canonical compressed form (values [N, K/2], meta [N, ceil(K/8)]) directly; x is
 copied once into a zero-padded fp32 (or int8) buffer. ISA variant (AVX-512 VNNI+VBMI / AVX-512 /
-AVX2 / scalar) is chosen per call in C++. compress_24 / decompress_24 have no CPU kernel: their
+AVX2 / scalar) is chosen in C++. compress_24 / decompress_24 have no CPU kernel: their
 vectorised references are a single pass over the weight and run once per model, not per step.
+
+Kernel choice by shape: 2:4 pays off while reading the weight dominates (small batches,
+decoding). For more rows of x than :func:`dense_row_limit` allows, the dense GEMM wins (torch's
+BLAS for float weights, llmkern's dense int8 kernels for int8 ones), and the kernels here
+multiply with a dense form of the weight (for finite x: see ``_goes_dense``): kept in the calling module's Prepared forms (built on
+first use, costing the dense weight's memory; a module with ``max_sparse_rows = None`` never
+builds it), or rebuilt per call for a bare op call.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-from llmkern.backends import register
+from llmkern.backends import register, weight_key
+from llmkern.ops.sparse24 import decompress_24_ref
+
+# Largest number of x rows (tokens) for which the 2:4 kernel beats the dense path on CPU, per
+# weight form (None: float values) and x dtype; above it the dense form runs. Measured with
+# bench/bench_sparse24.py (2 threads, AMD EPYC with AVX-512) on K x N = 4096x4096 and MiniLM's
+# 384x1536 and 1536x384: fp32 2:4 vs torch's fp32 GEMM 1.0-1.14x at M = 64, 0.81-0.95x at
+# M = 128 on all three; bf16 2:4 vs oneDNN's bf16 GEMM wins at M <= 4 (torch's bf16 path is slow
+# there) and is 0.8-1.0x at M = 8; int8 weight-only 2:4 beat llmkern's dense int8 kernel up to
+# M = 8-16 (parity at 64); W8A8 2:4 up to M = 4 (0.9x at 8).
+SPARSE_MAX_ROWS = {
+    (None, torch.float32): 64,
+    (None, torch.bfloat16): 4,
+    (None, torch.float16): 1024,  # torch's fp16 CPU GEMM: 2:4 measured 3.0-3.7x at M = 16-256
+    ("w8", torch.float32): 16,
+    ("w8", torch.bfloat16): 16,
+    ("w8", torch.float16): 16,
+    ("w8a8", None): 4,
+}
 
 
-def sparse24_matmul_cpu(x, values, meta, bias):
+def dense_row_limit(form: str | None, dtype: torch.dtype, max_rows: int | None = -1) -> int | None:
+    """Most x rows the 2:4 kernel runs for weight form ``form`` (None, "w8", "w8a8") and x
+    dtype; None: always. ``max_rows`` is a module's own setting, -1 for the measured default."""
+    if max_rows != -1:
+        return max_rows
+    return SPARSE_MAX_ROWS.get((form, None if form == "w8a8" else dtype))
+
+
+def _goes_dense(x, form, prepared) -> bool:
+    max_rows = -1 if prepared is None else prepared.settings.get("max_rows", -1)
+    limit = dense_row_limit(form, x.dtype, max_rows)
+    if limit is None or x.shape[0] <= limit:
+        return False
+    # A dense product multiplies pruned weights too (0 * inf = NaN): float x with a non-finite
+    # value keeps the 2:4 kernel, which honours the ops' contract. (W8A8 quantises such a row
+    # to a NaN scale either way.)
+    return form == "w8a8" or bool(torch.isfinite(x).all())
+
+
+def _dense_form(prepared, name, weight, build):
+    return build() if prepared is None else prepared.get(name, weight_key(*weight), build)
+
+
+def _decompressed(values, meta):
+    return decompress_24_ref(values, meta, 2 * values.shape[1])
+
+
+def sparse24_matmul_cpu(x, values, meta, bias, prepared=None):
+    if _goes_dense(x, None, prepared):
+        w = _dense_form(prepared, "dense", (values, meta), lambda: _decompressed(values, meta))
+        return F.linear(x, w, None if bias is None else bias.to(x.dtype))
     return torch.ops.llmkern_C.sparse24_matmul(
         x, values.contiguous(), meta.contiguous(), bias, None
     )
 
 
-def sparse24_w8_matmul_cpu(x, values, meta, w_scale, bias):
+def sparse24_w8_matmul_cpu(x, values, meta, w_scale, bias, prepared=None):
+    from llmkern.cpu.int8 import pack_w8, w8_gemm, w8_uses_gemm
+
+    if _goes_dense(x, "w8", prepared):
+        if w8_uses_gemm(x):  # compute-bound: torch's GEMM, as the dense weight-only op does
+            return w8_gemm(x, _decompressed(values, meta), w_scale, 0, bias)
+        weight = (values, meta, w_scale)
+        packed = _dense_form(
+            prepared, "packed w8", weight, lambda: pack_w8(_decompressed(values, meta), w_scale)
+        )
+        return torch.ops.llmkern_C.int8_w8_linear(x, bias, packed)
     return torch.ops.llmkern_C.sparse24_matmul(
         x, values.contiguous(), meta.contiguous(), bias, w_scale
     )
@@ -31,6 +97,19 @@ def sparse24_w8a8_matmul_cpu(x_q, values, meta, x_scale, w_scale, bias, out_dtyp
     )
 
 
-register("sparse24_matmul", "cpu")(sparse24_matmul_cpu)
-register("sparse24_w8_matmul", "cpu")(sparse24_w8_matmul_cpu)
+def sparse24_w8a8_linear_cpu(x, values, meta, w_scale, bias, prepared=None):
+    from llmkern.cpu.int8 import pack_w8a8
+
+    if _goes_dense(x, "w8a8", prepared):
+        packed = _dense_form(
+            prepared, "packed w8a8", (values, meta), lambda: pack_w8a8(_decompressed(values, meta))
+        )
+        return torch.ops.llmkern_C.int8_w8a8_linear(x, w_scale, bias, None, packed)
+    x_q, x_scale = torch.ops.llmkern_C.int8_quantize_per_token(x)
+    return sparse24_w8a8_matmul_cpu(x_q, values, meta, x_scale, w_scale, bias, x.dtype)
+
+
+register("sparse24_matmul", "cpu", takes_prepared=True)(sparse24_matmul_cpu)
+register("sparse24_w8_matmul", "cpu", takes_prepared=True)(sparse24_w8_matmul_cpu)
 register("sparse24_w8a8_matmul", "cpu")(sparse24_w8a8_matmul_cpu)
+register("sparse24_w8a8_linear", "cpu", takes_prepared=True)(sparse24_w8a8_linear_cpu)

@@ -6,7 +6,7 @@ Two kernel families:
   ``mma.sp.m16n8k32`` (fp16/bf16, also int8 weights widened in registers for the weight-only
   op) or ``mma.sp.m16n8k64`` (int8 x int8, W8A8), computing ``out^T = W x^T``. It reads the
   weight in the *mma.sp layout* below, built from the canonical form by :func:`to_mma_sp_layout`
-  (exact; :func:`from_mma_sp_layout` inverts it) and cached per weight tensor.
+  (exact; :func:`from_mma_sp_layout` inverts it), kept in the calling module's Prepared forms.
 - **Decode path** (M <= :data:`DECODE_MAX_M`, and every M for float32 x, which has no 2:4
   tensor-core instruction): CUDA cores, reading the canonical ``values``/``meta`` directly, so
   it moves only the ~56% of the dense bytes that 2:4 keeps.
@@ -34,14 +34,14 @@ emulation of the tensor core; the GPU tests confirm them on hardware.
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from llmkern import _ext
-from llmkern.backends import register
+from llmkern.backends import register, weight_key
+from llmkern.cuda import int8 as cuda_int8
 
 MMA16 = "m16n8k32"
 MMA8 = "m16n8k64"
@@ -131,30 +131,14 @@ def from_mma_sp_layout(w: MmaSpWeight) -> tuple[torch.Tensor, torch.Tensor]:
     return vals[: w.n, : w.k // 2].contiguous(), _pack_codes(codes)
 
 
-# ---------------------------------------------------------------------------------------------
-# Cache of converted weights: one conversion per weight tensor, redone when it is modified
-# ---------------------------------------------------------------------------------------------
-
-_PACKED: dict[tuple[int, str], tuple] = {}
-
-
-def packed_weight(values: torch.Tensor, meta: torch.Tensor, layout: str) -> MmaSpWeight:
-    """The mma.sp layout of (values, meta), converted once per weight and kept while ``values``
-    lives (costs a second copy of the weight in device memory; :func:`clear_cache` drops all).
-    An in-place change to ``values`` or ``meta`` (their version counters) triggers a new one."""
-    key = (id(values), layout)
-    versions = (values._version, meta._version)
-    hit = _PACKED.get(key)
-    if hit is not None and hit[0]() is values and hit[1]() is meta and hit[2] == versions:
-        return hit[3]
-    packed = to_mma_sp_layout(values, meta, layout)
-    forget = weakref.ref(values, lambda _, key=key: _PACKED.pop(key, None))
-    _PACKED[key] = (forget, weakref.ref(meta), versions, packed)
-    return packed
-
-
-def clear_cache() -> None:
-    _PACKED.clear()
+def mma_weight(values, meta, layout: str, prepared=None) -> MmaSpWeight:
+    """(values, meta) in the mma.sp layout: one of the calling module's Prepared forms (built on
+    first use, rebuilt when the weight changes; it costs a second copy of the weight in device
+    memory while the module lives), or converted for this call alone for a bare op call."""
+    if prepared is None:
+        return to_mma_sp_layout(values, meta, layout)
+    build = lambda: to_mma_sp_layout(values, meta, layout)  # noqa: E731
+    return prepared.get(f"mma.sp {layout}", weight_key(values, meta), build)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,7 +180,7 @@ def _sm80(*args) -> bool:
 _WHY = "needs a GPU of compute capability 8.0 or newer (mma.sp)"
 
 
-def _float_x_matmul(x, values, meta, w_scale, bias):
+def _float_x_matmul(x, values, meta, w_scale, bias, prepared):
     """float x with float or int8 (weight-only, ``w_scale`` per channel) values."""
     ops = torch.ops.llmkern_C
     if x.dtype == torch.float32 or x.shape[0] <= DECODE_MAX_M:
@@ -204,20 +188,20 @@ def _float_x_matmul(x, values, meta, w_scale, bias):
             x.contiguous(), values.contiguous(), meta.contiguous(), w_scale, bias
         )
     # int8 weights also take the m16n8k32 fragment order; the kernel widens them to x's dtype.
-    w = packed_weight(values, meta, MMA16)
+    w = mma_weight(values, meta, MMA16, prepared)
     return ops.sparse24_mma_cuda(_rows_16b_aligned(x), w.values, w.meta, w.n, w.k, w_scale, bias)
 
 
-def sparse24_matmul_cuda(x, values, meta, bias):
-    return _float_x_matmul(x, values, meta, None, _f32(bias))
+def sparse24_matmul_cuda(x, values, meta, bias, prepared=None):
+    return _float_x_matmul(x, values, meta, None, _f32(bias), prepared)
 
 
-def sparse24_w8_matmul_cuda(x, values, meta, w_scale, bias):
-    return _float_x_matmul(x, values, meta, _f32(w_scale), _f32(bias))
+def sparse24_w8_matmul_cuda(x, values, meta, w_scale, bias, prepared=None):
+    return _float_x_matmul(x, values, meta, _f32(w_scale), _f32(bias), prepared)
 
 
-def sparse24_w8a8_matmul_cuda(x_q, values, meta, x_scale, w_scale, bias, out_dtype):
-    w = packed_weight(values, meta, MMA8)
+def sparse24_w8a8_matmul_cuda(x_q, values, meta, x_scale, w_scale, bias, out_dtype, prepared=None):
+    w = mma_weight(values, meta, MMA8, prepared)
     return torch.ops.llmkern_C.sparse24_mma_s8_cuda(
         _rows_16b_aligned(x_q),
         w.values,
@@ -231,10 +215,25 @@ def sparse24_w8a8_matmul_cuda(x_q, values, meta, x_scale, w_scale, bias, out_dty
     )
 
 
+def sparse24_w8a8_linear_cuda(x, values, meta, w_scale, bias, prepared=None):
+    x_q, x_scale = cuda_int8.quantize_per_token_cuda(x)
+    return sparse24_w8a8_matmul_cuda(x_q, values, meta, x_scale, w_scale, bias, x.dtype, prepared)
+
+
 if _has_ops():
     for _op, _fn in (
         ("sparse24_matmul", sparse24_matmul_cuda),
         ("sparse24_w8_matmul", sparse24_w8_matmul_cuda),
         ("sparse24_w8a8_matmul", sparse24_w8a8_matmul_cuda),
     ):
-        register(_op, "cuda", ("cuda",), supports=_sm80, why=_WHY)(_fn)
+        register(_op, "cuda", ("cuda",), supports=_sm80, why=_WHY, takes_prepared=True)(_fn)
+    # The W8A8 layer: the quantisation kernel of llmkern.cuda.int8, then the mma.sp GEMM.
+    if hasattr(cuda_int8, "quantize_per_token_cuda"):
+        register(
+            "sparse24_w8a8_linear",
+            "cuda",
+            ("cuda",),
+            supports=_sm80,
+            why=_WHY,
+            takes_prepared=True,
+        )(sparse24_w8a8_linear_cuda)

@@ -34,25 +34,21 @@ thousands): round-to-nearest with step ``absmax / 127`` adds noise of relative R
 sigma) for each of weight and activation, so the output's relative Frobenius error is about 1.1%
 for :class:`Int8Linear` and 0.8% for :class:`Int8WeightOnlyLinear` (tests/test_int8_nn.py).
 
-Execution: on CPU in eager mode the forward calls the C++ kernel directly (no Python op layer:
-it matters for small layers at batch 1), except that weight-only layers hand inputs with more
-rows than :data:`W8_GEMM_ROWS` to torch's GEMM on the weight dequantised for the call; under
-``torch.compile`` and with ``LLMKERN_BACKEND`` set to another backend it goes through the
-``llmkern`` custom ops. On other devices it calls the ops ``w8a8_linear`` (quantisation, dynamic
-or static, then the W8A8 GEMM) and ``w8_matmul``, whose cuda/triton backends run, without the
-per-call value checks of the public functions (they would synchronise with the GPU; the module
-checks its scales when they are set or loaded).
+Execution: the forward is one call of the op ``w8a8_linear`` (quantisation, dynamic or static,
+then the W8A8 GEMM) or ``w8_linear`` through ``llmkern.backends.run``: the backend's kernel for
+the input's device, without the per-call value checks of the public functions (the module checks
+its scales when they are set or loaded; on the GPU the checks would synchronise). The weight
+form the selected backend reads (the CPU kernels' packed layout) is prepared once by
+``llmkern.backends.prepare`` and held in a non-persistent buffer.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmkern import _ext
+from llmkern import backends
 from llmkern.nn._base import NoTorchScript, needs_input_grad, straight_through
 from llmkern.ops import int8 as ops
 from llmkern.ops._checks import FLOAT_DTYPES, check_finite
@@ -76,36 +72,6 @@ def _check_input(x, in_features: int, device: torch.device) -> None:
 def _check_linear(linear) -> None:
     if not isinstance(linear, nn.Linear):
         raise TypeError(f"from_float expects an nn.Linear, got {type(linear).__name__}")
-
-
-def _cpu_kernels_direct(x: torch.Tensor, packed) -> bool:
-    """Whether forward may call the C++ kernel itself instead of the custom op (see module doc)."""
-    return (
-        packed is not None
-        and x.device.type == "cpu"
-        and os.environ.get("LLMKERN_BACKEND", "cpu") == "cpu"
-        and not torch.compiler.is_compiling()
-    )
-
-
-# Rows of x above which the weight-only layers, on CPU, dequantise their weight for the call and
-# multiply with torch's GEMM: the product is compute-bound there and the BLAS GEMM beats
-# llmkern's weight-only kernel (fp32 FMA). Crossovers measured on the 2-core AVX-512 machine on
-# K x N = 384x384, 384x1536, 1536x384 and 4096x4096: fp32 1.0-1.56x faster from M = 2048 (0.93x
-# on 4096x4096 at M = 1024), bf16 1.2-6x from M = 512. fp16 keeps the kernel (torch's fp16 CPU
-# GEMM is slow). The bf16 GEMM rounds the dequantised weight to bf16 (relative 2^-9).
-W8_GEMM_ROWS = {torch.float32: 1024, torch.bfloat16: 256}
-
-
-def w8_uses_gemm(x2: torch.Tensor) -> bool:
-    limit = W8_GEMM_ROWS.get(x2.dtype)
-    return x2.device.type == "cpu" and limit is not None and x2.shape[0] > limit
-
-
-def w8_gemm(x2, w_q, w_scale, group_size, bias) -> torch.Tensor:
-    """``x2 @ dequantised(w_q)^T + bias`` with torch's GEMM in x's dtype (see W8_GEMM_ROWS)."""
-    w = ops.dequantize_weight(w_q, w_scale, group_size).to(x2.dtype)
-    return F.linear(x2, w, None if bias is None else bias.to(x2.dtype))
 
 
 def keep_float32(module: nn.Module, fn, names) -> None:
@@ -169,16 +135,15 @@ class _QuantizedLinearBase(NoTorchScript, nn.Module):
                 linear.bias.copy_(self.bias)
         return linear
 
-    def _pack(self):  # the CPU kernels' layout of the current weight
+    def _prepare(self):  # the backend's form of the current weight (backends.prepare)
         raise NotImplementedError
 
     def repack(self) -> None:
-        """Rebuild the CPU kernels' packed copy of the weight: call it after changing
+        """Rebuild the backend's prepared (packed) copy of the weight: call it after changing
         ``qweight`` or ``weight_scale`` in place (loading and device moves do it themselves)."""
         if self.weight_scale.device.type != "meta":
             check_finite("weight_scale", self.weight_scale)
-        use = self.qweight.device.type == "cpu" and _ext.available()
-        self._packed = self._pack() if use else None
+        self._packed = self._prepare()
 
     def _apply(self, fn, recurse=True):
         # Scales and bias stay float32; the packed copy follows the weight (CPU only).
@@ -243,10 +208,8 @@ class Int8Linear(_QuantizedLinearBase):
             raise ValueError(f"input_scale must be finite and > 0, got {value}")
         self.input_scale = torch.tensor(value, dtype=torch.float32, device=self.qweight.device)
 
-    def _pack(self):
-        from llmkern.cpu.int8 import pack_w8a8
-
-        return pack_w8a8(self.qweight)
+    def _prepare(self):
+        return backends.prepare("w8a8_linear", self.qweight.device, self.qweight)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # A checkpoint decides static vs dynamic activations: make room for its input_scale.
@@ -257,18 +220,8 @@ class Int8Linear(_QuantizedLinearBase):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _forward(self, x2: torch.Tensor) -> torch.Tensor:
-        if _cpu_kernels_direct(x2, self._packed):
-            return torch.ops.llmkern_C.int8_w8a8_linear(
-                x2, self.weight_scale, self.bias, self.input_scale, self._packed
-            )
-        if x2.device.type == "cpu":
-            return ops.w8a8_linear(
-                x2, self.qweight, self.weight_scale, self.bias, self.input_scale, self._packed
-            )
-        # The custom op without the public function's checks: the module's buffers were
-        # validated when set, and the value checks would synchronise with the GPU.
-        return ops._w8a8_linear_op(
-            x2, self.qweight, self.weight_scale, self.bias, self.input_scale, None, ""
+        return ops.run_w8a8_linear(
+            x2, self.qweight, self.weight_scale, self.bias, self.input_scale, self._packed
         )
 
     def extra_repr(self) -> str:
@@ -314,23 +267,13 @@ class Int8WeightOnlyLinear(_QuantizedLinearBase):
         module._set_weight(*ops.quantize_weight(w, group_size), linear.bias)
         return module
 
-    def _pack(self):
-        from llmkern.cpu.int8 import pack_w8
-
-        return pack_w8(self.qweight, self.weight_scale, self.group_size)
+    def _prepare(self):
+        args = (self.qweight, self.weight_scale, self.group_size)
+        return backends.prepare("w8_linear", self.qweight.device, *args)
 
     def _forward(self, x2: torch.Tensor) -> torch.Tensor:
-        if _cpu_kernels_direct(x2, self._packed):
-            if w8_uses_gemm(x2):
-                return w8_gemm(x2, self.qweight, self.weight_scale, self.group_size, self.bias)
-            return torch.ops.llmkern_C.int8_w8_linear(x2, self.bias, self._packed)
-        if x2.device.type == "cpu":
-            return ops.w8_linear(
-                x2, self.qweight, self.weight_scale, self.bias, self.group_size, self._packed
-            )
-        # unchecked custom op, as in Int8Linear._forward
-        return ops._w8_matmul_op(
-            x2, self.qweight, self.weight_scale, self.bias, self.group_size, ""
+        return ops.run_w8_linear(
+            x2, self.qweight, self.weight_scale, self.bias, self.group_size, self._packed
         )
 
     def extra_repr(self) -> str:

@@ -15,47 +15,32 @@ gradient of the float layer with the dequantised weight (exact for "w8", straigh
 activation rounding of "w8a8") and a trainable ``bias`` its gradient. Modules pickle;
 ``torch.jit.script`` raises a TypeError.
 
-Backend choice: 2:4 pays off when reading the weight dominates (small batch, decoding). For many
-rows of x the dense GEMM of the CPU's BLAS wins, so when x has more than :attr:`max_sparse_rows`
-rows the layer multiplies with a dense copy of its weight (built on first use and cached, not
-saved; it costs the dense weight's memory, so set ``max_sparse_rows = None`` to never use it). The
-default thresholds in :data:`SPARSE_MAX_ROWS` are the crossovers measured by
-bench/bench_sparse24.py on the 2-core AVX-512 development machine (see that script's report).
+Execution: the forward is one op call through ``llmkern.backends.run`` (``sparse24_matmul``,
+``sparse24_w8_matmul`` or ``sparse24_w8a8_linear``), handing the backend the layer's
+:class:`~llmkern.backends.Prepared` forms of its weight. 2:4 pays off when reading the weight
+dominates (small batch, decoding); for many rows of x the dense GEMM wins, so on CPU, when x has
+more than :attr:`max_sparse_rows` rows (-1, the default: the crossovers measured per form and
+dtype, ``llmkern.cpu.sparse24.SPARSE_MAX_ROWS``), the backend multiplies with a dense copy of
+the weight, built on first use into those forms (not saved; it costs the dense weight's memory,
+so set ``max_sparse_rows = None`` to never use it). On CUDA the prepared form is the weight in
+the tensor cores' mma.sp layout.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmkern import _ext
+from llmkern.backends import Prepared
+from llmkern.cpu.sparse24 import dense_row_limit
 from llmkern.nn._base import NoTorchScript, needs_input_grad, straight_through
-from llmkern.nn.int8 import keep_float32, w8_gemm, w8_uses_gemm
+from llmkern.nn.int8 import keep_float32
 from llmkern.ops import int8 as int8_ops
 from llmkern.ops import sparse24 as s24
 from llmkern.ops._checks import FLOAT_DTYPES
 
 INT8_FORMS = ("w8", "w8a8")
-
-# Largest number of x rows (tokens) for which the 2:4 kernel beats the dense path on CPU, per
-# weight form and x dtype; above it the layer goes dense. Measured with bench/bench_sparse24.py
-# (2 threads, AMD EPYC with AVX-512) on K x N = 4096x4096 and MiniLM's 384x1536 and 1536x384:
-# fp32 2:4 vs torch's fp32 GEMM 1.0-1.14x at M = 64, 0.81-0.95x at M = 128 on all three; bf16
-# 2:4 vs oneDNN's bf16 GEMM wins at M <= 4 (torch's bf16 path is slow there) and is 0.8-1.0x at
-# M = 8; int8 weight-only 2:4 beat llmkern's dense int8 kernel up to M = 8-16 (parity at 64);
-# W8A8 2:4 up to M = 4 (0.9x at 8).
-SPARSE_MAX_ROWS = {
-    (None, torch.float32): 64,
-    (None, torch.bfloat16): 4,
-    (None, torch.float16): 1024,  # torch's fp16 CPU GEMM: 2:4 measured 3.0-3.7x at M = 16-256
-    ("w8", torch.float32): 16,
-    ("w8", torch.bfloat16): 16,
-    ("w8", torch.float16): 16,
-    ("w8a8", None): 4,
-}
 
 
 def _round4(k: int) -> int:
@@ -71,7 +56,10 @@ def _check_not_meta(weight: torch.Tensor) -> None:
 
 
 def _validate_after_load(module: Sparse24Linear, _incompatible_keys) -> None:
-    module._validate()  # a module-level function, not a lambda: the module must pickle
+    # A module-level function, not a lambda: the module must pickle. Loading copies in place,
+    # which tensors made in inference mode do not count: drop the forms of the old weight.
+    module._prepared.clear()
+    module._validate()
 
 
 class Sparse24Linear(NoTorchScript, nn.Module):
@@ -109,9 +97,21 @@ class Sparse24Linear(NoTorchScript, nn.Module):
         self.bias = (
             nn.Parameter(torch.zeros(out_features, dtype=bdtype, device=device)) if bias else None
         )
-        self.max_sparse_rows: int | None = -1  # -1: the measured default for the input's dtype
-        self._dense_cache = None
+        self._prepared = Prepared(max_rows=-1)  # the backend's forms of the weight
         self.register_load_state_dict_post_hook(_validate_after_load)
+
+    @property
+    def max_sparse_rows(self) -> int | None:
+        """Most rows of x multiplied by the 2:4 kernel on CPU; more go through a dense copy of
+        the weight. -1 (default): the measured crossover for the input's dtype; None: always
+        2:4."""
+        return self._prepared.settings["max_rows"]
+
+    @max_sparse_rows.setter
+    def max_sparse_rows(self, rows: int | None) -> None:
+        if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < -1):
+            raise ValueError(f"max_sparse_rows must be None, -1 or an int >= 0, got {rows!r}")
+        self._prepared.settings["max_rows"] = rows
 
     # -----------------------------------------------------------------------------------------
     # Construction and conversion
@@ -221,8 +221,10 @@ class Sparse24Linear(NoTorchScript, nn.Module):
         values, meta = s24.compress_24(F.pad(w, (0, pad)) * mask.to(w.dtype))
         self.values.copy_(values)
         self.meta.copy_(meta)
+        self._prepared.clear()
 
     def _apply(self, fn, recurse=True):
+        self._prepared.clear()  # forms of the weight on its old device or dtype
         if self.int8:  # scales and bias stay float32, as in llmkern.nn.int8
             keep_float32(self, fn, ("w_scale", "bias"))
             return self
@@ -243,33 +245,8 @@ class Sparse24Linear(NoTorchScript, nn.Module):
     # -----------------------------------------------------------------------------------------
 
     def sparse_limit(self, dtype: torch.dtype) -> int | None:
-        """Most x rows run through the 2:4 kernel (None: always)."""
-        if self.max_sparse_rows != -1:
-            return self.max_sparse_rows
-        key = (self.int8, None if self.int8 == "w8a8" else dtype)
-        return SPARSE_MAX_ROWS.get(key)
-
-    def _cached(self, kind) -> torch.Tensor:
-        """The weight in a dense form for the dense path: ``kind`` is a float dtype (F.linear),
-        "w8" or "w8a8" (llmkern's dense int8 CPU kernels, their packed layout). Keyed on the
-        buffers' identity and version counters, so optimizer steps, reprune and load_state_dict
-        (all in place) or .to() invalidate it."""
-        key = (kind,) + tuple(
-            (t.data_ptr(), None if t.is_inference() else t._version)  # no counter in inference mode
-            for t in (self.values, self.meta, self.w_scale)
-            if t is not None
-        )
-        if self._dense_cache is None or self._dense_cache[0] != key:
-            from llmkern.cpu import int8 as cpu_int8
-
-            if kind == "w8":
-                w = cpu_int8.pack_w8(s24.decompress_24(self.values, self.meta), self.w_scale, 0)
-            elif kind == "w8a8":
-                w = cpu_int8.pack_w8a8(s24.decompress_24(self.values, self.meta))
-            else:
-                w = self._dense_padded(kind)
-            self._dense_cache = (key, w)
-        return self._dense_cache[1]
+        """Most x rows of ``dtype`` run through the 2:4 kernel on CPU (None: always)."""
+        return dense_row_limit(self.int8, dtype, self.max_sparse_rows)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.shape[-1] != self.in_features:
@@ -298,63 +275,10 @@ class Sparse24Linear(NoTorchScript, nn.Module):
         return out.reshape(*lead, self.out_features)
 
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
-        direct = self._direct_cpu(x)
-        limit = self.sparse_limit(x.dtype)
-        # The measured thresholds are CPU facts; the dense int8 kernels are called directly.
-        dense = (
-            x.device.type == "cpu"
-            and limit is not None
-            and x.shape[0] > limit
-            and (direct or not self.int8)
-        )
-        bias = self.bias
         if self.int8 == "w8a8":
-            if dense:
-                return torch.ops.llmkern_C.int8_w8a8_linear(
-                    x, self.w_scale, bias, None, self._cached("w8a8")
-                )
-            if direct:
-                x_q, x_scale = torch.ops.llmkern_C.int8_quantize_per_token(x)
-                return torch.ops.llmkern_C.sparse24_w8a8_matmul(
-                    x_q, self.values, self.meta, x_scale, self.w_scale, bias, x.dtype
-                )
-            x_q, x_scale = int8_ops.quantize_per_token(x)
-            return s24.sparse24_w8a8_matmul(
-                x_q, self.values, self.meta, x_scale, self.w_scale, bias, x.dtype
-            )
+            args = (x, self.values, self.meta, self.w_scale, self.bias)
+            return s24.run_sparse24_w8a8_linear(*args, self._prepared)
         if self.int8 == "w8":
-            if dense and w8_uses_gemm(x):  # compute-bound: torch's GEMM (llmkern.nn.int8)
-                w_q = s24.decompress_24(self.values, self.meta)
-                return w8_gemm(x, w_q, self.w_scale, 0, bias)
-            if dense:
-                return torch.ops.llmkern_C.int8_w8_linear(x, bias, self._cached("w8"))
-            if direct:
-                return torch.ops.llmkern_C.sparse24_matmul(
-                    x, self.values, self.meta, bias, self.w_scale
-                )
-            return s24.sparse24_w8_matmul(x, self.values, self.meta, self.w_scale, bias)
-        needs_grad = torch.is_grad_enabled() and (
-            x.requires_grad
-            or self.values.requires_grad
-            or (bias is not None and bias.requires_grad)
-        )
-        if dense:
-            # With gradients, densify differentiably (scatter) so F.linear's backward gives the
-            # masked dense gradient; without, reuse the cached dense weight.
-            w = (s24.decompress_24_ref(self.values, self.meta, x.shape[1]) if needs_grad
-                 else self._cached(x.dtype))  # fmt: skip
-            return F.linear(x, w, bias)
-        if direct and not needs_grad:
-            return torch.ops.llmkern_C.sparse24_matmul(x, self.values, self.meta, bias, None)
-        return s24.sparse24_matmul(x, self.values, self.meta, bias)
-
-    def _direct_cpu(self, x: torch.Tensor) -> bool:
-        """Eager CPU calls skip the op layer (per-call checks and dispatch cost microseconds at
-        M = 1; the module's buffers were validated when built or loaded). torch.compile and an
-        explicit LLMKERN_BACKEND go through the op."""
-        return (
-            x.device.type == "cpu"
-            and not torch.compiler.is_compiling()
-            and _ext.available()
-            and not os.environ.get("LLMKERN_BACKEND")
-        )
+            args = (x, self.values, self.meta, self.w_scale, self.bias)
+            return s24.run_sparse24_w8_matmul(*args, self._prepared)
+        return s24.run_sparse24_matmul(x, self.values, self.meta, self.bias, self._prepared)

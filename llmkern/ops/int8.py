@@ -23,9 +23,9 @@ Numerical contract (every backend matches the reference below):
 - ``w8_linear``: ``w8_matmul``.
 
 The two ``*_linear`` ops also take ``packed``: an optional copy of ``w_q`` pre-packed once into a
-backend's own layout (``llmkern.cpu.int8.pack_w8a8`` / ``pack_w8`` for the cpu backend). A
-backend that has no packed layout, and the reference, ignore it; the canonical ``w_q`` and
-scales are always passed and always define the result.
+backend's own layout (``llmkern.backends.prepare``; ``llmkern.cpu.int8.pack_w8a8`` / ``pack_w8``
+for the cpu backend). A backend that has no packed layout, and the reference, ignore it; the
+canonical ``w_q`` and scales are always passed and always define the result.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import math
 
 import torch
 
-from llmkern.backends import dispatch, register
+from llmkern.backends import dispatch, register, run
 from llmkern.ops._checks import (
     FLOAT_DTYPES,
     check_choice,
@@ -397,6 +397,16 @@ def w8_linear(
     check_bias(bias, n, x.device)
     check_packed(packed, x.device)
     return _w8_linear_op(x, w_q, w_scale, bias, group_size, packed, backend or "")
+
+
+def run_w8a8_linear(x, w_q, w_scale, bias, x_scale, packed) -> torch.Tensor:
+    """:func:`w8a8_linear` without argument checks, for modules (llmkern.backends.run)."""
+    return run("w8a8_linear", _w8a8_linear_op, (x, w_q, w_scale, bias, x_scale, packed))
+
+
+def run_w8_linear(x, w_q, w_scale, bias, group_size, packed) -> torch.Tensor:
+    """:func:`w8_linear` without argument checks, for modules (llmkern.backends.run)."""
+    return run("w8_linear", _w8_linear_op, (x, w_q, w_scale, bias, group_size, packed))
 
 
 def _quantizable(absmax: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from llmkern.backends import dispatch, register
+from llmkern.backends import dispatch, register, run
 from llmkern.ops._checks import (
     FLOAT_DTYPES,
     check_finite,
@@ -39,6 +39,7 @@ from llmkern.ops.int8 import (
     MAX_K_W8A8,
     check_bias,
     check_w_scale,
+    quantize_per_token_ref,
     w8_matmul_ref,
     w8a8_matmul_ref,
 )
@@ -115,12 +116,18 @@ def sparse24_w8_matmul_ref(x, values, meta, w_scale, bias):
     return w8_matmul_ref(x, w_q, w_scale, bias, 0)
 
 
+def sparse24_w8a8_linear_ref(x, values, meta, w_scale, bias):
+    x_q, x_scale = quantize_per_token_ref(x)
+    return sparse24_w8a8_matmul_ref(x_q, values, meta, x_scale, w_scale, bias, x.dtype)
+
+
 # The format conversions are vectorised tensor operators: the reference is the GPU path too.
 register("compress_24", "reference", _DEVICES, native=True)(compress_24_ref)
 register("decompress_24", "reference", _DEVICES, native=True)(decompress_24_ref)
 register("sparse24_matmul", "reference", _DEVICES)(sparse24_matmul_ref)
 register("sparse24_w8a8_matmul", "reference", _DEVICES)(sparse24_w8a8_matmul_ref)
 register("sparse24_w8_matmul", "reference", _DEVICES)(sparse24_w8_matmul_ref)
+register("sparse24_w8a8_linear", "reference", _DEVICES)(sparse24_w8a8_linear_ref)
 
 # ---------------------------------------------------------------------------------------------
 # Custom ops
@@ -236,6 +243,46 @@ def _sparse24_w8_matmul_op(
 @_sparse24_w8_matmul_op.register_fake
 def _(x, values, meta, w_scale, bias, backend):
     return x.new_empty((x.shape[0], values.shape[0]))
+
+
+@torch.library.custom_op("llmkern::sparse24_w8a8_linear", mutates_args=())
+def _sparse24_w8a8_linear_op(
+    x: torch.Tensor,
+    values: torch.Tensor,
+    meta: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    backend: str,
+) -> torch.Tensor:
+    args = (x, values, meta, w_scale, bias)
+    return dispatch("sparse24_w8a8_linear", x.device, backend or None, *args)
+
+
+@_sparse24_w8a8_linear_op.register_fake
+def _(x, values, meta, w_scale, bias, backend):
+    return x.new_empty((x.shape[0], values.shape[0]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Entries for modules: no argument checks (the module validated its buffers), and the module's
+# prepared weight forms (llmkern.backends.Prepared) for the kernels that use them
+# ---------------------------------------------------------------------------------------------
+
+
+def run_sparse24_matmul(x, values, meta, bias, prepared=None):
+    args = (x, values, meta, bias)
+    return run("sparse24_matmul", _sparse24_matmul_op, args, prepared, differentiable=True)
+
+
+def run_sparse24_w8_matmul(x, values, meta, w_scale, bias, prepared=None):
+    args = (x, values, meta, w_scale, bias)
+    return run("sparse24_w8_matmul", _sparse24_w8_matmul_op, args, prepared)
+
+
+def run_sparse24_w8a8_linear(x, values, meta, w_scale, bias, prepared=None):
+    """float x -> per-token int8 activations -> W8A8 with the 2:4 int8 weight, in x's dtype."""
+    args = (x, values, meta, w_scale, bias)
+    return run("sparse24_w8a8_linear", _sparse24_w8a8_linear_op, args, prepared)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,3 +25,12 @@ def sparse24_w8_matmul(x, values, meta, w_scale, bias):
     from llmkern.triton.kernels.gemm import matmul
 
     return matmul(x, values, meta, None, w_scale, bias, 0, x.dtype)
+
+
+@register("sparse24_w8a8_linear", "triton", DEVICES)
+def sparse24_w8a8_linear(x, values, meta, w_scale, bias):
+    from llmkern.triton.kernels.gemm import matmul
+    from llmkern.triton.kernels.quantize import quantize_per_token
+
+    x_q, x_scale = quantize_per_token(x, None)
+    return matmul(x_q, values, meta, x_scale, w_scale, bias, 0, x.dtype)
