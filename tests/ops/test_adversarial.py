@@ -3,7 +3,7 @@
 ("Contracts under misuse") and docs/numerics.md (special values of the KD losses).
 
 The hypothesis-driven misuse suite over every public function and module is in
-tests/test_misuse.py; the failure-injection tests of the transactional compression API are at
+tests/ops/test_misuse.py; the failure-injection tests of the transactional compression API are at
 the end of this file."""
 
 import copy

@@ -775,7 +775,7 @@ def public_callables() -> set[str]:
 
 def test_every_public_callable_is_covered():
     missing = public_callables() - COVERED
-    assert not missing, f"add misuse cases to tests/test_misuse.py for {sorted(missing)}"
+    assert not missing, f"add misuse cases to tests/ops/test_misuse.py for {sorted(missing)}"
     assert len(public_callables()) >= 30  # the walk itself found the API
 
 
