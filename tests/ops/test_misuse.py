@@ -28,6 +28,7 @@ import llmkern.nn as lnn
 from llmkern.ops import int8 as int8_ops
 from llmkern.ops import kd as kd_ops
 from llmkern.ops import sparse24 as s24_ops
+from tests.models import TinyLM
 
 COVERED: set[str] = set()
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -697,17 +698,6 @@ def test_checkpoint_into_a_model_of_other_shapes(tmp_path_factory, d, h, how):
         with pytest.raises(ValueError, match="does not match the model"):
             llmkern.load(path, model=other)
         assert _same(other, snap)
-
-
-class TinyLM(nn.Module):
-    def __init__(self, seed=0, v=12):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.emb = nn.Embedding(v, 8)
-        self.out = nn.Linear(8, v)
-
-    def forward(self, input_ids):
-        return self.out(self.emb(input_ids))
 
 
 COVERED.update({"llmkern.distill", "llmkern.compress.DistillReport"})
