@@ -74,13 +74,13 @@ stage "Triton: every kernel variant compiled for sm_80 and sm_90"
 echo "    $(grep -c regs compile_check.log) compiles, none failed"
 
 stage "Triton tests under the interpreter"
-TRITON_INTERPRET=1 "$py" -m pytest -q -p no:cacheprovider tests/test_triton_int8.py \
-  tests/test_triton_sparse24.py tests/test_triton_kd.py tests/test_gpu_paths.py \
-  tests/test_backends.py
+TRITON_INTERPRET=1 "$py" -m pytest -q -p no:cacheprovider tests/triton/test_int8.py \
+  tests/triton/test_sparse24.py tests/triton/test_kd.py tests/ops/test_gpu_paths.py \
+  tests/ops/test_backends.py
 
 stage "bench/gpu_check.py as on the GPU machine"
 "$py" bench/gpu_check.py --dry-run >/dev/null
-"$py" -m pytest -q -p no:cacheprovider tests/test_gpu_check.py
+"$py" -m pytest -q -p no:cacheprovider tests/apps/test_gpu_check.py
 # What gpu_check's test step collects there (no GPU here, so only collection is checked).
 LLMKERN_TEST_GPU=1 "$py" -m pytest -q -p no:cacheprovider --collect-only -m gpu tests >collect.log 2>&1 || {
   tail -40 collect.log

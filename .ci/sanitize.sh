@@ -42,8 +42,9 @@ assert _ext.available(), f"sanitized llmkern._C failed to load: {_ext.load_error
 print("    sanitized extension loaded; detected ISA", _ext._C.detected_isa())
 PY
 
-# The CPU kernel tests: the cpu backend's cases (property tests included: they draw an ISA path
-# per example) and the ISA-parametrised cases (cpu_isa fixture ids); fewer examples, bounded time.
+# The CPU kernel tests: tests/cpu/ (-k matches the folder's name), the cpu backend's cases
+# elsewhere (property tests included: they draw an ISA path per example) and the
+# ISA-parametrised cases (cpu_isa fixture ids); fewer examples, bounded time.
 echo "--- CPU kernel tests under ASan + UBSan"
 export LLMKERN_PROPERTY_EXAMPLES="${LLMKERN_PROPERTY_EXAMPLES:-25}"
 log="$work/sanitize-pytest.log"

@@ -35,6 +35,7 @@ that ran out of time, 2 when no CUDA device is present (use ``--dry-run`` there)
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import platform
@@ -134,14 +135,16 @@ def build_command():
 
 
 def test_files(group: str) -> list[str]:
-    """The test files of a kernel family (by name: test_cuda_int8.py, test_int8_nn.py, ...)."""
-    names = sorted(
-        n for n in os.listdir(os.path.join(ROOT, "tests")) if re.match(r"test_.*\.py$", n)
+    """The test files of a kernel family (by path: tests/cuda/test_int8.py, tests/nn/test_int8.py,
+    ...)."""
+    paths = sorted(
+        os.path.relpath(p, ROOT).replace(os.sep, "/")
+        for p in glob.glob(os.path.join(ROOT, "tests", "**", "test_*.py"), recursive=True)
     )
     return [
-        f"tests/{n}"
-        for n in names
-        if family_of(n) == group or (group == "other" and family_of(n) not in FAMILIES)
+        p
+        for p in paths
+        if family_of(p) == group or (group == "other" and family_of(p) not in FAMILIES)
     ]
 
 
@@ -343,7 +346,10 @@ def junit_summary(path: str) -> dict:
     files: dict[str, dict] = {}
     failing = []
     for case in ET.parse(path).getroot().iter("testcase"):
-        name = case.get("classname", "").split(".")[-1] or "?"
+        # classname: tests.<area>.test_<thing>[.<Class>]; the file is <area>/test_<thing>
+        parts = case.get("classname", "").split(".")[1:]
+        module = next((i for i, p in enumerate(parts) if p.startswith("test_")), len(parts) - 1)
+        name = "/".join(parts[: module + 1]) or "?"
         entry = files.setdefault(name, {"tests": 0, "failed": 0, "skipped": 0})
         entry["tests"] += 1
         if case.find("failure") is not None or case.find("error") is not None:

@@ -6,6 +6,7 @@
   read LLMKERN_CPU_ISA on each call).
 - Tests marked ``gpu`` are skipped without a CUDA device.
 - Under CI (``CI`` set) hypothesis is derandomised.
+- ``ddp`` runs a function in two processes joined in a gloo process group (tests/ddp.py).
 """
 
 import os
@@ -17,6 +18,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
 # CI (CI=true) replays the same hypothesis examples every run, so a submission's result does not
@@ -26,6 +28,7 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 from llmkern import _ext  # noqa: E402
+from tests import ddp as _ddp  # noqa: E402
 
 ISA_ORDER = ("scalar", "avx2", "avx512", "avx512_vnni")
 
@@ -64,3 +67,12 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def ddp(tmp_path):
+    """``ddp(worker)``: ``worker(rank, world)`` in two processes of one gloo process group on
+    loopback; returns what each rank returned."""
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed without gloo")
+    return lambda worker: _ddp.run(worker, tmp_path)

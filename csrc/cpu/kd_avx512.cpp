@@ -29,7 +29,7 @@ struct Vec {
   static float reduce_max(T a) { return _mm512_reduce_max_ps(a); }
 
   // exp: Cephes-style range reduction x = n ln2 + r, |r| <= ln2/2, degree-6 polynomial, 2^n by
-  // scalef. Relative error <= 2 ulp for x in [-87.3, 88.3] (tests/test_kd_cpu.py); 0 below
+  // scalef. Relative error <= 2 ulp for x in [-87.3, 88.3] (tests/cpu/test_kd.py); 0 below
   // -87.3 (no denormals) and for -inf; NaN propagates.
   static T exp(T x) {
     const M under = _mm512_cmp_ps_mask(x, set1(-87.33654f), _CMP_LT_OQ);
@@ -50,7 +50,7 @@ struct Vec {
 
   // log: x = m 2^e with m in [sqrt(1/2), sqrt(2)), log m = 2 atanh((m-1)/(m+1)) as an odd series
   // to t^9.
-  // Error <= 4e-7 max(1, |log x|) (tests/test_kd_cpu.py); log 0 = -inf.
+  // Error <= 4e-7 max(1, |log x|) (tests/cpu/test_kd.py); log 0 = -inf.
   static T log(T x) {
     T e = _mm512_getexp_ps(x);
     T m = _mm512_getmant_ps(x, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_zero);

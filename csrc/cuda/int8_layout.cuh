@@ -1,7 +1,7 @@
 // Index math of the W8A8 tensor-core GEMM (int8.cu), kept free of device code so that a host
-// program (tests/cuda_layout_check.cpp, built by tests/test_nvcc.py) checks it without a GPU:
-// the shared-memory swizzle, which thread copies which 16-byte chunk, which address each lane
-// hands to ldmatrix, and the register fragments mma.sync.m16n8k32 (s8) expects.
+// program (tests/cuda/int8_layout_check.cpp, built by tests/cuda/test_nvcc.py) checks it without
+// a GPU: the shared-memory swizzle, which thread copies which 16-byte chunk, which address each
+// lane hands to ldmatrix, and the register fragments mma.sync.m16n8k32 (s8) expects.
 //
 // A shared-memory tile holds `rows` rows of kTileK = 64 int8 (k) values: 4 chunks of 16 bytes
 // per row. Chunk c of row r is stored at chunk position c ^ ((r >> 1) & 3), so the 8 rows one

@@ -3,7 +3,7 @@
 ("Contracts under misuse") and docs/numerics.md (special values of the KD losses).
 
 The hypothesis-driven misuse suite over every public function and module is in
-tests/test_misuse.py; the failure-injection tests of the transactional compression API are at
+tests/ops/test_misuse.py; the failure-injection tests of the transactional compression API are at
 the end of this file."""
 
 import copy
@@ -23,6 +23,7 @@ from llmkern import backends
 from llmkern.compress import distill, load, low_rank, prepare_qat, prune, quantize, save
 from llmkern.compress.distill import choose_loss
 from llmkern.ops import kd as kd_ops
+from tests.models import TinyLM
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
@@ -83,16 +84,28 @@ def mlp_batches(n=3, d=16, seed=0):
 # ---------------------------------------------------------------------------------------------
 
 
-def int8_modules():
+def compressed_modules():
+    """The compressed forms of one random nn.Linear(16, 12), by name."""
     lin = nn.Linear(16, 12)
     return {
         "Int8Linear": lnn.Int8Linear.from_float(lin),
         "Int8Linear-static": lnn.Int8Linear.from_float(lin, input_scale=0.02),
         "Int8WeightOnlyLinear": lnn.Int8WeightOnlyLinear.from_float(lin),
+        "Int8WeightOnlyLinear-g4": lnn.Int8WeightOnlyLinear.from_float(lin, group_size=4),
         "Int8WeightOnlyLinear-g8": lnn.Int8WeightOnlyLinear.from_float(lin, group_size=8),
+        "Int8LinearQAT": lnn.Int8LinearQAT.from_float(lin),
+        "Sparse24Linear": lnn.Sparse24Linear.from_float(lin),
         "Sparse24Linear-w8": lnn.Sparse24Linear.from_float(lin, int8="w8"),
         "Sparse24Linear-w8a8": lnn.Sparse24Linear.from_float(lin, int8="w8a8"),
+        "LowRankLinear": llmkern.compress.LowRankLinear.from_float(lin, 3),
     }
+
+
+# Row 1: the int8 inference forms; rows 8 and 13: one of each module class.
+INT8_MODULES = ("Int8Linear", "Int8Linear-static", "Int8WeightOnlyLinear",
+                "Int8WeightOnlyLinear-g8", "Sparse24Linear-w8", "Sparse24Linear-w8a8")  # fmt: skip
+ALL_MODULES = ("Int8Linear", "Int8WeightOnlyLinear-g4", "Int8LinearQAT", "Sparse24Linear",
+               "Sparse24Linear-w8a8", "LowRankLinear")  # fmt: skip
 
 
 def dequantised(m) -> torch.Tensor:
@@ -100,11 +113,11 @@ def dequantised(m) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("backend", [None, "reference"])
-@pytest.mark.parametrize("name", list(int8_modules()))
+@pytest.mark.parametrize("name", INT8_MODULES)
 def test_row01_int8_modules_pass_gradients_to_their_input(name, backend, monkeypatch):
     if backend:
         monkeypatch.setenv("LLMKERN_BACKEND", backend)  # the op path instead of the direct one
-    m = int8_modules()[name]
+    m = compressed_modules()[name]
     x = torch.randn(2, 3, 16, requires_grad=True)
     g = torch.randn(2, 3, 12)
     y = m(x)
@@ -364,21 +377,9 @@ def test_row07_topk_teacher_special_values(backend, cpu_isa):
 # ---------------------------------------------------------------------------------------------
 
 
-def all_modules():
-    lin = nn.Linear(16, 8)
-    return {
-        "Int8Linear": lnn.Int8Linear.from_float(lin),
-        "Int8WeightOnlyLinear": lnn.Int8WeightOnlyLinear.from_float(lin, group_size=4),
-        "Int8LinearQAT": lnn.Int8LinearQAT.from_float(lin),
-        "Sparse24Linear": lnn.Sparse24Linear.from_float(lin),
-        "Sparse24Linear-w8a8": lnn.Sparse24Linear.from_float(lin, int8="w8a8"),
-        "LowRankLinear": llmkern.compress.LowRankLinear.from_float(lin, 3),
-    }
-
-
-@pytest.mark.parametrize("name", list(all_modules()))
+@pytest.mark.parametrize("name", ALL_MODULES)
 def test_row08_modules_pickle_and_torch_save(name, tmp_path):
-    m = all_modules()[name]
+    m = compressed_modules()[name]
     x = torch.randn(3, 16)
     back = pickle.loads(pickle.dumps(m))
     torch.testing.assert_close(back(x), m(x), rtol=0, atol=0)
@@ -456,17 +457,6 @@ def test_row12_single_batch_or_bad_calibration_is_refused_before_any_change(how)
 # ---------------------------------------------------------------------------------------------
 
 
-class TinyLM(nn.Module):
-    def __init__(self, seed=0, v=20):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.emb = nn.Embedding(v, 8)
-        self.out = nn.Linear(8, v)
-
-    def forward(self, input_ids):
-        return self.out(self.emb(input_ids))
-
-
 def test_row10_short_generator_stops_with_the_report():
     data = [{"input_ids": torch.randint(0, 20, (2, 5))} for _ in range(3)]
     with pytest.warns(UserWarning, match="data ran out after 3 steps"):
@@ -517,10 +507,10 @@ def test_row15_models_without_logits_need_a_loss_fn():
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", list(all_modules()) + ["KDLoss", "FusedLinearKDLoss"])
+@pytest.mark.parametrize("name", ALL_MODULES + ("KDLoss", "FusedLinearKDLoss"))
 def test_row13_torch_jit_script_says_it_is_not_supported(name):
     m = {"KDLoss": lnn.KDLoss(), "FusedLinearKDLoss": lnn.FusedLinearKDLoss()}.get(name)
-    m = m if m is not None else all_modules()[name]
+    m = m if m is not None else compressed_modules()[name]
     for target in (m, nn.Sequential(nn.Identity(), m)):
         with pytest.raises(TypeError, match="torch.jit.script does not support llmkern"):
             torch.jit.script(target)

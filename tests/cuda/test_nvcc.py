@@ -5,7 +5,7 @@
   flags torch's extension build adds (no half/bfloat16 operators) and every warning an error.
   The compiles run in parallel once per session; each (file, arch) is its own test. Skipped when
   nvcc is not installed.
-- tests/cuda_layout_check.cpp (host-only C++) simulates ldmatrix over the swizzled shared-memory
+- tests/cuda/int8_layout_check.cpp (host-only C++) simulates ldmatrix over the swizzled shared-memory
   tile of csrc/cuda/int8_layout.cuh and checks the mma.m16n8k32 fragments it delivers.
 """
 
@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests import ROOT
+
 CU_FILES = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "csrc").rglob("*.cu"))
 ARCHS = ("sm_80", "sm_90")
 HOST_CHECK_ARCH = "sm_90"  # compiled with -c, so the host code is compiled too
@@ -95,7 +96,7 @@ def test_w8a8_fragment_layout(tmp_path):
     exe = tmp_path / "layout_check"
     build = subprocess.run(
         [cxx, "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", "-I", str(ROOT / "csrc"),
-         str(ROOT / "tests" / "cuda_layout_check.cpp"), "-o", str(exe)],
+         str(Path(__file__).with_name("int8_layout_check.cpp")), "-o", str(exe)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert build.returncode == 0, build.stderr[-4000:]

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from test_sparse24_format import random_24
 
 import llmkern
 from llmkern.ops import sparse24 as s24
+from tests.ops.test_sparse24_format import random_24
 
 CPU = {"backend": "cpu"}
 REF = {"backend": "reference"}

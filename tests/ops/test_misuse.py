@@ -28,6 +28,7 @@ import llmkern.nn as lnn
 from llmkern.ops import int8 as int8_ops
 from llmkern.ops import kd as kd_ops
 from llmkern.ops import sparse24 as s24_ops
+from tests.models import TinyLM
 
 COVERED: set[str] = set()
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -699,17 +700,6 @@ def test_checkpoint_into_a_model_of_other_shapes(tmp_path_factory, d, h, how):
         assert _same(other, snap)
 
 
-class TinyLM(nn.Module):
-    def __init__(self, seed=0, v=12):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.emb = nn.Embedding(v, 8)
-        self.out = nn.Linear(8, v)
-
-    def forward(self, input_ids):
-        return self.out(self.emb(input_ids))
-
-
 COVERED.update({"llmkern.distill", "llmkern.compress.DistillReport"})
 
 
@@ -775,7 +765,7 @@ def public_callables() -> set[str]:
 
 def test_every_public_callable_is_covered():
     missing = public_callables() - COVERED
-    assert not missing, f"add misuse cases to tests/test_misuse.py for {sorted(missing)}"
+    assert not missing, f"add misuse cases to tests/ops/test_misuse.py for {sorted(missing)}"
     assert len(public_callables()) >= 30  # the walk itself found the API
 
 

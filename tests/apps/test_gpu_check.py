@@ -10,7 +10,8 @@ import sys
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests import ROOT
+
 SCRIPT = os.path.join(ROOT, "bench", "gpu_check.py")
 
 
@@ -84,15 +85,15 @@ def test_junit_report_becomes_the_summary_table(gc, tmp_path):
     junit = tmp_path / "r.xml"
     junit.write_text(
         '<testsuites><testsuite name="pytest">'
-        '<testcase classname="tests.test_cuda_int8" name="test_a"/>'
-        '<testcase classname="tests.test_cuda_int8" name="test_b"><failure message="x"/></testcase>'
-        '<testcase classname="tests.test_triton_kd" name="test_c"><skipped/></testcase>'
-        '<testcase classname="tests.test_triton_kd" name="test_d"/>'
+        '<testcase classname="tests.cuda.test_int8" name="test_a"/>'
+        '<testcase classname="tests.cuda.test_int8" name="test_b"><failure message="x"/></testcase>'
+        '<testcase classname="tests.triton.test_kd.TestRows" name="test_c"><skipped/></testcase>'
+        '<testcase classname="tests.triton.test_kd.TestRows" name="test_d"/>'
         "</testsuite></testsuites>"
     )
     summary = gc.junit_summary(str(junit))
-    assert summary["files"]["test_cuda_int8"] == {"tests": 2, "failed": 1, "skipped": 0}
-    assert summary["failing"] == ["tests.test_cuda_int8::test_b"]
+    assert summary["files"]["cuda/test_int8"] == {"tests": 2, "failed": 1, "skipped": 0}
+    assert summary["failing"] == ["tests.cuda.test_int8::test_b"]
     rows = [
         {"op": "w8a8_matmul", "shape": {"m": 4096}, "impl": "cuda", "baseline": "torch._int_mm",
          "speedup_vs_baseline": 1.7, "peak_mem_mb": 32.0, "extra": {"check": "ok"}},
@@ -104,8 +105,8 @@ def test_junit_report_becomes_the_summary_table(gc, tmp_path):
     lines = table.splitlines()
     assert lines[0].split() == ["kernel", "correctness", "speedup", "vs", "baseline", "peak",
                                 "memory"]  # fmt: skip
-    assert any("test_cuda_int8" in ln and "FAIL 1/2" in ln for ln in lines)
-    assert any("test_triton_kd" in ln and "ok 1/2" in ln for ln in lines)
+    assert any("cuda/test_int8" in ln and "FAIL 1/2" in ln for ln in lines)
+    assert any("triton/test_kd" in ln and "ok 1/2" in ln for ln in lines)
     assert any("w8a8_matmul[cuda]" in ln and "1.70x vs torch._int_mm" in ln for ln in lines)
     assert not any("[torch._int_mm]" in ln for ln in lines)  # baselines are not kernels
     assert any("bench:kd" in ln and "TIMEOUT" in ln for ln in lines)
@@ -128,13 +129,14 @@ def test_check_flags_mismatches(gc):
 
 def test_test_files_are_grouped_by_kernel_family(gc):
     groups = {g: gc.test_files(g) for g in gc.TEST_GROUPS}
-    assert "tests/test_cuda_int8.py" in groups["int8"] and "tests/test_int8_nn.py" in groups["int8"]
-    assert "tests/test_triton_sparse24.py" in groups["sparse24"]
-    assert "tests/test_cuda_kd.py" in groups["kd"] and "tests/test_gpu_paths.py" in groups["other"]
+    assert "tests/cuda/test_int8.py" in groups["int8"] and "tests/nn/test_int8.py" in groups["int8"]
+    assert "tests/triton/test_sparse24.py" in groups["sparse24"]
+    assert "tests/cuda/test_kd.py" in groups["kd"]
+    assert "tests/ops/test_gpu_paths.py" in groups["other"]
     every = sorted(f for files in groups.values() for f in files)
     assert len(every) == len(set(every))  # each file in one group
-    assert every == sorted(f"tests/{n}" for n in os.listdir(os.path.join(ROOT, "tests"))
-                           if n.startswith("test_") and n.endswith(".py"))  # fmt: skip
+    tests = (ROOT / "tests").rglob("test_*.py")
+    assert every == sorted(p.relative_to(ROOT).as_posix() for p in tests)
 
 
 def test_failed_cuda_families_are_read_from_the_build_log(gc):

@@ -15,8 +15,8 @@ from torch import nn
 
 from llmkern import benchmark as B
 from llmkern.ops.int8 import dequantize_weight
+from tests import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DECODE = os.path.join(ROOT, "bench", "bench_decode.py")
 ROW_KEYS = {"op", "shape", "dtype", "impl", "median_ms", "peak_mem_mb", "baseline",
             "speedup_vs_baseline"}  # fmt: skip

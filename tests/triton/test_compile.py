@@ -5,13 +5,13 @@ this test session runs triton in interpreter mode."""
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from tests import ROOT
+
 triton = pytest.importorskip("triton")
 
-ROOT = Path(__file__).resolve().parents[1]
 # One variant of each kernel and feature: int8 tiles, 2:4 expansion + 16-bit dot, grouped
 # scales, the 2:4 GEMV, quantisation, and the two KD kernels.
 VARIANTS = ["w8a8 large", "2:4 bf16 small", "w8 bf16 g32 small", "gemv 2:4 w8", "quantize",

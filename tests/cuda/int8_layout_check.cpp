@@ -1,7 +1,7 @@
 // Host-only check of the W8A8 GEMM index math (csrc/cuda/int8_layout.cuh), built and run by
-// tests/test_nvcc.py: simulates ldmatrix over the swizzled shared-memory tile and compares what
-// each lane's registers receive with the mma.m16n8k32 fragment layout; checks that the swizzle
-// is a bijection, that the copy and ldmatrix phases are free of bank conflicts, and that the
+// tests/cuda/test_nvcc.py: simulates ldmatrix over the swizzled shared-memory tile and compares
+// what each lane's registers receive with the mma.m16n8k32 fragment layout; checks that the
+// swizzle is a bijection, that the copy and ldmatrix phases are free of bank conflicts, and that the
 // fragments cover their tiles exactly once. Exit status 0 = all good.
 #include <cstdio>
 #include <set>

@@ -1,6 +1,6 @@
 """KD losses through the public API and the modules: the fused-linear form against the unfused
 composition and float64 autograd, leading dimensions, torch.compile, autograd safety and bad
-input. Kernel numerics per ISA are in test_kd_cpu.py."""
+input. Kernel numerics per ISA are in tests/cpu/test_kd.py."""
 
 import math
 

@@ -2,12 +2,9 @@
 callbacks, time limit, bad arguments, and DistributedDataParallel (gloo, two processes)."""
 
 import copy
-import os
-import socket
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from torch import nn
 
 from llmkern.compress import distill
@@ -130,36 +127,15 @@ def test_hf_causal_lms_use_the_fused_loss_and_learn():
 # --------------------------------------------------------------------------------------------
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _ddp_worker(rank, world):
+    teacher = _sharp_teacher()
+    student = TinyLM(seed=10 + rank)  # different on purpose: DDP broadcasts rank 0's weights
+    rep = distill(teacher, student, _data(8), steps=12, lr=3e-2, progress=False)
+    return {"state": student.state_dict(), "losses": rep.losses}
 
 
-def _ddp_worker(rank, world, port, out_dir):
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
-    )
-    try:
-        teacher = _sharp_teacher()
-        student = TinyLM(seed=10 + rank)  # different on purpose: DDP broadcasts rank 0's weights
-        rep = distill(teacher, student, _data(8), steps=12, lr=3e-2, progress=False)
-        torch.save(
-            {"state": student.state_dict(), "losses": rep.losses},
-            os.path.join(out_dir, f"rank{rank}.pt"),
-        )
-        dist.barrier()  # no teardown while the other rank still talks (as in test_distributed)
-    finally:
-        dist.destroy_process_group()
-
-
-def test_distill_under_ddp_gloo_two_processes(tmp_path):
-    mp.start_processes(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True,
-                       start_method="fork")  # fmt: skip
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+def test_distill_under_ddp_gloo_two_processes(ddp):
+    r0, r1 = ddp(_ddp_worker)
     for k, v in r0["state"].items():
         assert torch.equal(v, r1["state"][k]), k  # gradients were averaged: identical students
     assert r0["losses"] != r1["losses"]  # each process saw its own half of the batches
