@@ -48,7 +48,7 @@ from torch import nn
 
 import llmkern
 from llmkern import _ext
-from llmkern import benchmark as B
+from llmkern.apps import benchmark as B
 from llmkern.nn import Int8Linear, Int8WeightOnlyLinear, Sparse24Linear
 
 SIZES = {  # layers, hidden, ffn, heads, kv_heads, vocab, prompt, decode steps (warm-up included)

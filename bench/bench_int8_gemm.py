@@ -38,8 +38,8 @@ import torch
 from torch import nn
 
 from llmkern import _ext
-from llmkern import benchmark as B
-from llmkern.benchmark import (
+from llmkern.apps import benchmark as B
+from llmkern.apps.benchmark import (
     Row,
     TorchInt8PackLinear,
     copies_to_exceed_cache,

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import llmkern  # noqa: E402
-from llmkern.benchmark import Row, format_table, peak_mb, time_fn, with_speedups, write_json  # noqa: E402
+from llmkern.apps.benchmark import Row, format_table, peak_mb, time_fn, with_speedups, write_json  # noqa: E402
 
 TAU, ALPHA = 2.0, 0.5
 

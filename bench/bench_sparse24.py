@@ -32,7 +32,7 @@ import time
 import torch
 
 import llmkern
-from llmkern import benchmark as B
+from llmkern.apps import benchmark as B
 from llmkern.cpu import int8 as cpu_int8
 from llmkern.cpu.sparse24 import SPARSE_MAX_ROWS
 from llmkern.nn import Sparse24Linear

@@ -625,7 +625,7 @@ def smoke_worker(family: str) -> int:
 def bench_worker(family: str, out: str, quick: bool) -> int:
     import torch
 
-    from llmkern import benchmark
+    from llmkern.apps import benchmark
 
     torch.manual_seed(0)
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -656,7 +656,7 @@ def _gpu_impls(op):
 
 
 def _time(fn, rotate=1):
-    from llmkern import benchmark
+    from llmkern.apps import benchmark
 
     return benchmark.time_fn(lambda i: fn(i % rotate), device="cuda", warmup=3, reps=10,
                              min_time_s=0.1, max_reps=200)  # fmt: skip
@@ -677,7 +677,7 @@ def _check(got, want, rtol, what):
 
 def _measure(op, shape, dtype, impls, baseline, rotate=1):
     """impls: name -> (fn(i), check message). Rows for each; mismatching impls are not timed."""
-    from llmkern import benchmark
+    from llmkern.apps import benchmark
 
     rows, bad = [], []
     for name, (fn, check) in impls.items():
@@ -793,7 +793,7 @@ def bench_kd(op, shape, baseline):
     import torch
 
     import llmkern
-    from llmkern import benchmark
+    from llmkern.apps import benchmark
 
     dev, bf16 = "cuda", torch.bfloat16
     n, v = shape["n"], shape["v"]

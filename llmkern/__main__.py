@@ -1,3 +1,3 @@
-from llmkern.cli import main
+from llmkern.apps.cli import main
 
 raise SystemExit(main())

@@ -202,6 +202,19 @@ class DistillReport:
         return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def no_dropout(model: nn.Module):
+    """Dropout off while training: the student should match the (eval-mode) teacher exactly."""
+    saved = [(m, m.p) for m in model.modules() if isinstance(m, nn.Dropout)]
+    for m, _ in saved:
+        m.p = 0.0
+    try:
+        yield
+    finally:
+        for m, p in saved:
+            m.p = p
+
+
 def _make_optimizer(optimizer, params, lr):
     if optimizer is None:
         return torch.optim.AdamW(params, lr=lr)

@@ -1,6 +1,6 @@
 """prune(): N:M structured pruning of linear layers, then the swap to llmkern.nn.Sparse24Linear.
 
-Scores come from llmkern.compress.importance (magnitude, l1, Wanda = |w| * ||x_j||, Taylor =
+Scores come from llmkern.importance (magnitude, l1, Wanda = |w| * ||x_j||, Taylor =
 |w * dL/dw|). One-shot: score, keep the best 2 of every 4 weights along K, swap. Iterative
 (``schedule``): a list of fractions of 4-groups pruned after each step (e.g. ``[0.5, 1.0]``), the
 cheapest groups first (sum of the scores they lose), with ``fine_tune(model, step)`` called after
@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from llmkern import importance as imp
 from llmkern.compress.calibration import calibration_batches, call_model, collect_input_stats
 from llmkern.compress.modules import as_linear, is_conv1d, linear_layers
 from llmkern.compress.reconstruct import reconstruct as refit
@@ -66,8 +67,6 @@ def _taylor_grads(model, names, data, max_batches):
 def _scores(model, names, importance, data):
     stats = collect_input_stats(model, names, data) if importance == "wanda" else None
     grads = _taylor_grads(model, names, data, None) if importance == "taylor" else None
-    from llmkern.compress import importance as imp
-
     out = {}
     for n in names:
         w = model.get_submodule(n).weight.detach()
@@ -81,8 +80,6 @@ def _scores(model, names, importance, data):
 
 def _step_mask(scores: torch.Tensor, prev: torch.Tensor | None, fraction: float, n: int, m: int):
     """Mask that prunes ``fraction`` of the m-groups to n:m, cheapest first, keeping ``prev``'s."""
-    from llmkern.compress import importance as imp
-
     full = imp.nm_mask(scores, n, m)
     if fraction >= 1.0:
         return full

@@ -372,15 +372,15 @@ class Recovery:
 
 
 def _recover(rec: Recovery, teacher, model, layer_map, share: int, is_lm: bool):
-    from llmkern.compress.distill import distill
-    from llmkern.compress.job import _no_dropout, _recovery_loss
+    from llmkern.compress.distill import distill, no_dropout
+    from llmkern.compress.embedding import recovery_loss
 
     if rec.loss_fn is not None:
         loss_fn = lambda s, t, b: rec.loss_fn(s, t, b, layer_map)  # noqa: E731
     elif is_lm:
         loss_fn = None
     else:
-        loss_fn = _recovery_loss("mean", layer_map=layer_map)
+        loss_fn = recovery_loss("mean", layer_map=layer_map)
     frozen = []
     if not rec.train_embeddings:
         emb = model.get_input_embeddings()
@@ -388,7 +388,7 @@ def _recover(rec: Recovery, teacher, model, layer_map, share: int, is_lm: bool):
     for p in frozen:
         p.requires_grad_(False)
     try:
-        with _no_dropout(model):
+        with no_dropout(model):
             return distill(
                 teacher, model, rec.data, temperature=rec.temperature, alpha=rec.alpha,
                 steps=max(1, rec.steps // share) if rec.steps else None, lr=rec.lr,

@@ -34,6 +34,7 @@ from torch import nn
 
 from llmkern.backends import Prepared
 from llmkern.cpu.sparse24 import dense_row_limit
+from llmkern.importance import importance_scores
 from llmkern.nn._base import NoTorchScript, needs_input_grad, straight_through
 from llmkern.nn.int8 import keep_float32
 from llmkern.ops import int8 as int8_ops
@@ -128,11 +129,9 @@ class Sparse24Linear(NoTorchScript, nn.Module):
         int8: str | None = None,
     ) -> Sparse24Linear:
         """Prune ``linear`` to 2:4 (keeping the 2 highest scores of every 4 weights along K) and
-        compress it. ``importance``: a method of llmkern.compress.importance (magnitude | l1 |
+        compress it. ``importance``: a method of llmkern.importance (magnitude | l1 |
         wanda with ``act_norm`` | taylor with ``grad``) or a score tensor of the weight's shape.
         An already 2:4 weight keeps exactly its non-zeros with the default magnitude scores."""
-        from llmkern.compress.importance import importance_scores
-
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
         _check_not_meta(linear.weight)

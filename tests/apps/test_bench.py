@@ -1,5 +1,5 @@
 """The benchmarks keep working: bench/bench_decode.py runs every variant on a toy Llama in seconds
-and writes the standard JSON rows; the shared baselines and helpers of llmkern.benchmark give
+and writes the standard JSON rows; the shared baselines and helpers of llmkern.apps.benchmark give
 the right numbers."""
 
 import json
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmkern import benchmark as B
+from llmkern.apps import benchmark as B
 from llmkern.ops.int8 import dequantize_weight
 from tests import ROOT
 

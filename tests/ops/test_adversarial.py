@@ -471,8 +471,7 @@ def test_row10_short_generator_stops_with_the_report():
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-1", "0"])
 def test_row11_cli_distill_refuses_bad_temperature_at_once(value, capsys):
-    from llmkern import cli
-    from llmkern.compress import miniature
+    from llmkern.apps import cli, miniature
 
     with pytest.raises(ValueError, match="--temperature"):
         miniature.Settings(temperature=float(value))

@@ -278,8 +278,8 @@ def header() -> str:
 
 def bench_dir() -> str:
     """The repository's bench/ folder (benchmarks run from a source checkout)."""
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    path = os.path.join(here, "bench")
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # llmkern/
+    path = os.path.join(os.path.dirname(package), "bench")
     if not os.path.isdir(path):
         raise FileNotFoundError(
             f"bench/ not found next to the llmkern package ({path}); run from a source checkout "

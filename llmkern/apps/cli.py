@@ -53,13 +53,13 @@ def cmd_info(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from llmkern.benchmark import run_bench_scripts
+    from llmkern.apps.benchmark import run_bench_scripts
 
     return run_bench_scripts(args.op, args.json, args.plot, args.quick)
 
 
 def cmd_compress(args) -> int:
-    from llmkern.compress import job
+    from llmkern.apps import job
 
     methods = (
         tuple(m for part in args.method for m in part.split(",") if m)
@@ -78,7 +78,7 @@ def cmd_compress(args) -> int:
 
 
 def cmd_distill(args) -> int:
-    from llmkern.compress import miniature
+    from llmkern.apps import miniature
 
     s = miniature.Settings(steps=args.steps, teacher_steps=args.teacher_steps, temperature=args.temperature,
                            alpha=args.alpha, progress=not args.no_progress, json_path=args.json)  # fmt: skip
@@ -87,8 +87,8 @@ def cmd_distill(args) -> int:
 
 
 def _add_compress(sub) -> None:
-    from llmkern.compress import job
-    from llmkern.compress.job import METHODS
+    from llmkern.apps import job
+    from llmkern.apps.job import METHODS
 
     s = sub.add_parser(
         "compress",

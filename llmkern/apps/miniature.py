@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from llmkern.compress import hf, texts
+from llmkern.apps import hf, texts
 from llmkern.compress.distill import distill
 from llmkern.compress.structure import apply_saved_layout, prune_structure
 from llmkern.ops._checks import check_float_scalar
