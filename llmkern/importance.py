@@ -70,7 +70,11 @@ def importance_scores(
 ) -> torch.Tensor:
     """Scores of ``method`` for ``weight``: magnitude (alias l1), wanda (needs ``act_norm``) or
     taylor (needs ``grad``, the sum over batches of |dL/dW|; |W| * that equals the sum of
-    |W * dL/dW| since W is fixed during calibration)."""
+    |W * dL/dW| since W is fixed during calibration). ``act_norm`` / ``grad`` given to another
+    method would be ignored: a ValueError."""
+    for name, value, user in (("act_norm", act_norm, "wanda"), ("grad", grad, "taylor")):
+        if value is not None and method != user:
+            raise ValueError(f"{name} applies to importance {user!r} only, not {method!r}")
     if method in ("magnitude", "l1"):
         return magnitude_scores(weight)
     if method == "wanda":

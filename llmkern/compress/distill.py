@@ -44,6 +44,23 @@ from llmkern.compress.modules import model_device
 from llmkern.ops._checks import check_float_scalar
 
 IGNORE_INDEX = -100
+TEMPERATURE, ALPHA, LR = 2.0, 0.5, 1e-4  # distill's defaults
+
+
+def check_loss_options(loss_fn, temperature, alpha, prefix: str = "") -> None:
+    """``temperature`` and ``alpha`` configure the built-in KD loss: with a custom ``loss_fn``
+    they would be ignored, so a value other than the default is a ValueError."""
+    if loss_fn is None:
+        return
+    for name, value, default in (
+        ("temperature", temperature, TEMPERATURE),
+        ("alpha", alpha, ALPHA),
+    ):
+        if value != default:
+            raise ValueError(
+                f"{prefix}{name}={value!r} configures the built-in KD loss, which a custom "
+                f"{prefix}loss_fn replaces: leave {prefix}{name} at its default ({default})"
+            )
 
 
 def _is_causal_lm(model: nn.Module) -> bool:
@@ -235,12 +252,12 @@ def distill(
     teacher: nn.Module,
     student: nn.Module,
     data,
-    temperature: float = 2.0,
-    alpha: float = 0.5,
+    temperature: float = TEMPERATURE,
+    alpha: float = ALPHA,
     steps: int | None = None,
     optimizer=None,
     *,
-    lr: float = 1e-4,
+    lr: float = LR,
     loss_fn: Callable | None = None,
     grad_accum: int = 1,
     bf16: bool = False,
@@ -258,15 +275,35 @@ def distill(
     (one pass when ``steps`` is None), stopping early after ``max_seconds``. ``lr_decay``: the
     learning rate falls linearly to 0 over the run (its progress is the larger of the step and
     time fractions). Returns a :class:`DistillReport` with the loss per step and the
-    ``eval_fn(student)`` results."""
+    ``eval_fn(student)`` results.
+
+    Options that would not apply are refused (ValueError): ``temperature`` / ``alpha`` other
+    than the defaults with a custom ``loss_fn``, ``lr`` with an ``optimizer`` (which has its
+    own), ``eval_every`` without ``eval_fn``, ``checkpoint_fn`` and ``checkpoint_every`` one
+    without the other, ``lr_decay`` without ``steps`` or ``max_seconds`` to decay over."""
     check_float_scalar("temperature", temperature, low=0.0, low_open=True)
     check_float_scalar("alpha", alpha, low=0.0, high=1.0)
     for name, v in (("steps", steps), ("grad_accum", grad_accum)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    for name, v in (("eval_every", eval_every), ("checkpoint_every", checkpoint_every)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"{name} must be an int >= 0 (0: never), got {v!r}")
     check_batches(data, "data")
     if loss_fn is not None and not callable(loss_fn):
         raise TypeError("loss_fn must be a callable loss_fn(student, teacher, batch)")
+    check_loss_options(loss_fn, temperature, alpha)
+    if optimizer is not None and lr != LR:
+        raise ValueError(f"lr={lr!r} applies to the default AdamW; the given optimizer has its own")
+    if eval_every and eval_fn is None:
+        raise ValueError("eval_every needs eval_fn (the evaluation to run)")
+    if (checkpoint_fn is None) != (not checkpoint_every):
+        raise ValueError(
+            "checkpoint_fn and checkpoint_every go together: checkpoint_fn(student, step) is "
+            "called every checkpoint_every steps"
+        )
+    if lr_decay and steps is None and max_seconds is None:
+        raise ValueError("lr_decay needs steps or max_seconds (the run it decays over)")
     rank, world = _world()
     device = model_device(student)
     it = _batches(data, steps, rank, world)

@@ -84,19 +84,25 @@ def rank_for_energy(singular_values: torch.Tensor, energy: float) -> int:
     return int(torch.searchsorted(cum, torch.tensor(energy, dtype=cum.dtype) - 1e-12)) + 1
 
 
+ENERGY = 0.9  # low_rank's default
+
+
 def low_rank(
     model: nn.Module,
     rank: int | None = None,
-    energy: float | None = 0.9,
+    energy: float | None = ENERGY,
     skip: list[str] | None = None,
 ) -> Report:
     """Factorise each linear layer (in place) to ``rank``, or to the smallest rank keeping
-    ``energy`` of its squared singular values when ``rank`` is None. Returns a :class:`Report`;
+    ``energy`` of its squared singular values when ``rank`` is None (another ``energy`` with
+    ``rank`` is a ValueError). Returns a :class:`Report`;
     layers where the factors would not be smaller stay dense. All or nothing, like
     :func:`llmkern.quantize`; the factors of a LowRankLinear are linear layers too, so low_rank
     after low_rank factorises them again, and quantize/prune after low_rank compress them."""
     if rank is None and energy is None:
         raise ValueError("give rank or energy")
+    if rank is not None and energy not in (None, ENERGY):
+        raise ValueError(f"energy={energy!r} applies when rank is None; rank={rank} fixes the rank")
     if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
         raise ValueError(f"rank must be a positive int, got {rank!r}")
     if rank is None:

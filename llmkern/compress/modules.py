@@ -37,7 +37,7 @@ def as_linear(module: nn.Module) -> nn.Linear:
     return lin
 
 
-def _matches(name: str, patterns: Iterable[str]) -> bool:
+def matches(name: str, patterns: Iterable[str]) -> bool:
     """``name`` equals a pattern, lies under it (``pattern.``) or matches it as a glob."""
     return any(
         name == p or name.startswith(p + ".") or fnmatch.fnmatchcase(name, p) for p in patterns
@@ -61,7 +61,7 @@ def linear_layers(
     return [
         (n, m)
         for n, m in model.named_modules()
-        if n and (type(m) is nn.Linear or is_conv1d(m)) and not _matches(n, patterns)
+        if n and (type(m) is nn.Linear or is_conv1d(m)) and not matches(n, patterns)
     ]
 
 

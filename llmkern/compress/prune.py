@@ -129,6 +129,7 @@ def prune(
     ``reconstruct``: after each step's masks, re-fit the kept weights layer by layer so each layer
     reproduces its unpruned outputs on the calibration inputs (least squares, see
     llmkern.compress.reconstruct; needs ``calibration``).
+    ``calibration`` (and ``max_batches``, which limits it) is refused when nothing reads it.
     Layers whose input size is not a multiple of 4 stay dense (reported).
 
     All or nothing: arguments and calibration are checked first, and if anything fails
@@ -149,6 +150,12 @@ def prune(
     fractions = _parse_schedule(schedule)
     n, m = PATTERNS[pattern]
     needs_data = importance in ("wanda", "taylor") or reconstruct
+    for name, value in (("calibration", calibration), ("max_batches", max_batches)):
+        if value is not None and not needs_data:
+            raise ValueError(
+                f"{name} is read only with importance='wanda' or 'taylor' or reconstruct=True; "
+                f"importance={importance!r} without reconstruct does not use it"
+            )
     data = calibration_batches(calibration, max_batches) if needs_data else None
     from llmkern.nn import Sparse24Linear
 

@@ -13,7 +13,13 @@ from __future__ import annotations
 from torch import nn
 
 from llmkern.compress.calibration import calibration_batches, collect_input_stats
-from llmkern.compress.modules import as_linear, is_conv1d, linear_layers
+from llmkern.compress.modules import (
+    as_linear,
+    is_conv1d,
+    linear_layers,
+    matches,
+    output_head_names,
+)
 from llmkern.compress.report import Report
 from llmkern.compress.smoothquant import smooth
 from llmkern.compress.transaction import Transaction, require_targets
@@ -29,11 +35,34 @@ def _nn():
     return lnn
 
 
-def _float_sparse(model):
+def _float_sparse(model, skip):
+    """The float Sparse24Linear layers not skipped (``skip`` as in linear_layers)."""
     lnn = _nn()
+    patterns = list(output_head_names(model) if skip is None else skip)
     return {
-        n: m for n, m in model.named_modules() if isinstance(m, lnn.Sparse24Linear) and not m.int8
+        n: m
+        for n, m in model.named_modules()
+        if isinstance(m, lnn.Sparse24Linear) and not m.int8 and not matches(n, patterns)
     }
+
+
+def _check_sparse_options(sparse, calibration_use, group_size) -> None:
+    """Sparse24Linear's int8 forms have per-channel weight scales and dynamic per-token
+    activations, and its 2:4 weight is not smoothed: options that would not apply raise."""
+    if not sparse:
+        return
+    names = ", ".join(list(sparse)[:3]) + (" ..." if len(sparse) > 3 else "")
+    if group_size:
+        raise ValueError(
+            f"group_size={group_size} does not apply to the 2:4 sparse layers ({names}): their "
+            "int8 weights have one scale per output channel; skip them or use group_size=0"
+        )
+    if calibration_use:
+        raise ValueError(
+            f"{calibration_use} does not apply to the 2:4 sparse layers ({names}), which "
+            "quantise activations per token and cannot be smoothed; skip them or quantize "
+            "before prune"
+        )
 
 
 def quantize(
@@ -49,10 +78,14 @@ def quantize(
 ) -> Report:
     """Quantise ``model``'s linear layers in place and return a :class:`Report`.
 
-    ``skip``: module names or glob patterns left in float (default: the LM head).
-    ``activation_scale``: ``"dynamic"`` (per token, at run time) or ``"static"`` (one per-tensor
-    scale per layer from ``calibration``; W8A8 only). ``group_size``: W8 scales per group of
-    ``group_size`` input channels (0: per output channel). ``max_batches`` limits calibration.
+    ``skip``: module names or glob patterns left as they are (default: the LM head); it applies
+    to the 2:4 sparse layers too. ``activation_scale``: ``"dynamic"`` (per token, at run time)
+    or ``"static"`` (one per-tensor scale per layer from ``calibration``; W8A8 only).
+    ``group_size``: W8 scales per group of ``group_size`` input channels (0: per output channel;
+    W8 on dense layers only). ``calibration`` (and ``max_batches``, which limits it) is read only
+    for ``smoothquant`` or static activation scales, and is refused otherwise; an option that
+    does not apply to a target layer (2:4 sparse layers: group_size, smoothquant, static
+    scales) is a ValueError naming it.
 
     All or nothing: arguments and calibration are checked first, and if anything fails the model
     is left exactly as it was. A model with no float linear layer (e.g. quantised already) is a
@@ -70,13 +103,30 @@ def quantize(
         check_float_scalar("smoothquant", smoothquant, low=0.0, high=1.0)
     if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 0:
         raise ValueError(f"group_size must be an int >= 0 (0 = per channel), got {group_size!r}")
+    if group_size and method != "w8":
+        raise ValueError(
+            f"group_size={group_size} applies to method='w8' only (W8A8 weights have one scale "
+            "per output channel)"
+        )
     needs_data = smoothquant is not None or activation_scale == "static"
     if needs_data and calibration is None:
         raise ValueError("smoothquant and activation_scale='static' need calibration batches")
-    data = calibration_batches(calibration, max_batches) if needs_data else None
+    for name, value in (("calibration", calibration), ("max_batches", max_batches)):
+        if value is not None and not needs_data:
+            raise ValueError(
+                f"{name} is read only with smoothquant or activation_scale='static'; "
+                "quantize without them does not use it"
+            )
     lnn = _nn()
-    sparse = _float_sparse(model)
+    sparse = _float_sparse(model, skip)
     dense = linear_layers(model, skip)
+    _check_sparse_options(
+        sparse,
+        "smoothquant" if smoothquant is not None
+        else "activation_scale='static'" if activation_scale == "static" else "",
+        group_size,
+    )  # fmt: skip
+    data = calibration_batches(calibration, max_batches) if needs_data else None
     require_targets(
         "quantize", model, dense + list(sparse.items()),
         "Quantise a float model once (for 2:4 + int8: prune, then quantize).",

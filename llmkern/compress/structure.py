@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from llmkern.compress.calibration import calibration_batches, call_model
+from llmkern.compress.distill import ALPHA, LR, TEMPERATURE, check_loss_options
 from llmkern.compress.modules import is_conv1d
 from llmkern.compress.report import LayerRow, Report, count_bytes, count_params
 
@@ -336,9 +337,9 @@ class Recovery:
     data: Sequence
     steps: int | None = None
     max_seconds: float | None = None
-    lr: float = 1e-4
-    temperature: float = 2.0
-    alpha: float = 0.5
+    lr: float = LR
+    temperature: float = TEMPERATURE
+    alpha: float = ALPHA
     loss_fn: Callable | None = None
     teacher: nn.Module | None = None
     train_embeddings: bool = False
@@ -362,6 +363,7 @@ class Recovery:
             raise ValueError(f"recovery.temperature must be > 0, got {self.temperature!r}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"recovery.alpha must be in [0, 1], got {self.alpha!r}")
+        check_loss_options(self.loss_fn, self.temperature, self.alpha, "recovery.")
         if not is_lm and self.loss_fn is None:
             b = self.data[0]
             if not isinstance(b, dict) or "input_ids" not in b or "attention_mask" not in b:
@@ -592,7 +594,8 @@ def prune_structure(
     every layer, and ``layers`` whole layers, from a Hugging Face BERT / GPT-2 / Llama model, in
     place. ``importance``: activation (needs ``calibration``), l1, taylor (needs ``calibration``
     batches for which the model returns a loss) or random. ``gqa``: with grouped-query attention,
-    drop whole KV groups ("groups") or the same number of query heads in every group ("heads").
+    drop whole KV groups ("groups") or the same number of query heads in every group ("heads";
+    a ValueError without grouped-query attention). ``seed``: for importance="random" only.
     ``iterations`` > 1 prunes in that many equal steps, scoring the current model each time;
     with ``recovery`` (:class:`Recovery`) the model is distilled from the unpruned one after
     every step. Returns a :class:`Report`: per original layer what was removed; ``notes`` hold
@@ -617,6 +620,10 @@ def prune_structure(
         if calibration is None:
             raise ValueError(f"importance={importance!r} needs calibration batches")
         calibration = calibration_batches(calibration)  # read once: generators are consumed
+    elif calibration is not None:
+        raise ValueError(f"calibration is not used by importance={importance!r}")
+    if seed != 0 and importance != "random":
+        raise ValueError(f"seed applies to importance='random' only, not {importance!r}")
     _check_plain(attns, ffns)
     shapes = {(a.n_heads, a.n_kv, a.head_dim, _out_features(f.up[0]))
               for a, f in zip(attns, ffns, strict=True)}  # fmt: skip
@@ -632,6 +639,11 @@ def prune_structure(
             "scaling of every later layer would change"
         )
     a0 = attns[0]
+    if gqa != "groups" and a0.n_kv == a0.n_heads:
+        raise ValueError(
+            f"gqa={gqa!r} applies to grouped-query attention; this model has as many kv heads as "
+            "query heads"
+        )
     orig = {"ffn": _out_features(ffns[0].up[0]), "heads": a0.n_heads, "kv": a0.n_kv, "layers": n}
     final = _targets(orig, ffn, heads, layers, gqa, 1.0)
     if min(final.ffn, final.kv, final.per_group) < 1:

@@ -137,6 +137,8 @@ class Sparse24Linear(NoTorchScript, nn.Module):
         _check_not_meta(linear.weight)
         w = linear.weight.detach()
         if isinstance(importance, torch.Tensor):
+            if act_norm is not None or grad is not None:
+                raise ValueError("act_norm and grad apply to a named importance method, not scores")
             scores = importance
             if tuple(scores.shape) != tuple(w.shape):
                 raise ValueError(
