@@ -114,12 +114,18 @@ def constructor_args(m: nn.Module) -> dict:
 
 def settings(m: nn.Module) -> dict:
     """The settings of ``m`` set outside its constructor arguments (e.g.
-    ``Sparse24Linear.max_sparse_rows``): its public plain attributes. Private attributes
-    (``_dense_cache``) are caches rebuilt on use; ``training`` is reset by load (eval mode)."""
+    ``Sparse24Linear.max_sparse_rows``): its public plain attributes and settable properties.
+    Private attributes (``_prepared``: the backend forms of the weight) are rebuilt on use;
+    ``training`` is reset by load (eval mode)."""
     args = set(inspect.signature(type(m).__init__).parameters)
+    found = dict(vars(m))
+    for k in dir(type(m)):
+        prop = getattr(type(m), k, None)
+        if isinstance(prop, property) and prop.fset is not None:
+            found[k] = getattr(m, k)
     return {
         k: _encode(type(m).__name__, k, v)
-        for k, v in vars(m).items()
+        for k, v in found.items()
         if not k.startswith("_") and k != "training" and k not in args
     }
 
@@ -140,7 +146,7 @@ def _build_module(spec: dict, where: str) -> nn.Module:
         m = cls(**{k: _decode(v) for k, v in spec["args"].items()})
     except (TypeError, ValueError) as exc:
         raise ValueError(f"checkpoint {where} ({spec['class']}) cannot be built: {exc}") from None
-    known = {k for k in vars(m) if not k.startswith("_") and k != "training"}
+    known = set(settings(m))
     for k, v in spec.get("attrs", {}).items():
         if k not in known:
             raise ValueError(

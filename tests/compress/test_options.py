@@ -369,7 +369,7 @@ def test_low_rank_energy_with_rank_raises():
 
 
 def test_importance_inputs_for_another_method_raise():
-    from llmkern.compress.importance import importance_scores
+    from llmkern.importance import importance_scores
 
     w = torch.randn(4, 8)
     with pytest.raises(ValueError, match="act_norm"):
