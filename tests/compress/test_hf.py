@@ -191,4 +191,5 @@ def test_minilm_methods(minilm, method, tmp_path):
     assert f.mean_cosine >= MINILM_BARS[method], f
     save(model, str(tmp_path / "ck"))
     again = load(str(tmp_path / "ck"))
-    assert torch.equal(hf.embed(again, tok, texts.SENTENCES[:8], pooling), emb[:8])
+    # The same batch: a float GEMM's rounding depends on the number of rows it is given.
+    assert torch.equal(hf.embed(again, tok, texts.SENTENCES, pooling), emb)
