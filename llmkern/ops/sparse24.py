@@ -254,6 +254,8 @@ def _sparse24_w8a8_linear_op(
     bias: torch.Tensor | None,
     backend: str,
 ) -> torch.Tensor:
+    if values_checked(w_scale):  # as the other int8 2:4 ops (no GPU synchronisation)
+        check_finite("w_scale", w_scale)
     args = (x, values, meta, w_scale, bias)
     return dispatch("sparse24_w8a8_linear", x.device, backend or None, *args)
 
