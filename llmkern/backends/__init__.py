@@ -100,6 +100,7 @@ def register(
             op, backend, fn, tuple(devices), supports, why, native, takes_prepared
         )
         _CANDIDATES.clear()
+        _FIXED_CPU.clear()
         return fn
 
     return deco
@@ -118,8 +119,23 @@ def kernels(op: str) -> dict[str, Kernel]:
 # ---------------------------------------------------------------------------------------------
 
 
+# os.environ decodes the key and the value on every read (about 2 us on a slow core, and the
+# module hot path reads two variables per call); on POSIX its raw bytes dict, which setenv and
+# monkeypatching keep in sync, answers in 0.1 us.
+_RAW_ENVIRON = getattr(os.environ, "_data", None) if os.name == "posix" else None
+if not isinstance(_RAW_ENVIRON, dict):
+    _RAW_ENVIRON = None
+
+
+def _getenv(name: str) -> str | None:
+    if _RAW_ENVIRON is None:
+        return os.environ.get(name)
+    value = _RAW_ENVIRON.get(name.encode())
+    return None if value is None else os.fsdecode(value)
+
+
 def triton_interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return _getenv("TRITON_INTERPRET") not in (None, "", "0")
 
 
 @functools.cache
@@ -204,7 +220,7 @@ def backend_available(backend: str, device: str) -> tuple[bool, str]:
 
 def requested_backend(backend: str | None = None) -> str | None:
     """The per-call backend, else LLMKERN_BACKEND, else None (automatic)."""
-    name = backend or os.environ.get("LLMKERN_BACKEND") or None
+    name = backend or _getenv("LLMKERN_BACKEND") or None
     if name is not None and name not in BACKENDS:
         src = "backend" if backend else "LLMKERN_BACKEND"
         raise ValueError(f"{src} must be one of {BACKENDS}, got {name!r}")
@@ -282,6 +298,28 @@ def _needs_autograd(args: tuple) -> bool:
     )
 
 
+# The kernel of an op on CPU tensors per environment (LLMKERN_BACKEND, TRITON_INTERPRET) when
+# the choice cannot depend on the call (its first candidate has no ``supports`` rule): the
+# module hot path then costs one dict lookup instead of a selection.
+_FIXED_CPU: dict[tuple, Kernel] = {}
+
+
+def _env_key() -> tuple:
+    if _RAW_ENVIRON is None:
+        return (os.environ.get("LLMKERN_BACKEND"), os.environ.get("TRITON_INTERPRET"))
+    return (_RAW_ENVIRON.get(b"LLMKERN_BACKEND"), _RAW_ENVIRON.get(b"TRITON_INTERPRET"))
+
+
+def _cpu_kernel(op: str, args: tuple) -> Kernel:
+    key = (op, _env_key())
+    kernel = _FIXED_CPU.get(key)
+    if kernel is None:
+        kernel = select(op, "cpu", args)
+        if kernel.supports is None and kernel is _candidates(op, "cpu", requested_backend())[0]:
+            _FIXED_CPU[key] = kernel
+    return kernel
+
+
 def run(
     op: str,
     custom_op: Callable,
@@ -294,13 +332,10 @@ def run(
     forms; the custom op (``custom_op(*args, "")``) under torch.compile, on the meta device
     (its fake implementation gives the shapes), and for a ``differentiable`` op when autograd
     needs its backward."""
-    if (
-        torch.compiler.is_compiling()
-        or args[0].device.type == "meta"
-        or (differentiable and _needs_autograd(args))
-    ):
+    x = args[0]
+    if torch.compiler.is_compiling() or x.is_meta or (differentiable and _needs_autograd(args)):
         return custom_op(*args, "")
-    kernel = select(op, args[0].device, args)
+    kernel = _cpu_kernel(op, args) if x.is_cpu else select(op, x.device, args)
     if prepared is None or not kernel.takes_prepared:
         return kernel.fn(*args)
     return kernel.fn(*args, prepared=prepared)

@@ -75,6 +75,33 @@ def test_supports_predicate_declines_in_auto_and_raises_when_forced():
         backends._REGISTRY.pop("_probe")
 
 
+def test_run_follows_the_environment_and_per_call_rules(needs_ext, monkeypatch):
+    # backends.run (the module hot path) caches the CPU kernel per environment: a change of
+    # LLMKERN_BACKEND between calls must still take effect, and a kernel with a per-call
+    # supports rule must be asked on every call.
+    monkeypatch.delenv("LLMKERN_BACKEND", raising=False)
+    backends.register("_probe", "reference", ("cpu",))(lambda x: "ref")
+    backends.register("_probe", "cpu", ("cpu",))(lambda x: "cpu")
+    backends.register("_rule", "reference", ("cpu",))(lambda x: "ref")
+    backends.register("_rule", "cpu", ("cpu",), supports=lambda x: x.numel() > 1)(lambda x: "cpu")
+    never = lambda *args: pytest.fail("the custom op runs only under compile/meta/autograd")  # noqa: E731
+    one, two = torch.zeros(1), torch.zeros(2)
+    try:
+        assert backends.run("_probe", never, (one,)) == "cpu"
+        monkeypatch.setenv("LLMKERN_BACKEND", "reference")
+        assert backends.run("_probe", never, (one,)) == "ref"
+        monkeypatch.delenv("LLMKERN_BACKEND")
+        assert backends.run("_probe", never, (one,)) == "cpu"
+        assert [backends.run("_rule", never, (x,)) for x in (two, one, two)] == [
+            "cpu",
+            "ref",
+            "cpu",
+        ]
+    finally:
+        backends._REGISTRY.pop("_probe")
+        backends._REGISTRY.pop("_rule")
+
+
 def test_cpu_isa_detection_and_override(needs_ext, monkeypatch):
     c = _ext._C
     assert c.detected_isa() in ("scalar", "avx2", "avx512", "avx512_vnni")
