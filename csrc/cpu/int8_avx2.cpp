@@ -205,7 +205,11 @@ struct W8a8Sign {
     const int64_t kk_end = a.kp / 4, stride = width * 4;
     for (int64_t kk = 0; kk < kk_end; ++kk) {
       const int8_t* bk = b + kk * stride;
-      _mm_prefetch(reinterpret_cast<const char*>(bk + 8 * stride), _MM_HINT_T0);
+      // Every line of the panel row 16 steps ahead: the hardware prefetcher alone leaves the
+      // DRAM stream and the multiplies unoverlapped (M = 1 at 8.6 GB/s vs 14 GB/s read).
+      _Pragma("GCC unroll 8")
+      for (int64_t l = 0; l < stride; l += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(bk + 16 * stride + l), _MM_HINT_T0);
       __m256i xs[MR], xa[MR];
       _Pragma("GCC unroll 32")
       for (int r = 0; r < MR; ++r) {

@@ -30,6 +30,18 @@ inline float max_f(float a, float b) { return a > b ? a : b; }
 // exp(x - shift) is 0 rather than NaN for x = -inf.
 inline float shift_of(float m) { return m == -kInf ? 0.0f : m; }
 
+// tau when it is 1, 2 or 4 (t = 1 / tau exactly), else 0. The cross-entropy softmax at
+// temperature 1 then comes from the tempered one, exp(a) = exp(a t)^tau: one or two products
+// instead of a third exp per element in each pass (about a third of the row's work).
+inline int integer_tau(float t) { return t == 1.0f ? 1 : t == 0.5f ? 2 : t == 0.25f ? 4 : 0; }
+
+template <class T>
+inline T pow_tau(T x, int tau) {  // tau in {1, 2, 4}
+  if (tau == 1) return x;
+  x = x * x;
+  return tau == 4 ? x * x : x;
+}
+
 // Calls fn with a value of the storage type named by d (float, Bf16 or Half).
 template <class Fn>
 inline auto visit_type(DType d, Fn&& fn) {
@@ -47,6 +59,7 @@ RowStats stats_row(const SZ* z, const SV* v, int64_t n, float t) {
   using T = typename Vec::T;
   constexpr int W = Vec::W;
   const T zero = Vec::set1(0.0f), tv = Vec::set1(t), neg_inf = Vec::set1(-kInf);
+  const int tau = Q ? integer_tau(t) : 0;
   float mz = -kInf, mv = -kInf;
   T sq = zero, s1 = zero, sp = zero, pd = zero, qd = zero;
   for (int64_t b0 = 0; b0 < n; b0 += kBlock) {
@@ -93,7 +106,7 @@ RowStats stats_row(const SZ* z, const SV* v, int64_t n, float t) {
         eq = Vec::exp(a * tv);
         bsq = bsq + eq;
       }
-      if (CE) bs1 = bs1 + Vec::exp(a);
+      if (CE) bs1 = bs1 + (tau ? pow_tau(eq, tau) : Vec::exp(a));
       if (KD) {
         const T b = vf - shv;
         const T ep = Vec::exp(b * tv);
@@ -228,24 +241,31 @@ void grad_row(const RowArgs& A) {
   const T tv = Vec::set1(A.t), lq = Vec::set1(A.log_sum_q), lp = Vec::set1(A.log_sum_p);
   const T l1 = Vec::set1(A.log_sum_1), wkd = Vec::set1(A.w_kd), wce = Vec::set1(A.w_ce);
   const T c = Vec::set1(A.c), one_minus_beta = Vec::set1(1.0f - A.beta);
+  // Every form but None has q = exp((a - log_sum_q / t) t); the CE softmax exp(a - l1) is then
+  // (q exp(log_sum_q - l1 t))^tau for an integer tau (see integer_tau).
+  const int tau = F == GradForm::None ? 0 : integer_tau(A.t);
+  const T q_to_1 = Vec::set1(tau ? __builtin_expf(A.log_sum_q - A.log_sum_1 * A.t) : 0.0f);
   auto value = [&](T zf, T vf) {
     const T a = zf - shz;
-    T out = zero;
+    T out = zero, q = zero;
     if (F == GradForm::Kl) {
       const T b = vf - shv;
-      out = wkd * (Vec::exp(a * tv - lq) - Vec::exp(b * tv - lp));
+      q = Vec::exp(a * tv - lq);
+      out = wkd * (q - Vec::exp(b * tv - lp));
     } else if (F == GradForm::QOnly) {
-      out = wkd * Vec::exp(a * tv - lq);
+      q = Vec::exp(a * tv - lq);
+      out = wkd * q;
     } else if (F == GradForm::Reverse) {
-      const T q = Vec::exp(a * tv - lq);
+      q = Vec::exp(a * tv - lq);
       const T d = ((vf - shv) - a) * tv;
       out = Vec::select(Vec::gt(q, zero), wkd * q * (c - d), zero);
     } else if (F == GradForm::Jsd) {
       const JsdTerms j = jsd_terms(a, vf - shv, A);
+      q = j.q;
       out = Vec::select(Vec::gt(j.q, zero),
                         wkd * j.q * (one_minus_beta * (j.log_q - j.log_m) - c), zero);
     }
-    if (CE) out = Vec::fma(wce, Vec::exp(a - l1), out);
+    if (CE) out = Vec::fma(wce, tau ? pow_tau(q * q_to_1, tau) : Vec::exp(a - l1), out);
     return out;
   };
   int64_t k = 0;  // next sparse correction
