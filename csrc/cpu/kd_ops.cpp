@@ -14,6 +14,10 @@
 #include <utility>
 #include <vector>
 
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
+
 #include "cpu/isa.h"
 #include "cpu/kd_kernel.h"
 
@@ -113,6 +117,21 @@ double finish_stats(RowArgs& a, const RowStats& st, const Setup& s, const at::Te
   return (static_cast<double>(st.mz) - element(student, r, y)) + a.log_sum_1;
 }
 
+// An [N, V] gradient of the student's shape, on transparent huge pages where the kernel offers
+// them: its first touch (the one write of each element) otherwise takes a page fault per 4 KiB,
+// about 30 of the 170 ms of a 512 x 32000 fp32 step on one AMD Zen 1 core. Only the 2 MiB-aligned
+// interior of torch's allocation is advised; the allocation and its accounting stay torch's.
+at::Tensor empty_gradient(const at::Tensor& student) {
+  at::Tensor grad = at::empty_like(student);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
+  const uintptr_t p = reinterpret_cast<uintptr_t>(grad.data_ptr());
+  const uintptr_t begin = (p + kHuge - 1) & ~(kHuge - 1), end = (p + grad.nbytes()) & ~(kHuge - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);  // a hint
+#endif
+  return grad;
+}
+
 // NaN gradient rows where `undefined` is set (an empty flag vector: none).
 void fill_undefined_rows(at::Tensor& grad, const std::vector<uint8_t>& undefined) {
   if (grad.numel() == 0 || std::find(undefined.begin(), undefined.end(), 1) == undefined.end())
@@ -143,7 +162,7 @@ std::tuple<at::Tensor, at::Tensor> kd_loss_rows(const at::Tensor& student_in,
   const RowKernels& K = row_kernels();
 
   at::Tensor rows = at::empty({s.n}, student.options().dtype(at::kFloat));
-  at::Tensor grad = compute_grad ? at::empty_like(student) : at::empty({0}, student.options());
+  at::Tensor grad = compute_grad ? empty_gradient(student) : at::empty({0}, student.options());
   float* loss = rows.data_ptr<float>();
   const DType v_type = storage_type(teacher);
   const int64_t row_bytes = s.v * student.element_size();
@@ -226,7 +245,7 @@ std::tuple<at::Tensor, at::Tensor> kd_loss_topk_rows(const at::Tensor& student_i
   const RowKernels& K = row_kernels();
 
   at::Tensor rows = at::empty({s.n}, student.options().dtype(at::kFloat));
-  at::Tensor grad = compute_grad ? at::empty_like(student) : at::empty({0}, student.options());
+  at::Tensor grad = compute_grad ? empty_gradient(student) : at::empty({0}, student.options());
   float* loss = rows.data_ptr<float>();
   const int64_t row_bytes = s.v * student.element_size();
 
