@@ -55,11 +55,14 @@ from llmkern import _ext, backends
 
 assert _ext.available(), f"llmkern._C failed to load: {_ext.load_error}"
 assert _ext._C.built_with_cuda(), "llmkern._C was built without CUDA"
-want = {"int8_quantize_per_token_cuda", "int8_w8a8_gemm_cuda", "int8_w8_gemm_cuda",
-        "kd_loss_rows_cuda", "kd_loss_topk_rows_cuda", "sparse24_gemv_cuda",
-        "sparse24_mma_cuda", "sparse24_mma_s8_cuda"}
-have = {n for n in want if hasattr(torch.ops.llmkern_C, n)}
-assert have == want, f"CUDA ops missing from llmkern._C: {sorted(want - have)}"
+# The llmkern_C ops with a CUDA kernel (csrc/schemas.cpp declares them all in any build).
+want = {"int8_quantize_per_token", "int8_w8a8_gemm", "int8_w8a8_linear", "int8_w8_linear",
+        "kd_loss_rows", "kd_loss_topk_rows", "sparse24_matmul", "sparse24_mma",
+        "sparse24_mma_s8"}
+have = set(_ext.native_ops("CUDA"))
+assert have == want, f"CUDA kernels: missing {sorted(want - have)}, unexpected {sorted(have - want)}"
+cpu = set(_ext.native_ops("CPU"))
+assert cpu and not any(n.endswith("_cuda") for n in have | cpu), sorted(have | cpu)
 missing = [op for op in backends.registered_ops()
            if not backends.kernels(op)["reference"].native and "cuda" not in backends.kernels(op)]
 assert not missing, f"ops without a cuda backend: {missing}"

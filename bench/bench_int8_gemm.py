@@ -91,7 +91,7 @@ def implementations(linear: nn.Linear, x: torch.Tensor):
     def kernel(s):
         packed, w_scale, bias = s
         return torch.ops.llmkern_C.int8_w8a8_gemm(
-            x_q, x_scale, w_scale, bias, packed, torch.float32
+            x_q, packed, x_scale, w_scale, bias, torch.float32
         )
 
     impls = {

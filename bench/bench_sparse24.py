@@ -119,10 +119,12 @@ def int8_case(m, k, n, form, budget):
     x = torch.randn(m, k)
     base = f"dense int8 {form}"
     if form == "w8":
-        dense = lambda i: torch.ops.llmkern_C.int8_w8_linear(x, None, packed[i % count][0])
+        dense = lambda i: torch.ops.llmkern_C.int8_w8_linear(
+            x, packed[i % count][0], packed[i % count][1], None, 0
+        )
     else:
         dense = lambda i: torch.ops.llmkern_C.int8_w8a8_linear(
-            x, packed[i % count][1], None, None, packed[i % count][0]
+            x, packed[i % count][0], packed[i % count][1], None, None
         )
     fns = {base: dense}
     dense_bytes = nbytes(packed[0][0]) + (nbytes(packed[0][1]) if form == "w8a8" else 0)

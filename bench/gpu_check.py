@@ -280,7 +280,7 @@ def extension_state() -> dict:
     code = (
         "import json, torch; from llmkern import _ext; "
         "c = _ext._C; cuda = bool(c and c.built_with_cuda()); "
-        "ops = sorted(n for n in dir(torch.ops.llmkern_C) if n.endswith('_cuda')) if c else []; "
+        "ops = _ext.native_ops('CUDA') if cuda else []; "
         "print(json.dumps({'built': c is not None, 'cuda': cuda, 'cuda_ops': ops, "
         "'error': _ext.load_error}))"
     )

@@ -27,3 +27,19 @@ def require():
             f"({load_error}); build it with `pip install --no-build-isolation -e .`"
         )
     return _C
+
+
+def native_ops(dispatch_key: str = "CPU") -> list[str]:
+    """Names of the ``torch.ops.llmkern_C`` ops that have a kernel for ``dispatch_key`` ("CPU" or
+    "CUDA"; every op's schema is registered in any build, csrc/schemas.cpp). Empty when the
+    extension is not loaded."""
+    if _C is None:
+        return []
+    import torch
+
+    names = (n for n in torch._C._dispatch_get_all_op_names() if n.startswith("llmkern_C::"))
+    return sorted(
+        n.split("::", 1)[1]
+        for n in names
+        if torch._C._dispatch_has_kernel_for_dispatch_key(n, dispatch_key)
+    )

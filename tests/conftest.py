@@ -2,8 +2,8 @@
 
 - TRITON_INTERPRET=1 is set before anything imports triton, so Triton kernels run on CPU tensors
   through the interpreter (on a CUDA machine, LLMKERN_TEST_GPU=1 leaves it unset).
-- ``cpu_isa`` parametrises a test over every CPU ISA path this machine supports (the C++ kernels
-  read LLMKERN_CPU_ISA on each call).
+- ``cpu_isa`` parametrises a test over every CPU ISA path this machine supports (switched with
+  ``llmkern._C.set_isa``: the C++ kernels read LLMKERN_CPU_ISA once, at first use).
 - Tests marked ``gpu`` are skipped without a CUDA device.
 - Under CI (``CI`` set) hypothesis is derandomised.
 - ``ddp`` runs a function in two processes joined in a gloo process group (tests/ddp.py).
@@ -41,12 +41,15 @@ def supported_isas() -> list[str]:
 
 
 @pytest.fixture(params=supported_isas() or [None], ids=lambda p: p or "no-extension")
-def cpu_isa(request, monkeypatch):
-    """Run the test once per CPU ISA path (sets LLMKERN_CPU_ISA)."""
+def cpu_isa(request):
+    """Run the test once per CPU ISA path (``llmkern._C.set_isa``; the default afterwards)."""
     if request.param is None:
         pytest.skip("llmkern._C is not built")
-    monkeypatch.setenv("LLMKERN_CPU_ISA", request.param)
-    return request.param
+    _ext._C.set_isa(request.param)
+    try:
+        yield request.param
+    finally:
+        _ext._C.set_isa(None)
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ sliced with an offset and stride 2: the gaps hold NaN or an int8 sentinel, so a 
 outside the view shows it), dtypes and a value range (tiny/subnormal, unit, huge, and inf/NaN
 where the op defines a result). A fast kernel is compared with the reference on the same inputs;
 the reference itself is compared with an independent float64 formulation. The cpu backend draws
-its ISA path (LLMKERN_CPU_ISA) per example, so every path sees every kind of input.
+its ISA path (llmkern._C.set_isa) per example, so every path sees every kind of input.
 
 Tolerances follow from where implementations may legitimately differ: the order of float32
 accumulation (K * 2^-23 of the sum of |products|), one rounding to the output dtype, and for the
@@ -58,15 +58,13 @@ def isa_paths():
 
 @contextlib.contextmanager
 def isa_env(isa):
-    old = os.environ.get("LLMKERN_CPU_ISA")
-    os.environ["LLMKERN_CPU_ISA"] = isa
+    """The C++ CPU kernels on ISA path ``isa`` inside the block (``llmkern._C.set_isa``), the
+    default after it."""
+    _ext._C.set_isa(isa)
     try:
         yield
     finally:
-        if old is None:
-            del os.environ["LLMKERN_CPU_ISA"]
-        else:
-            os.environ["LLMKERN_CPU_ISA"] = old
+        _ext._C.set_isa(None)
 
 
 # Reported kernel bugs not fixed yet, (op, backend) -> names: examples that would hit one are

@@ -163,12 +163,14 @@ void quantize_into(Isa isa, const at::Tensor& x, void* q, ActFormat fmt, int64_t
   at::parallel_for(0, xr.size(0), grain, [&](int64_t r0, int64_t r1) { quantize_rows(isa, a, r0, r1); });
 }
 
-std::tuple<at::Tensor, at::Tensor> quantize_per_token_op(const at::Tensor& x) {
+// Per token, or static with a one-element x_scale (then every finite row's scale is x_scale).
+std::tuple<at::Tensor, at::Tensor> quantize_per_token_op(const at::Tensor& x,
+                                                         const std::optional<at::Tensor>& x_scale) {
   TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.numel() > 0, "llmkern int8: x must be 2-D");
   const Isa isa = active_isa();
   at::Tensor q = at::empty(x.sizes(), x.options().dtype(at::kChar));
   at::Tensor scale = at::empty({x.size(0)}, x.options().dtype(at::kFloat));
-  quantize_into(isa, x, q.data_ptr(), ActFormat::S8, x.size(1), scale.data_ptr<float>(), std::nullopt);
+  quantize_into(isa, x, q.data_ptr(), ActFormat::S8, x.size(1), scale.data_ptr<float>(), x_scale);
   return {q, scale};
 }
 
@@ -203,8 +205,9 @@ at::Tensor w8a8_run(Isa isa, const at::Tensor& act, const at::Tensor& x_scale, c
   return out;
 }
 
-at::Tensor w8a8_gemm_op(const at::Tensor& x_q, const at::Tensor& x_scale, const at::Tensor& w_scale,
-                        const std::optional<at::Tensor>& bias, const at::Tensor& packed,
+// `packed`: the weight from int8_pack_w8a8.
+at::Tensor w8a8_gemm_op(const at::Tensor& x_q, const at::Tensor& packed, const at::Tensor& x_scale,
+                        const at::Tensor& w_scale, const std::optional<at::Tensor>& bias,
                         at::ScalarType out_dtype) {
   const PackedHeader h = read_header(packed, kKindW8A8);
   TORCH_CHECK(x_q.device().is_cpu() && x_q.scalar_type() == at::kChar && x_q.dim() == 2 &&
@@ -238,8 +241,8 @@ at::Tensor w8a8_gemm_op(const at::Tensor& x_q, const at::Tensor& x_scale, const 
   return w8a8_run(isa, act, float_vector(x_scale), w_scale, bias, packed, h, out_dtype);
 }
 
-at::Tensor w8a8_linear_op(const at::Tensor& x, const at::Tensor& w_scale, const std::optional<at::Tensor>& bias,
-                          const std::optional<at::Tensor>& x_scale, const at::Tensor& packed) {
+at::Tensor w8a8_linear_op(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& w_scale,
+                          const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& x_scale) {
   const PackedHeader h = read_header(packed, kKindW8A8);
   TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.size(0) > 0 && x.size(1) == h.k,
               "llmkern int8: x must be [M, ", h.k, "]");
@@ -252,10 +255,17 @@ at::Tensor w8a8_linear_op(const at::Tensor& x, const at::Tensor& w_scale, const 
   return w8a8_run(isa, act, scale, w_scale, bias, packed, h, x.scalar_type());
 }
 
-at::Tensor w8_linear_op(const at::Tensor& x, const std::optional<at::Tensor>& bias, const at::Tensor& packed) {
+// `packed`: the weight from int8_pack_w8, which holds the scales: w_scale and group_size are only
+// checked against it (the CUDA kernel of this op reads them).
+at::Tensor w8_linear_op(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& w_scale,
+                        const std::optional<at::Tensor>& bias, int64_t group_size) {
   const PackedHeader h = read_header(packed, kKindW8);
   TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.size(0) > 0 && x.size(1) == h.k,
               "llmkern int8: x must be [M, ", h.k, "]");
+  const int64_t groups = group_size <= 0 ? 1 : (h.k + group_size - 1) / group_size;
+  TORCH_CHECK(groups == h.groups && w_scale.numel() == h.n * h.groups,
+              "llmkern int8: w_scale / group_size differ from the packed weight's (", h.groups,
+              " groups of ", h.n, " scales)");
   const Isa isa = active_isa();
   const int64_t m = x.size(0), k = h.k;
   // float32 copy of x in the kernels' row-block layout (see W8Args).
@@ -302,16 +312,13 @@ at::Tensor w8_linear_op(const at::Tensor& x, const std::optional<at::Tensor>& bi
 }  // namespace
 }  // namespace llmkern::int8
 
-TORCH_LIBRARY_FRAGMENT(llmkern_C, m) {
+// Schemas: csrc/schemas.cpp.
+TORCH_LIBRARY_IMPL(llmkern_C, CPU, m) {
   using namespace llmkern::int8;
-  m.def("int8_pack_w8a8(Tensor w_q) -> Tensor", &pack_w8a8_op);
-  m.def("int8_pack_w8(Tensor w_q, Tensor w_scale, int group_size) -> Tensor", &pack_w8_op);
-  m.def("int8_quantize_per_token(Tensor x) -> (Tensor, Tensor)", &quantize_per_token_op);
-  m.def("int8_w8a8_gemm(Tensor x_q, Tensor x_scale, Tensor w_scale, Tensor? bias, Tensor packed, "
-        "ScalarType out_dtype) -> Tensor",
-        &w8a8_gemm_op);
-  m.def("int8_w8a8_linear(Tensor x, Tensor w_scale, Tensor? bias, Tensor? x_scale, Tensor packed) "
-        "-> Tensor",
-        &w8a8_linear_op);
-  m.def("int8_w8_linear(Tensor x, Tensor? bias, Tensor packed) -> Tensor", &w8_linear_op);
+  m.impl("int8_pack_w8a8", &pack_w8a8_op);
+  m.impl("int8_pack_w8", &pack_w8_op);
+  m.impl("int8_quantize_per_token", &quantize_per_token_op);
+  m.impl("int8_w8a8_gemm", &w8a8_gemm_op);
+  m.impl("int8_w8a8_linear", &w8a8_linear_op);
+  m.impl("int8_w8_linear", &w8_linear_op);
 }

@@ -13,10 +13,16 @@ enum class Isa : int { Scalar = 0, Avx2 = 1, Avx512 = 2, Avx512Vnni = 3 };
 // Best ISA this CPU (and OS) supports, from cpuid.
 Isa detected_isa();
 
-// detected_isa(), lowered by the environment variable LLMKERN_CPU_ISA
-// (scalar | avx2 | avx512 | avx512_vnni). Throws std::invalid_argument for an unknown
-// name or an ISA the CPU lacks. Read on every call so tests can switch paths.
+// The ISA the kernels run: chosen once, at first use, as detected_isa() lowered by the
+// environment variable LLMKERN_CPU_ISA (scalar | avx2 | avx512 | avx512_vnni), then kept in an
+// atomic (a kernel call reads it without touching the environment). Throws
+// std::invalid_argument for an unknown name or an ISA the CPU lacks.
 Isa active_isa();
+
+// Switches the active ISA in-process (llmkern._C.set_isa, the tests' hook); "" goes back to
+// the default, chosen again at next use. Throws std::invalid_argument for an unknown name or an
+// ISA above detected_isa(). Kernel calls already running keep the ISA they started with.
+void set_active_isa(const char* name);
 
 // True when the CPU supports AVX512_BF16 (vdpbf16ps, vcvtne2ps2bf16) and the active ISA
 // is at least Avx512.

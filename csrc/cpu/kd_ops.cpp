@@ -323,14 +323,9 @@ at::Tensor kd_vector_math(const at::Tensor& x_in, c10::string_view fn) {
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(llmkern_C, m) {
-  m.def(
-      "kd_loss_rows(Tensor student, Tensor teacher, Tensor? labels, float tau, float alpha, "
-      "int ignore_index, str divergence, float beta, bool compute_grad) -> (Tensor, Tensor)",
-      &kd_loss_rows);
-  m.def(
-      "kd_loss_topk_rows(Tensor student, Tensor topk_idx, Tensor topk_logprobs, Tensor? labels, "
-      "float tau, float alpha, int ignore_index, bool compute_grad) -> (Tensor, Tensor)",
-      &kd_loss_topk_rows);
-  m.def("kd_vector_math(Tensor x, str fn) -> Tensor", &kd_vector_math);
+// Schemas: csrc/schemas.cpp.
+TORCH_LIBRARY_IMPL(llmkern_C, CPU, m) {
+  m.impl("kd_loss_rows", &kd_loss_rows);
+  m.impl("kd_loss_topk_rows", &kd_loss_topk_rows);
+  m.impl("kd_vector_math", &kd_vector_math);
 }

@@ -151,8 +151,8 @@ void parallel_rows(int64_t n, int64_t m, int64_t k, const Fn& fn) {
 // out = x @ W.T (* w_scale[n]) (+ bias[n]) in x's dtype, fp32 accumulation. Float values of x's
 // dtype, or int8 values with w_scale (weight-only int8).
 at::Tensor sparse24_matmul(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
-                           const c10::optional<at::Tensor>& bias,
-                           const c10::optional<at::Tensor>& w_scale) {
+                           const c10::optional<at::Tensor>& w_scale,
+                           const c10::optional<at::Tensor>& bias) {
   check_compressed(x, values, meta);
   const ValueType vt = value_type(values.scalar_type());
   TORCH_CHECK((vt == ValueType::I8) == w_scale.has_value(), "w_scale goes with int8 values only");
@@ -222,10 +222,8 @@ at::Tensor sparse24_w8a8_matmul(const at::Tensor& x_q, const at::Tensor& values,
 }  // namespace
 }  // namespace llmkern::sparse24
 
-TORCH_LIBRARY_FRAGMENT(llmkern_C, m) {
-  m.def("sparse24_matmul(Tensor x, Tensor values, Tensor meta, Tensor? bias, Tensor? w_scale) -> Tensor",
-        &llmkern::sparse24::sparse24_matmul);
-  m.def("sparse24_w8a8_matmul(Tensor x_q, Tensor values, Tensor meta, Tensor x_scale, "
-        "Tensor w_scale, Tensor? bias, ScalarType out_dtype) -> Tensor",
-        &llmkern::sparse24::sparse24_w8a8_matmul);
+// Schemas: csrc/schemas.cpp.
+TORCH_LIBRARY_IMPL(llmkern_C, CPU, m) {
+  m.impl("sparse24_matmul", &llmkern::sparse24::sparse24_matmul);
+  m.impl("sparse24_w8a8_matmul", &llmkern::sparse24::sparse24_w8a8_matmul);
 }

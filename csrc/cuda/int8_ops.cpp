@@ -1,7 +1,7 @@
 // Torch glue of the CUDA INT8 kernels (csrc/cuda/int8.cu): built only with a CUDA torch
 // (setup.py defines LLMKERN_WITH_CUDA). Arguments were validated in Python (llmkern/ops/int8.py);
-// here only internal invariants are checked. Registered as llmkern_C::int8_*_cuda and called by
-// llmkern/cuda/int8.py.
+// here only internal invariants are checked. The CUDA kernels of llmkern_C::int8_* (schemas in
+// csrc/schemas.cpp; `weight` is the int8 [N, K] weight here), called by llmkern/cuda/int8.py.
 #ifdef LLMKERN_WITH_CUDA
 
 #include <c10/cuda/CUDAGuard.h>
@@ -92,19 +92,21 @@ at::Tensor w8_gemm(const at::Tensor& x_in, const at::Tensor& w_q_in, const at::T
   return out;
 }
 
+// quantize_per_token (dynamic, or static with x_scale) then w8a8_gemm in x's dtype.
+at::Tensor w8a8_linear(const at::Tensor& x, const at::Tensor& w_q, const at::Tensor& w_scale,
+                       const c10::optional<at::Tensor>& bias,
+                       const c10::optional<at::Tensor>& x_scale) {
+  const auto [x_q, s] = quantize_per_token(x, x_scale);
+  return w8a8_gemm(x_q, w_q, s, w_scale, bias, x.scalar_type());
+}
+
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(llmkern_C, m) {
-  m.def("int8_quantize_per_token_cuda(Tensor x, Tensor? x_scale=None) -> (Tensor, Tensor)",
-        &quantize_per_token);
-  m.def(
-      "int8_w8a8_gemm_cuda(Tensor x_q, Tensor w_q, Tensor x_scale, Tensor w_scale, Tensor? bias, "
-      "ScalarType out_dtype) -> Tensor",
-      &w8a8_gemm);
-  m.def(
-      "int8_w8_gemm_cuda(Tensor x, Tensor w_q, Tensor w_scale, Tensor? bias, int group_size) -> "
-      "Tensor",
-      &w8_gemm);
+TORCH_LIBRARY_IMPL(llmkern_C, CUDA, m) {
+  m.impl("int8_quantize_per_token", &quantize_per_token);
+  m.impl("int8_w8a8_gemm", &w8a8_gemm);
+  m.impl("int8_w8a8_linear", &w8a8_linear);
+  m.impl("int8_w8_linear", &w8_gemm);
 }
 
 #endif  // LLMKERN_WITH_CUDA

@@ -1,7 +1,7 @@
 // Torch glue of the CUDA KD-loss kernels (csrc/cuda/kd.cu): built only with a CUDA torch
 // (setup.py defines LLMKERN_WITH_CUDA). Arguments were validated in Python (llmkern/ops/kd.py);
-// here only internal invariants are checked. Registered as llmkern_C::kd_loss_*_cuda and called
-// by llmkern/cuda/kd.py.
+// here only internal invariants are checked. The CUDA kernels of llmkern_C::kd_loss_* (schemas
+// in csrc/schemas.cpp), called by llmkern/cuda/kd.py.
 #ifdef LLMKERN_WITH_CUDA
 
 #include <c10/cuda/CUDAGuard.h>
@@ -110,16 +110,9 @@ std::tuple<at::Tensor, at::Tensor> kd_loss_topk_rows(const at::Tensor& student_i
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(llmkern_C, m) {
-  m.def(
-      "kd_loss_rows_cuda(Tensor student, Tensor teacher, Tensor? labels, float tau, float alpha, "
-      "int ignore_index, str divergence, float beta, bool compute_grad) -> (Tensor, Tensor)",
-      &kd_loss_rows);
-  m.def(
-      "kd_loss_topk_rows_cuda(Tensor student, Tensor topk_idx, Tensor topk_logprobs, "
-      "Tensor? labels, float tau, float alpha, int ignore_index, bool compute_grad) -> "
-      "(Tensor, Tensor)",
-      &kd_loss_topk_rows);
+TORCH_LIBRARY_IMPL(llmkern_C, CUDA, m) {
+  m.impl("kd_loss_rows", &kd_loss_rows);
+  m.impl("kd_loss_topk_rows", &kd_loss_topk_rows);
 }
 
 #endif  // LLMKERN_WITH_CUDA

@@ -1,5 +1,6 @@
-// Torch glue of the 2:4 sparse CUDA kernels (csrc/cuda/sparse24.cu): ops
-// llmkern_C::sparse24_{gemv,mma,mma_s8}_cuda, called by llmkern/cuda/sparse24.py, which has
+// Torch glue of the 2:4 sparse CUDA kernels (csrc/cuda/sparse24.cu): the CUDA kernels of
+// llmkern_C::sparse24_matmul (the gemv kernel, canonical compressed weight), sparse24_mma and
+// sparse24_mma_s8 (schemas in csrc/schemas.cpp), called by llmkern/cuda/sparse24.py, which has
 // validated the user-facing arguments, built the mma.sp layout and aligned x. The checks here
 // are internal invariants that keep the kernels in bounds.
 #ifdef LLMKERN_WITH_CUDA
@@ -176,19 +177,10 @@ at::Tensor sparse24_mma_s8_cuda(const at::Tensor& x, const at::Tensor& values,
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(llmkern_C, m) {
-  m.def(
-      "sparse24_gemv_cuda(Tensor x, Tensor values, Tensor meta, Tensor? w_scale, Tensor? bias)"
-      " -> Tensor",
-      &sparse24_gemv_cuda);
-  m.def(
-      "sparse24_mma_cuda(Tensor x, Tensor values, Tensor meta, int n, int k, Tensor? w_scale, "
-      "Tensor? bias) -> Tensor",
-      &sparse24_mma_cuda);
-  m.def(
-      "sparse24_mma_s8_cuda(Tensor x, Tensor values, Tensor meta, int n, int k, Tensor x_scale, "
-      "Tensor w_scale, Tensor? bias, ScalarType out_dtype) -> Tensor",
-      &sparse24_mma_s8_cuda);
+TORCH_LIBRARY_IMPL(llmkern_C, CUDA, m) {
+  m.impl("sparse24_matmul", &sparse24_gemv_cuda);
+  m.impl("sparse24_mma", &sparse24_mma_cuda);
+  m.impl("sparse24_mma_s8", &sparse24_mma_s8_cuda);
 }
 
 #endif  // LLMKERN_WITH_CUDA

@@ -26,7 +26,7 @@ def cmd_info(args) -> int:
         note = (
             ""
             if isa == c.detected_isa()
-            else f" (lowered by LLMKERN_CPU_ISA from {c.detected_isa()})"
+            else f" (lowered from {c.detected_isa()} by LLMKERN_CPU_ISA or set_isa)"
         )
         print(f"cpu       {backends.cpu_model()}")
         print(f"cpu isa   {isa}{note}, avx512_bf16={'yes' if c.has_avx512_bf16() else 'no'}")

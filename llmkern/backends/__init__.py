@@ -148,7 +148,8 @@ def triton_version() -> str | None:
 
 
 def cpu_isa() -> str:
-    """ISA path the CPU kernels use now (after LLMKERN_CPU_ISA), or 'unavailable'."""
+    """ISA path the CPU kernels use now (LLMKERN_CPU_ISA, read at first use, or
+    ``llmkern._C.set_isa`` may lower it), or 'unavailable'."""
     return _ext._C.active_isa() if _ext.available() else "unavailable"
 
 

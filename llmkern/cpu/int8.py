@@ -60,7 +60,7 @@ if _ext.available():
     @register("w8a8_matmul", "cpu")
     def w8a8_matmul(x_q, w_q, x_scale, w_scale, bias, out_dtype):
         packed = pack_w8a8(w_q)
-        return torch.ops.llmkern_C.int8_w8a8_gemm(x_q, x_scale, w_scale, bias, packed, out_dtype)
+        return torch.ops.llmkern_C.int8_w8a8_gemm(x_q, packed, x_scale, w_scale, bias, out_dtype)
 
     @register("w8_matmul", "cpu")
     def w8_matmul(x, w_q, w_scale, bias, group_size):
@@ -69,14 +69,14 @@ if _ext.available():
     @register("w8a8_linear", "cpu")
     def w8a8_linear(x, w_q, w_scale, bias, x_scale, packed):
         packed = pack_w8a8(w_q) if packed is None else packed
-        return torch.ops.llmkern_C.int8_w8a8_linear(x, w_scale, bias, x_scale, packed)
+        return torch.ops.llmkern_C.int8_w8a8_linear(x, packed, w_scale, bias, x_scale)
 
     @register("w8_linear", "cpu")
     def w8_linear(x, w_q, w_scale, bias, group_size, packed):
         if w8_uses_gemm(x):
             return w8_gemm(x, w_q, w_scale, group_size, bias)
         packed = pack_w8(w_q, w_scale, group_size) if packed is None else packed
-        return torch.ops.llmkern_C.int8_w8_linear(x, bias, packed)
+        return torch.ops.llmkern_C.int8_w8_linear(x, packed, w_scale, bias, group_size)
 
     register_prepare("w8a8_linear", "cpu")(pack_w8a8)
     register_prepare("w8_linear", "cpu")(pack_w8)

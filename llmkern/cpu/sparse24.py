@@ -71,7 +71,7 @@ def sparse24_matmul_cpu(x, values, meta, bias, prepared=None):
         w = _dense_form(prepared, "dense", (values, meta), lambda: _decompressed(values, meta))
         return F.linear(x, w, None if bias is None else bias.to(x.dtype))
     return torch.ops.llmkern_C.sparse24_matmul(
-        x, values.contiguous(), meta.contiguous(), bias, None
+        x, values.contiguous(), meta.contiguous(), None, bias
     )
 
 
@@ -85,9 +85,9 @@ def sparse24_w8_matmul_cpu(x, values, meta, w_scale, bias, prepared=None):
         packed = _dense_form(
             prepared, "packed w8", weight, lambda: pack_w8(_decompressed(values, meta), w_scale)
         )
-        return torch.ops.llmkern_C.int8_w8_linear(x, bias, packed)
+        return torch.ops.llmkern_C.int8_w8_linear(x, packed, w_scale, bias, 0)
     return torch.ops.llmkern_C.sparse24_matmul(
-        x, values.contiguous(), meta.contiguous(), bias, w_scale
+        x, values.contiguous(), meta.contiguous(), w_scale, bias
     )
 
 
@@ -104,7 +104,7 @@ def sparse24_w8a8_linear_cpu(x, values, meta, w_scale, bias, prepared=None):
         packed = _dense_form(
             prepared, "packed w8a8", (values, meta), lambda: pack_w8a8(_decompressed(values, meta))
         )
-        return torch.ops.llmkern_C.int8_w8a8_linear(x, w_scale, bias, None, packed)
+        return torch.ops.llmkern_C.int8_w8a8_linear(x, packed, w_scale, bias, None)
     x_q, x_scale = torch.ops.llmkern_C.int8_quantize_per_token(x)
     return sparse24_w8a8_matmul_cpu(x_q, values, meta, x_scale, w_scale, bias, x.dtype)
 

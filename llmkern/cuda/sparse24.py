@@ -39,7 +39,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from llmkern import _ext
 from llmkern.backends import register, weight_key
 from llmkern.cuda import int8 as cuda_int8
 
@@ -142,21 +141,14 @@ def mma_weight(values, meta, layout: str, prepared=None) -> MmaSpWeight:
 
 
 # ---------------------------------------------------------------------------------------------
-# Glue to torch.ops.llmkern_C (present only in a CUDA build of the extension)
+# Glue to torch.ops.llmkern_C (CUDA kernels only in a CUDA build of the extension)
 # ---------------------------------------------------------------------------------------------
 
-_OPS = ("sparse24_gemv_cuda", "sparse24_mma_cuda", "sparse24_mma_s8_cuda")
+_OPS = ("sparse24_matmul", "sparse24_mma", "sparse24_mma_s8")
 
 
 def _has_ops() -> bool:
-    if not _ext.available():
-        return False
-    try:
-        for name in _OPS:
-            getattr(torch.ops.llmkern_C, name)
-    except (AttributeError, RuntimeError):
-        return False
-    return True
+    return all(cuda_int8.has_op(name) for name in _OPS)
 
 
 def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -184,12 +176,12 @@ def _float_x_matmul(x, values, meta, w_scale, bias, prepared):
     """float x with float or int8 (weight-only, ``w_scale`` per channel) values."""
     ops = torch.ops.llmkern_C
     if x.dtype == torch.float32 or x.shape[0] <= DECODE_MAX_M:
-        return ops.sparse24_gemv_cuda(
+        return ops.sparse24_matmul(
             x.contiguous(), values.contiguous(), meta.contiguous(), w_scale, bias
         )
     # int8 weights also take the m16n8k32 fragment order; the kernel widens them to x's dtype.
     w = mma_weight(values, meta, MMA16, prepared)
-    return ops.sparse24_mma_cuda(_rows_16b_aligned(x), w.values, w.meta, w.n, w.k, w_scale, bias)
+    return ops.sparse24_mma(_rows_16b_aligned(x), w.values, w.meta, w.n, w.k, w_scale, bias)
 
 
 def sparse24_matmul_cuda(x, values, meta, bias, prepared=None):
@@ -202,7 +194,7 @@ def sparse24_w8_matmul_cuda(x, values, meta, w_scale, bias, prepared=None):
 
 def sparse24_w8a8_matmul_cuda(x_q, values, meta, x_scale, w_scale, bias, out_dtype, prepared=None):
     w = mma_weight(values, meta, MMA8, prepared)
-    return torch.ops.llmkern_C.sparse24_mma_s8_cuda(
+    return torch.ops.llmkern_C.sparse24_mma_s8(
         _rows_16b_aligned(x_q),
         w.values,
         w.meta,

@@ -72,7 +72,7 @@ def test_kd_loss_and_grad_from_4_threads_match_serial():
 
 
 def test_ops_from_4_threads_with_different_isa_paths_match_serial(monkeypatch):
-    """LLMKERN_CPU_ISA is read on every call; concurrent calls on the default path agree."""
+    """Concurrent calls on the default ISA path (chosen once, at first use) agree."""
     xq = torch.randint(-128, 128, (33, 200), dtype=torch.int8)
     wq = torch.randint(-128, 128, (21, 200), dtype=torch.int8)
     xs, ws = torch.rand(33) / 127, torch.rand(21) / 127

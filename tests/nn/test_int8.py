@@ -84,7 +84,7 @@ def test_weight_only_many_rows_use_the_gemm_path(monkeypatch, dtype, group_size)
     tol = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2 * torch.finfo(dtype).eps}
     torch.testing.assert_close(y, want, rtol=tol[dtype], atol=tol[dtype])
     gemm = cpu_int8.w8_gemm(x2, m.qweight, m.weight_scale, group_size, m.bias)
-    kernel = torch.ops.llmkern_C.int8_w8_linear(x2, m.bias, m._packed)
+    kernel = torch.ops.llmkern_C.int8_w8_linear(x2, m._packed, m.weight_scale, m.bias, group_size)
     assert torch.equal(y, gemm if dtype != torch.float16 else kernel)
     assert torch.equal(ops.w8_matmul(x2, m.qweight, m.weight_scale, m.bias, group_size), y)
     assert torch.equal(m(x[:1, :4]).reshape(4, 33), kernel[:4])  # 4 rows: still the kernel

@@ -1,5 +1,6 @@
 """The backend registry: detection, selection, overrides and their errors, and `llmkern info`."""
 
+import os
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import torch
 import llmkern
 from llmkern import _ext, backends
 from llmkern.backends import BackendUnavailableError
+from llmkern.ops.int8 import quantize_per_token_ref
 
 
 def test_every_op_has_a_reference():
@@ -104,12 +106,53 @@ def test_run_follows_the_environment_and_per_call_rules(needs_ext, monkeypatch):
 
 def test_cpu_isa_detection_and_override(needs_ext, monkeypatch):
     c = _ext._C
-    assert c.detected_isa() in ("scalar", "avx2", "avx512", "avx512_vnni")
-    monkeypatch.setenv("LLMKERN_CPU_ISA", "scalar")
-    assert c.active_isa() == "scalar"
-    monkeypatch.setenv("LLMKERN_CPU_ISA", "sse9")
-    with pytest.raises(ValueError, match="unknown"):
-        c.active_isa()
+    best = c.detected_isa()
+    assert best in ("scalar", "avx2", "avx512", "avx512_vnni")
+    try:
+        # LLMKERN_CPU_ISA is read once, at first use: changing it later changes nothing until
+        # set_isa(None) asks for the default again.
+        c.set_isa(None)
+        before = c.active_isa()
+        assert before == (os.environ.get("LLMKERN_CPU_ISA") or best)
+        monkeypatch.setenv("LLMKERN_CPU_ISA", "scalar")
+        assert c.active_isa() == before
+        c.set_isa(None)
+        assert c.active_isa() == "scalar"
+        monkeypatch.setenv("LLMKERN_CPU_ISA", "sse9")
+        c.set_isa("")
+        for _ in range(2):  # a bad variable is reported on every use, never half-applied
+            with pytest.raises(ValueError, match="LLMKERN_CPU_ISA=sse9 is unknown"):
+                c.active_isa()
+        x = torch.randn(2, 8)
+        with pytest.raises(ValueError, match="LLMKERN_CPU_ISA=sse9 is unknown"):
+            torch.ops.llmkern_C.int8_quantize_per_token(x)
+        c.set_isa("scalar")  # the hook wins over a bad variable
+        assert c.active_isa() == "scalar"
+        assert torch.equal(
+            torch.ops.llmkern_C.int8_quantize_per_token(x)[0], quantize_per_token_ref(x)[0]
+        )
+    finally:
+        monkeypatch.delenv("LLMKERN_CPU_ISA", raising=False)
+        c.set_isa(None)
+
+
+def test_set_isa_rejects_names_this_cpu_cannot_run(needs_ext):
+    c = _ext._C
+    allowed = ("scalar", "avx2", "avx512", "avx512_vnni")
+    supported = allowed[: allowed.index(c.detected_isa()) + 1]
+    try:
+        with pytest.raises(ValueError, match=r"'sse9' is unknown; choose from scalar"):
+            c.set_isa("sse9")
+        if len(supported) < len(allowed):
+            above = allowed[len(supported)]
+            with pytest.raises(ValueError, match=f"'{above}' is not supported by this CPU"):
+                c.set_isa(above)
+        for name in supported:
+            c.set_isa(name)
+            assert c.active_isa() == name
+        assert c.active_isa() == supported[-1]  # a failed set_isa left the last good one
+    finally:
+        c.set_isa(None)
 
 
 def test_cpu_isa_matches_proc_cpuinfo(needs_ext):
