@@ -186,16 +186,17 @@ struct W8a8S16 {
   }
 };
 
-// W8A8 micro-kernel for few rows (memory-bound): rows [m, m + MR) x 8-channel vectors
-// [v0, v0 + NV8) of panel p, reading each 32-byte weight vector (8 channels x 4 k) as it lies.
+// W8A8 micro-kernel for few rows (memory-bound): rows [m, m + MR) x the NV8 8-channel vectors
+// of panel p, reading each 32-byte weight vector (8 channels x 4 k) as it lies.
 // vpmaddubsw multiplies unsigned by signed bytes: |x| times w with x's sign moved onto w
 // (vpsignb) gives exact pair sums (|x| <= 128, |w| <= 127: at most 32512), widened by vpmaddwd
 // with ones. Needs a packed weight without -128 (vpsignb cannot negate it).
 template <int MR, int NV8>
 struct W8a8Sign {
-  static void run(const W8a8Args& a, int64_t m, int64_t p, int64_t width, int64_t v0) {
+  // `fetch`: the panel comes from memory (the first row over it), not from L2.
+  static void run(const W8a8Args& a, int64_t m, int64_t p, int64_t width, bool fetch) {
     const int16_t* x = static_cast<const int16_t*>(a.a) + m * a.kp;
-    const int8_t* b = a.w + p * kPanel * a.kp + v0 * 32;
+    const int8_t* b = a.w + p * kPanel * a.kp;
     const __m256i ones = _mm256_set1_epi16(1);
     __m256i acc[MR][NV8];
     _Pragma("GCC unroll 32")
@@ -207,9 +208,11 @@ struct W8a8Sign {
       const int8_t* bk = b + kk * stride;
       // Every line of the panel row 16 steps ahead: the hardware prefetcher alone leaves the
       // DRAM stream and the multiplies unoverlapped (M = 1 at 8.6 GB/s vs 14 GB/s read).
-      _Pragma("GCC unroll 8")
-      for (int64_t l = 0; l < stride; l += 64)
-        _mm_prefetch(reinterpret_cast<const char*>(bk + 16 * stride + l), _MM_HINT_T0);
+      if (fetch) {
+        _Pragma("GCC unroll 8")
+        for (int64_t l = 0; l < stride; l += 64)
+          _mm_prefetch(reinterpret_cast<const char*>(bk + 16 * stride + l), _MM_HINT_T0);
+      }
       __m256i xs[MR], xa[MR];
       _Pragma("GCC unroll 32")
       for (int r = 0; r < MR; ++r) {
@@ -231,7 +234,7 @@ struct W8a8Sign {
     for (int r = 0; r < MR; ++r)
       _Pragma("GCC unroll 32")
       for (int v = 0; v < NV8; ++v) {
-        const int64_t n0 = p * kPanel + (v0 + v) * 8;
+        const int64_t n0 = p * kPanel + v * 8;
         if (n0 >= a.n) continue;
         const int64_t count = std::min<int64_t>(8, a.n - n0);
         const int64_t row = m + r;
@@ -338,15 +341,22 @@ void quantize_rows_avx2(const QuantizeArgs& a, int64_t r0, int64_t r1) {
 // M = 5..8 on AMD Zen 1; both sit at its 8 multiply-adds a cycle from there on).
 constexpr int64_t kSignRows = 8;
 
+// W8a8Sign<1, nv8>::run for nv8 = 1..8 (whole panels of 8-channel vectors).
+template <int... I>
+auto sign_table(std::integer_sequence<int, I...>) {
+  using Fn = void (*)(const W8a8Args&, int64_t m, int64_t p, int64_t width, bool fetch);
+  return std::array<Fn, sizeof...(I)>{&W8a8Sign<1, I + 1>::run...};
+}
+
 void w8a8_tile_avx2(const W8a8Args& a, int64_t m0, int64_t m1, int64_t p0, int64_t p1) {
   if (m1 - m0 <= kSignRows && !a.w_has_min) {
     // One row at a time over whole panels: the panel streams from memory for the first row
     // and from L2 for the others.
-    static const auto table = kernel_table<W8a8Sign, W8a8Args, 8>(std::make_integer_sequence<int, 8>{});
+    static const auto table = sign_table(std::make_integer_sequence<int, 8>{});
     const int64_t n_pad = round_up(a.n, kLane);
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t nv8 = std::min(kPanel, n_pad - p * kPanel) / 8;
-      for (int64_t m = m0; m < m1; ++m) table[nv8 - 1](a, m, p, nv8 * 8, 0);
+      for (int64_t m = m0; m < m1; ++m) table[nv8 - 1](a, m, p, nv8 * 8, m == m0);
     }
     return;
   }
