@@ -68,7 +68,14 @@ QUICK = [(1, 2048, 2048), (8, 2048, 5632), (32, 4096, 4096), (128, 384, 1536), (
 BASELINE = "fp32_linear"
 ROTATE_MAX_M = 32
 DECODE_MAX_M = 8  # the weight-only goals' range; int8pack and bf16 weight-only are timed up to it
-WEIGHT_ONLY = ("int8_weight_only", "torch_int8pack", "int8_weight_only_bf16", "torch_int8pack_bf16")
+WEIGHT_ONLY = (
+    "int8_weight_only",
+    "int8_weight_only_g128",
+    "torch_int8pack",
+    "int8_weight_only_bf16",
+    "torch_int8pack_bf16",
+)
+GROUP = 128  # the grouped weight-only column (scales per 128 inputs, as GPTQ/AWQ checkpoints)
 
 
 def implementations(linear: nn.Linear, x: torch.Tensor):
@@ -106,6 +113,9 @@ def implementations(linear: nn.Linear, x: torch.Tensor):
     if x.shape[0] > DECODE_MAX_M:
         return impls
     bf16 = lambda: _copy(linear).bfloat16()  # noqa: E731
+    impls["int8_weight_only_g128"] = (
+        lambda: Int8WeightOnlyLinear.from_float(linear, group_size=GROUP), lambda m: m(x)
+    )  # fmt: skip
     impls["int8_weight_only_bf16"] = (
         lambda: Int8WeightOnlyLinear.from_float(bf16()), lambda m: m(x_bf16)
     )  # fmt: skip
@@ -122,6 +132,8 @@ def _copy(linear: nn.Linear) -> nn.Linear:
 
 
 def weight_bytes(name: str, k: int, n: int) -> int:
+    if name == "int8_weight_only_g128":  # int8 weights and a float32 scale per group
+        return k * n + 4 * n * -(-k // GROUP)
     per = {"fp32_linear": 4, "bf16_linear": 2}.get(name, 1)
     return per * k * n
 
@@ -148,7 +160,7 @@ def bench_shape(m: int, k: int, n: int, read_gbs: float) -> list[Row]:
             ms, mem = measure(make, call, copies, reps)
             extra = {"gops": round(flops / ms / 1e6, 1), "weight_copies": copies}
             if name in WEIGHT_ONLY:
-                floor = B.floor_ms(k * n, read_gbs)
+                floor = B.floor_ms(weight_bytes(name, k, n), read_gbs)
                 extra["read_floor_ms"] = round(floor, 4)
                 extra["pct_read_bw"] = round(100 * floor / ms, 1)
             rows.append(Row("int8_gemm", shape, "float32", name, ms, mem, extra=extra))

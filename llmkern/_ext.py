@@ -29,17 +29,27 @@ def require():
     return _C
 
 
+def has_kernel(name: str, dispatch_key: str) -> bool:
+    """Whether ``torch.ops.llmkern_C.<name>`` has a kernel for ``dispatch_key`` ("CPU" or
+    "CUDA"; every op's schema is registered in any build, csrc/schemas.cpp)."""
+    import torch
+
+    return (
+        _C is not None
+        and hasattr(torch.ops.llmkern_C, name)
+        and torch._C._dispatch_has_kernel_for_dispatch_key(f"llmkern_C::{name}", dispatch_key)
+    )
+
+
 def native_ops(dispatch_key: str = "CPU") -> list[str]:
-    """Names of the ``torch.ops.llmkern_C`` ops that have a kernel for ``dispatch_key`` ("CPU" or
-    "CUDA"; every op's schema is registered in any build, csrc/schemas.cpp). Empty when the
-    extension is not loaded."""
+    """Names of the ``torch.ops.llmkern_C`` ops that have a kernel for ``dispatch_key``. Empty
+    when the extension is not loaded."""
     if _C is None:
         return []
     import torch
 
-    names = (n for n in torch._C._dispatch_get_all_op_names() if n.startswith("llmkern_C::"))
-    return sorted(
-        n.split("::", 1)[1]
-        for n in names
-        if torch._C._dispatch_has_kernel_for_dispatch_key(n, dispatch_key)
+    prefix = "llmkern_C::"
+    names = (
+        n[len(prefix) :] for n in torch._C._dispatch_get_all_op_names() if n.startswith(prefix)
     )
+    return sorted(n for n in names if has_kernel(n, dispatch_key))

@@ -186,23 +186,21 @@ struct W8a8S16 {
   }
 };
 
-// W8A8 micro-kernel for few rows (memory-bound): rows [m, m + MR) x the NV8 8-channel vectors
-// of panel p, reading each 32-byte weight vector (8 channels x 4 k) as it lies.
-// vpmaddubsw multiplies unsigned by signed bytes: |x| times w with x's sign moved onto w
-// (vpsignb) gives exact pair sums (|x| <= 128, |w| <= 127: at most 32512), widened by vpmaddwd
-// with ones. Needs a packed weight without -128 (vpsignb cannot negate it).
-template <int MR, int NV8>
+// W8A8 micro-kernel for few rows (memory-bound): row m x the NV8 8-channel vectors of panel p,
+// reading each 32-byte weight vector (8 channels x 4 k) as it lies. vpmaddubsw multiplies
+// unsigned by signed bytes: |x| times w with x's sign moved onto w (vpsignb) gives exact pair
+// sums (|x| <= 128, |w| <= 127: at most 32512), widened by vpmaddwd with ones. Needs a packed
+// weight without -128 (vpsignb cannot negate it).
+template <int NV8>
 struct W8a8Sign {
   // `fetch`: the panel comes from memory (the first row over it), not from L2.
   static void run(const W8a8Args& a, int64_t m, int64_t p, int64_t width, bool fetch) {
     const int16_t* x = static_cast<const int16_t*>(a.a) + m * a.kp;
     const int8_t* b = a.w + p * kPanel * a.kp;
     const __m256i ones = _mm256_set1_epi16(1);
-    __m256i acc[MR][NV8];
+    __m256i acc[NV8];
     _Pragma("GCC unroll 32")
-    for (int r = 0; r < MR; ++r)
-      _Pragma("GCC unroll 32")
-      for (int v = 0; v < NV8; ++v) acc[r][v] = _mm256_setzero_si256();
+    for (int v = 0; v < NV8; ++v) acc[v] = _mm256_setzero_si256();
     const int64_t kk_end = a.kp / 4, stride = width * 4;
     for (int64_t kk = 0; kk < kk_end; ++kk) {
       const int8_t* bk = b + kk * stride;
@@ -213,37 +211,27 @@ struct W8a8Sign {
         for (int64_t l = 0; l < stride; l += 64)
           _mm_prefetch(reinterpret_cast<const char*>(bk + 16 * stride + l), _MM_HINT_T0);
       }
-      __m256i xs[MR], xa[MR];
-      _Pragma("GCC unroll 32")
-      for (int r = 0; r < MR; ++r) {
-        const __m128i x16 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(x + r * a.kp + kk * 4));
-        xs[r] = _mm256_broadcastd_epi32(_mm_packs_epi16(x16, x16));
-        xa[r] = _mm256_abs_epi8(xs[r]);
-      }
+      const __m128i x16 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(x + kk * 4));
+      const __m256i xs = _mm256_broadcastd_epi32(_mm_packs_epi16(x16, x16));
+      const __m256i xa = _mm256_abs_epi8(xs);
       _Pragma("GCC unroll 32")
       for (int v = 0; v < NV8; ++v) {
         const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bk + v * 32));
-        _Pragma("GCC unroll 32")
-        for (int r = 0; r < MR; ++r) {
-          const __m256i pairs = _mm256_maddubs_epi16(xa[r], _mm256_sign_epi8(w, xs[r]));
-          acc[r][v] = _mm256_add_epi32(acc[r][v], _mm256_madd_epi16(pairs, ones));
-        }
+        const __m256i pairs = _mm256_maddubs_epi16(xa, _mm256_sign_epi8(w, xs));
+        acc[v] = _mm256_add_epi32(acc[v], _mm256_madd_epi16(pairs, ones));
       }
     }
     _Pragma("GCC unroll 32")
-    for (int r = 0; r < MR; ++r)
-      _Pragma("GCC unroll 32")
-      for (int v = 0; v < NV8; ++v) {
-        const int64_t n0 = p * kPanel + v * 8;
-        if (n0 >= a.n) continue;
-        const int64_t count = std::min<int64_t>(8, a.n - n0);
-        const int64_t row = m + r;
-        __m256 out = _mm256_cvtepi32_ps(acc[r][v]);
-        out = _mm256_mul_ps(out, _mm256_set1_ps(a.x_scale[row]));
-        out = _mm256_mul_ps(out, load_f32(a.w_scale + n0, count));
-        if (a.bias) out = _mm256_add_ps(out, load_f32(a.bias + n0, count));
-        store8(a.out, a.out_dtype, row * a.ld_out + n0, out, count);
-      }
+    for (int v = 0; v < NV8; ++v) {
+      const int64_t n0 = p * kPanel + v * 8;
+      if (n0 >= a.n) continue;
+      const int64_t count = std::min<int64_t>(8, a.n - n0);
+      __m256 out = _mm256_cvtepi32_ps(acc[v]);
+      out = _mm256_mul_ps(out, _mm256_set1_ps(a.x_scale[m]));
+      out = _mm256_mul_ps(out, load_f32(a.w_scale + n0, count));
+      if (a.bias) out = _mm256_add_ps(out, load_f32(a.bias + n0, count));
+      store8(a.out, a.out_dtype, m * a.ld_out + n0, out, count);
+    }
   }
 };
 
@@ -341,11 +329,11 @@ void quantize_rows_avx2(const QuantizeArgs& a, int64_t r0, int64_t r1) {
 // M = 5..8 on AMD Zen 1; both sit at its 8 multiply-adds a cycle from there on).
 constexpr int64_t kSignRows = 8;
 
-// W8a8Sign<1, nv8>::run for nv8 = 1..8 (whole panels of 8-channel vectors).
+// W8a8Sign<nv8>::run for nv8 = 1..8 (whole panels of 8-channel vectors).
 template <int... I>
 auto sign_table(std::integer_sequence<int, I...>) {
   using Fn = void (*)(const W8a8Args&, int64_t m, int64_t p, int64_t width, bool fetch);
-  return std::array<Fn, sizeof...(I)>{&W8a8Sign<1, I + 1>::run...};
+  return std::array<Fn, sizeof...(I)>{&W8a8Sign<I + 1>::run...};
 }
 
 void w8a8_tile_avx2(const W8a8Args& a, int64_t m0, int64_t m1, int64_t p0, int64_t p1) {

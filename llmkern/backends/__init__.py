@@ -100,7 +100,7 @@ def register(
             op, backend, fn, tuple(devices), supports, why, native, takes_prepared
         )
         _CANDIDATES.clear()
-        _FIXED_CPU.clear()
+        _FIXED.clear()
         return fn
 
     return deco
@@ -127,11 +127,14 @@ if not isinstance(_RAW_ENVIRON, dict):
     _RAW_ENVIRON = None
 
 
+def _getenv_raw(name: bytes) -> bytes | str | None:
+    """The variable as stored (bytes on POSIX): enough for comparisons and cache keys."""
+    return os.environ.get(name.decode()) if _RAW_ENVIRON is None else _RAW_ENVIRON.get(name)
+
+
 def _getenv(name: str) -> str | None:
-    if _RAW_ENVIRON is None:
-        return os.environ.get(name)
-    value = _RAW_ENVIRON.get(name.encode())
-    return None if value is None else os.fsdecode(value)
+    value = _getenv_raw(name.encode())
+    return os.fsdecode(value) if isinstance(value, bytes) else value
 
 
 def triton_interpret() -> bool:
@@ -299,25 +302,19 @@ def _needs_autograd(args: tuple) -> bool:
     )
 
 
-# The kernel of an op on CPU tensors per environment (LLMKERN_BACKEND, TRITON_INTERPRET) when
-# the choice cannot depend on the call (its first candidate has no ``supports`` rule): the
-# module hot path then costs one dict lookup instead of a selection.
-_FIXED_CPU: dict[tuple, Kernel] = {}
+# The kernel of an op per (device type, LLMKERN_BACKEND, TRITON_INTERPRET) when the choice
+# cannot depend on the call (the selected kernel is the first candidate and has no ``supports``
+# rule): the module hot path then costs one dict lookup instead of a selection.
+_FIXED: dict[tuple, Kernel] = {}
 
 
-def _env_key() -> tuple:
-    if _RAW_ENVIRON is None:
-        return (os.environ.get("LLMKERN_BACKEND"), os.environ.get("TRITON_INTERPRET"))
-    return (_RAW_ENVIRON.get(b"LLMKERN_BACKEND"), _RAW_ENVIRON.get(b"TRITON_INTERPRET"))
-
-
-def _cpu_kernel(op: str, args: tuple) -> Kernel:
-    key = (op, _env_key())
-    kernel = _FIXED_CPU.get(key)
+def _kernel_for(op: str, dev: str, args: tuple) -> Kernel:
+    key = (op, dev, _getenv_raw(b"LLMKERN_BACKEND"), _getenv_raw(b"TRITON_INTERPRET"))
+    kernel = _FIXED.get(key)
     if kernel is None:
-        kernel = select(op, "cpu", args)
-        if kernel.supports is None and kernel is _candidates(op, "cpu", requested_backend())[0]:
-            _FIXED_CPU[key] = kernel
+        kernel = select(op, dev, args)  # also raises, and warns for a reference on a GPU
+        if kernel.supports is None and kernel is _candidates(op, dev, requested_backend())[0]:
+            _FIXED[key] = kernel
     return kernel
 
 
@@ -336,7 +333,7 @@ def run(
     x = args[0]
     if torch.compiler.is_compiling() or x.is_meta or (differentiable and _needs_autograd(args)):
         return custom_op(*args, "")
-    kernel = _cpu_kernel(op, args) if x.is_cpu else select(op, x.device, args)
+    kernel = _kernel_for(op, "cpu" if x.is_cpu else x.device.type, args)
     if prepared is None or not kernel.takes_prepared:
         return kernel.fn(*args)
     return kernel.fn(*args, prepared=prepared)

@@ -17,12 +17,7 @@ from llmkern.backends import register
 def has_op(name: str) -> bool:
     """Whether ``llmkern._C`` was built with CUDA and has a CUDA kernel for
     ``llmkern_C::<name>`` (a build may leave out a kernel family: LLMKERN_CUDA_FAMILIES)."""
-    return (
-        _ext.available()
-        and _ext._C.built_with_cuda()
-        and hasattr(torch.ops.llmkern_C, name)
-        and torch._C._dispatch_has_kernel_for_dispatch_key(f"llmkern_C::{name}", "CUDA")
-    )
+    return _ext.available() and _ext._C.built_with_cuda() and _ext.has_kernel(name, "CUDA")
 
 
 if has_op("int8_quantize_per_token"):
@@ -40,13 +35,6 @@ if has_op("int8_w8a8_gemm"):
         return torch.ops.llmkern_C.int8_w8a8_gemm(x_q, w_q, x_scale, w_scale, bias, out_dtype)
 
 
-if has_op("int8_w8_linear"):
-
-    @register("w8_matmul", "cuda", devices=("cuda",))
-    def w8_matmul_cuda(x, w_q, w_scale, bias, group_size):
-        return torch.ops.llmkern_C.int8_w8_linear(x, w_q, w_scale, bias, group_size)
-
-
 if has_op("int8_w8a8_linear"):
 
     @register("w8a8_linear", "cuda", devices=("cuda",))
@@ -55,6 +43,10 @@ if has_op("int8_w8a8_linear"):
 
 
 if has_op("int8_w8_linear"):
+
+    @register("w8_matmul", "cuda", devices=("cuda",))
+    def w8_matmul_cuda(x, w_q, w_scale, bias, group_size):
+        return torch.ops.llmkern_C.int8_w8_linear(x, w_q, w_scale, bias, group_size)
 
     @register("w8_linear", "cuda", devices=("cuda",))
     def w8_linear_cuda(x, w_q, w_scale, bias, group_size, packed):
