@@ -355,7 +355,7 @@ void w8_tile_avx2(const W8Args& a, int64_t m0, int64_t m1, int64_t p0, int64_t p
   // Grouped kernels hold accumulators twice (per group and total), so their tiles are smaller.
   if (a.groups > 1 && m1 - m0 == 1)
     run_tiles<1, 2, W8Grouped>(a, m0, m1, p0, p1);
-  else if (a.groups > 1)  // 4 rows x 16 channels: M = 8 6.3 -> 11.9 GMAC/s a core (Zen 1)
+  else if (a.groups > 1)  // 4 rows x 16 channels: M = 8 6.3-6.7 -> 8.9-11.9 GMAC/s a core (Zen 1)
     run_tiles<4, 1, W8Grouped>(a, m0, m1, p0, p1);
   else if (m1 - m0 == 1)
     run_tiles<1, 4, W8PerChannel>(a, m0, m1, p0, p1);  // whole 64-byte panel rows, in order
