@@ -302,19 +302,22 @@ def _needs_autograd(args: tuple) -> bool:
     )
 
 
-# The kernel of an op per (device type, LLMKERN_BACKEND, TRITON_INTERPRET) when the choice
-# cannot depend on the call (the selected kernel is the first candidate and has no ``supports``
-# rule): the module hot path then costs one dict lookup instead of a selection.
-_FIXED: dict[tuple, Kernel] = {}
+# Per (op, device type, LLMKERN_BACKEND, TRITON_INTERPRET): the kernel when the choice cannot
+# depend on the call (the selected kernel is the first candidate and has no ``supports`` rule),
+# else None (select on every call). The module hot path then costs one dict lookup.
+_FIXED: dict[tuple, Kernel | None] = {}
+_UNSEEN = object()
 
 
 def _kernel_for(op: str, dev: str, args: tuple) -> Kernel:
     key = (op, dev, _getenv_raw(b"LLMKERN_BACKEND"), _getenv_raw(b"TRITON_INTERPRET"))
-    kernel = _FIXED.get(key)
+    kernel = _FIXED.get(key, _UNSEEN)
     if kernel is None:
-        kernel = select(op, dev, args)  # also raises, and warns for a reference on a GPU
-        if kernel.supports is None and kernel is _candidates(op, dev, requested_backend())[0]:
-            _FIXED[key] = kernel
+        return select(op, dev, args)
+    if kernel is _UNSEEN:  # first call: select raises, or warns for a reference on a GPU
+        kernel = select(op, dev, args)
+        fixed = kernel.supports is None and kernel is _candidates(op, dev, requested_backend())[0]
+        _FIXED[key] = kernel if fixed else None
     return kernel
 
 
