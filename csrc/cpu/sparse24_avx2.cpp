@@ -1,7 +1,11 @@
-// AVX2 2:4 kernels. AVX2 has no two-source permute, so each half chunk (4 groups: 16 x columns,
-// 8 kept values) picks from two x vectors with one index vector and blends: float lanes with
-// in-lane vpermilps from lane-arranged x (FloatLanes::load_x), int lanes with vpermd from the
-// low and high 8 columns.
+// AVX2 2:4 kernels. Finite float x: SpreadKernel spreads each row's kept values to dense lanes
+// with a table-driven vpshufb and multiplies contiguous x (fp32, bf16 and int8 values; fp16
+// values take Kernel, since cvtph2ps wants packed halves). Kernel, which multiplies kept values
+// only, serves the rest: int x, fp16 values, and x with NaN/inf (pruned weights are never
+// multiplied by it, the ops' contract). It picks x per kept value; AVX2 has no two-source permute, so each half chunk (4 groups: 16 x
+// columns, 8 kept values) picks from two x vectors with one index vector and blends: float
+// lanes with in-lane vpermilps from lane-arranged x (FloatLanes::load_x), int lanes with vpermd
+// from the low and high 8 columns.
 #pragma GCC target("avx2,fma,f16c")
 #include <immintrin.h>
 
@@ -21,6 +25,13 @@ inline __m256i half_index(uint32_t meta16) {
   const __m256i base = _mm256_setr_epi32(0, 0, 4, 4, 0, 0, 4, 4);
   const __m256i v = _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(meta16)), shifts);
   return _mm256_or_si256(_mm256_and_si256(v, _mm256_set1_epi32(3)), base);
+}
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
 }
 
 struct F32Values {
@@ -71,12 +82,7 @@ struct FloatLanes {
     const Vec g = _mm256_blend_ps(_mm256_permutevar_ps(xa, idx), _mm256_permutevar_ps(xb, idx), 0xCC);
     return _mm256_fmadd_ps(g, w, acc);
   }
-  static Out sum(Vec v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-  }
+  static Out sum(Vec v) { return hsum(v); }
 };
 
 struct IntLanes {
@@ -176,14 +182,139 @@ struct Kernel {
   }
 };
 
+
+// Float kernel without x permutes: each step of a weight row (2 groups: 8 columns, 4 kept
+// values) is spread to its 8 dense lanes by one vpshufb whose control comes from a 256-entry
+// table indexed by the step's meta byte, and multiplied with 8 contiguous x columns. That
+// multiplies the pruned zeros too, but a variable vpermilps (Kernel picks x with two per 8
+// kept values) takes 4 cycles on AMD Zen 1 and vpshufb 1.
+// A spread class P gives S (value type), kSource (bytes of one step's kept values), `lane`
+// (the 4 control bytes that put the value at source byte `at` into a dense lane) and `widen`
+// (those lanes as fp32).
+struct Bf16Spread {
+  using S = uint16_t;
+  static constexpr int kSource = 8;
+  static void lane(uint8_t* d, int at) { d[0] = d[1] = 0x80, d[2] = at, d[3] = at + 1; }  // top half
+  static __m256 widen(__m256i v) { return _mm256_castsi256_ps(v); }
+};
+struct F32Spread {
+  using S = float;
+  static constexpr int kSource = 16;
+  static void lane(uint8_t* d, int at) { d[0] = at, d[1] = at + 1, d[2] = at + 2, d[3] = at + 3; }
+  static __m256 widen(__m256i v) { return _mm256_castsi256_ps(v); }
+};
+struct I8Spread {
+  using S = int8_t;
+  static constexpr int kSource = 4;
+  static void lane(uint8_t* d, int at) { d[0] = at, d[1] = d[2] = d[3] = 0x80; }  // zero-extended
+  static __m256 widen(__m256i v) {  // sign-extends; pruned (zero) lanes stay 0
+    const __m256i bias = _mm256_set1_epi32(0x80);
+    return _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_xor_si256(v, bias), bias));
+  }
+};
+
+template <class P>
+struct SpreadKernel {
+  static constexpr int kMaxM = 2;
+  static constexpr int kSteps = 16 / P::kSource;  // steps per 16-byte source load
+  using S = typename P::S;
+  struct Table {
+    alignas(32) uint8_t ctl[256][32];
+  };
+
+  // ctl[m]: low 128-bit lane = group 2t (positions in bits 0-3 of meta byte m, its kept values
+  // at source bytes 0 and kSource / 4), high lane = group 2t + 1 (bits 4-7). A position named
+  // twice (invalid meta, or the zero padding) takes the second kept value, as decompress_24.
+  static const Table& table() {
+    static const Table t = [] {
+      Table out;
+      std::memset(out.ctl, 0x80, sizeof(out.ctl));
+      const int value = P::kSource / 4;
+      for (int m = 0; m < 256; ++m)
+        for (int g = 0; g < 2; ++g)
+          for (int slot = 0; slot < 2; ++slot) {
+            const int pos = (m >> (4 * g + 2 * slot)) & 3;
+            P::lane(out.ctl[m] + 16 * g + 4 * pos, (2 * g + slot) * value);
+          }
+      return out;
+    }();
+    return t;
+  }
+
+  template <int NR, int MR>
+  static void tile(const Args& a, int64_t n0, int64_t m0) {
+    constexpr int kAcc = MR == 1 ? 2 : 1;  // one x row: alternate two sums (FMA latency)
+    const Table& tab = table();
+    const int64_t row_bytes = a.k / 2 * int64_t{sizeof(S)}, mbytes = meta_bytes(a.k);
+    const int64_t steps = mbytes, loads = row_bytes / 16;
+    const uint8_t* v[NR];
+    const uint8_t* mrow[NR];
+    for (int r = 0; r < NR; ++r) {
+      v[r] = static_cast<const uint8_t*>(a.values) + (n0 + r) * row_bytes;
+      mrow[r] = a.meta + (n0 + r) * mbytes;
+    }
+    const float* x[MR];
+    for (int i = 0; i < MR; ++i) x[i] = static_cast<const float*>(a.x) + (m0 + i) * a.ldx;
+    __m256 acc[NR][MR][kAcc];
+    for (auto& per_row : acc)
+      for (auto& per_x : per_row)
+        for (auto& s : per_x) s = _mm256_setzero_ps();
+
+    // One step: source (both lanes) spread by the control of meta byte t, shifted to the
+    // step's place u within the source.
+    auto step = [&](const __m256i (&src)[NR], int64_t t, int u) {
+      __m256 xs[MR];
+      for (int i = 0; i < MR; ++i) xs[i] = _mm256_loadu_ps(x[i] + 8 * t);
+      for (int r = 0; r < NR; ++r) {
+        __m256i c = _mm256_load_si256(reinterpret_cast<const __m256i*>(tab.ctl[mrow[r][t]]));
+        if (u) c = _mm256_add_epi8(c, _mm256_set1_epi8(static_cast<char>(u * P::kSource)));
+        const __m256 w = P::widen(_mm256_shuffle_epi8(src[r], c));
+        for (int i = 0; i < MR; ++i) acc[r][i][u % kAcc] = _mm256_fmadd_ps(w, xs[i], acc[r][i][u % kAcc]);
+      }
+    };
+    // The next tile's rows, one tile ahead (rows are short streams for the hardware
+    // prefetchers), by the first x rows only.
+    const bool ahead = m0 == 0 && n0 + 2 * NR <= a.n;
+    for (int64_t l = 0; l < loads; ++l) {
+      __m256i src[NR];
+      for (int r = 0; r < NR; ++r) {
+        if (ahead && l % 4 == 0) _mm_prefetch(reinterpret_cast<const char*>(v[r] + NR * row_bytes + 16 * l), _MM_HINT_T0);
+        src[r] = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v[r] + 16 * l)));
+      }
+      for (int u = 0; u < kSteps; ++u) step(src, l * kSteps + u, u);
+    }
+    if (loads * kSteps < steps) {  // the row's last bytes (< 16), zero-padded
+      __m256i src[NR];
+      for (int r = 0; r < NR; ++r) {
+        alignas(16) uint8_t buf[16] = {};
+        std::memcpy(buf, v[r] + 16 * loads, row_bytes - 16 * loads);
+        src[r] = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(buf)));
+      }
+      for (int u = 0; loads * kSteps + u < steps; ++u) step(src, loads * kSteps + u, u);
+    }
+    float* raw = static_cast<float*>(a.raw);
+    for (int r = 0; r < NR; ++r)
+      for (int i = 0; i < MR; ++i) {
+        const __m256 s = kAcc == 2 ? _mm256_add_ps(acc[r][i][0], acc[r][i][kAcc - 1]) : acc[r][i][0];
+        raw[(m0 + i) * a.ldr + n0 + r] = hsum(s);
+      }
+  }
+};
+
 }  // namespace
 
 void float_rows_avx2(ValueType vt, const Args& a, int64_t n0, int64_t n1) {
   switch (vt) {
-    case ValueType::F32: run_rows<Kernel<FloatLanes<F32Values>>>(a, n0, n1); break;
-    case ValueType::BF16: run_rows<Kernel<FloatLanes<Bf16Values>>>(a, n0, n1); break;
-    case ValueType::F16: run_rows<Kernel<FloatLanes<F16Values>>>(a, n0, n1); break;
-    case ValueType::I8: run_rows<Kernel<FloatLanes<I8Values>>>(a, n0, n1); break;
+    case ValueType::F32:
+      a.x_finite ? run_rows<SpreadKernel<F32Spread>>(a, n0, n1) : run_rows<Kernel<FloatLanes<F32Values>>>(a, n0, n1);
+      break;
+    case ValueType::BF16:
+      a.x_finite ? run_rows<SpreadKernel<Bf16Spread>>(a, n0, n1) : run_rows<Kernel<FloatLanes<Bf16Values>>>(a, n0, n1);
+      break;
+    case ValueType::F16: run_rows<Kernel<FloatLanes<F16Values>>>(a, n0, n1); break;  // cvtph2ps
+    case ValueType::I8:
+      a.x_finite ? run_rows<SpreadKernel<I8Spread>>(a, n0, n1) : run_rows<Kernel<FloatLanes<I8Values>>>(a, n0, n1);
+      break;
   }
 }
 

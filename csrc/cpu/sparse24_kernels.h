@@ -30,6 +30,7 @@ struct Args {
   void* raw;             // float kernels: fp32 [m, ldr]; int kernels: int32 [m, ldr]
   int64_t ldr;
   int64_t n;             // rows of the weight (prefetching never goes past them)
+  bool x_finite = false;  // float kernels: no NaN/inf in x, so pruned zeros may be multiplied
 };
 
 inline int64_t meta_bytes(int64_t k) { return (k + 7) / 8; }

@@ -26,33 +26,43 @@ float to_float(T v) {
   return static_cast<float>(v);
 }
 
-template <typename Src, typename Dst>
-void copy_rows(const at::Tensor& x, Dst* out, int64_t ld) {
+// Copies x into fp32 rows of ld floats, zero-padded; returns whether every value is finite.
+template <typename Src>
+bool copy_rows(const at::Tensor& x, float* out, int64_t ld) {
   const Src* p = x.data_ptr<Src>();
   const int64_t m = x.size(0), k = x.size(1), s0 = x.stride(0), s1 = x.stride(1);
+  uint32_t bad = 0;  // an all-ones exponent: NaN or inf
   for (int64_t i = 0; i < m; ++i) {
-    Dst* o = out + i * ld;
+    float* o = out + i * ld;
     if (s1 == 1) {
-      for (int64_t j = 0; j < k; ++j) o[j] = static_cast<Dst>(to_float(p[i * s0 + j]));
+      for (int64_t j = 0; j < k; ++j) o[j] = to_float(p[i * s0 + j]);
     } else {
-      for (int64_t j = 0; j < k; ++j) o[j] = static_cast<Dst>(to_float(p[i * s0 + j * s1]));
+      for (int64_t j = 0; j < k; ++j) o[j] = to_float(p[i * s0 + j * s1]);
     }
-    for (int64_t j = k; j < ld; ++j) o[j] = Dst(0);
+    for (int64_t j = 0; j < k; ++j) {
+      uint32_t bits;
+      std::memcpy(&bits, o + j, 4);
+      bad |= (bits & 0x7f800000u) == 0x7f800000u;
+    }
+    for (int64_t j = k; j < ld; ++j) o[j] = 0.f;
   }
+  return bad == 0;
 }
 
-// x [M, K] (any strides) -> contiguous fp32 [M, round_up(K, kKPad)], padding columns zero.
-at::Tensor padded_x_f32(const at::Tensor& x) {
+// x [M, K] (any strides) -> contiguous fp32 [M, round_up(K, kKPad)], padding columns zero, and
+// whether all of x is finite.
+std::pair<at::Tensor, bool> padded_x_f32(const at::Tensor& x) {
   const int64_t kp = round_up(x.size(1), kKPad);
   at::Tensor out = at::empty({x.size(0), kp}, x.options().dtype(at::kFloat));
   float* o = out.data_ptr<float>();
+  bool finite = false;
   switch (x.scalar_type()) {
-    case at::kFloat: copy_rows<float>(x, o, kp); break;
-    case at::kBFloat16: copy_rows<at::BFloat16>(x, o, kp); break;
-    case at::kHalf: copy_rows<at::Half>(x, o, kp); break;
+    case at::kFloat: finite = copy_rows<float>(x, o, kp); break;
+    case at::kBFloat16: finite = copy_rows<at::BFloat16>(x, o, kp); break;
+    case at::kHalf: finite = copy_rows<at::Half>(x, o, kp); break;
     default: TORCH_CHECK(false, "float x expected, got ", x.scalar_type());
   }
-  return out;
+  return {out, finite};
 }
 
 // int8 x_q [M, K] (any strides) -> contiguous int8 [M, round_up(K, kKPad)], padding zero.
@@ -157,13 +167,13 @@ at::Tensor sparse24_matmul(const at::Tensor& x, const at::Tensor& values, const 
   const ValueType vt = value_type(values.scalar_type());
   TORCH_CHECK((vt == ValueType::I8) == w_scale.has_value(), "w_scale goes with int8 values only");
   const int64_t m = x.size(0), k = x.size(1), n = values.size(0);
-  const at::Tensor xs = padded_x_f32(x);
+  const auto [xs, x_finite] = padded_x_f32(x);
   at::Tensor out = at::empty({m, n}, x.options());
   const bool f32_out = x.scalar_type() == at::kFloat;
   at::Tensor raw = f32_out ? out : at::empty({m, n}, x.options().dtype(at::kFloat));
   const std::vector<float> b = vector_f32(bias, n), s = vector_f32(w_scale, n);
   const Args a{xs.data_ptr(), m, xs.size(1), values.data_ptr(), meta.data_ptr<uint8_t>(), k,
-               raw.data_ptr(), n, n};
+               raw.data_ptr(), n, n, x_finite};
   const Isa isa = active_isa();
   auto kernel = isa >= Isa::Avx512 ? float_rows_avx512
                 : isa == Isa::Avx2 ? float_rows_avx2

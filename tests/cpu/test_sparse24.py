@@ -10,9 +10,10 @@ from tests.ops.test_sparse24_format import random_24
 CPU = {"backend": "cpu"}
 REF = {"backend": "reference"}
 # (M, N, K): M from 1 up past the 4-row register tile and the 64-row x block; N not a multiple
-# of the 4-row weight tile; K with partial 32- and 128-column chunks (K % 8 == 4 included).
+# of the 4-row weight tile; K with partial 32- and 128-column chunks (K % 8 == 4 included) and
+# without (64: whole 16-byte value loads only).
 SHAPES = [(1, 1, 4), (1, 7, 36), (2, 13, 100), (3, 9, 132), (4, 33, 260), (5, 6, 516),
-          (9, 17, 1028), (1, 130, 2052), (70, 5, 68)]  # fmt: skip
+          (9, 17, 1028), (1, 130, 2052), (70, 5, 68), (3, 24, 64)]  # fmt: skip
 # fp32 outputs differ from the reference by summation order only; bf16/fp16 outputs may differ
 # by one rounding of the fp32 result.
 TOL = {torch.float32: (1e-4, 1e-4), torch.bfloat16: (2e-2, 1e-2), torch.float16: (2e-3, 2e-3)}
