@@ -188,35 +188,57 @@ struct Kernel {
 // table indexed by the step's meta byte, and multiplied with 8 contiguous x columns. That
 // multiplies the pruned zeros too, but a variable vpermilps (Kernel picks x with two per 8
 // kept values) takes 4 cycles on AMD Zen 1 and vpshufb 1.
-// A spread class P gives S (value type), kSource (bytes of one step's kept values), `lane`
-// (the 4 control bytes that put the value at source byte `at` into a dense lane) and `widen`
-// (those lanes as fp32).
+// A spread class P gives S (value type), kSource (bytes of one step's kept values), kLoad (bytes
+// read per `source`, which puts them in both 128-bit lanes), `lane` (the 4 control bytes that
+// put the value at source byte `at` into a dense lane), kPruned (those of a pruned lane),
+// `step_offset` (what moves a control to the u-th step of a source) and `widen` (lanes -> fp32).
 struct Bf16Spread {
   using S = uint16_t;
-  static constexpr int kSource = 8;
+  static constexpr int kSource = 8, kLoad = 16;
   static void lane(uint8_t* d, int at) { d[0] = d[1] = 0x80, d[2] = at, d[3] = at + 1; }  // top half
+  static constexpr uint8_t kPruned[4] = {0x80, 0x80, 0x80, 0x80};  // zero
+  static __m256i step_offset(int u) { return _mm256_set1_epi8(static_cast<char>(u * kSource)); }
+  static __m256i source(const uint8_t* p) {
+    return _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
   static __m256 widen(__m256i v) { return _mm256_castsi256_ps(v); }
 };
 struct F32Spread {
   using S = float;
-  static constexpr int kSource = 16;
+  static constexpr int kSource = 16, kLoad = 16;
   static void lane(uint8_t* d, int at) { d[0] = at, d[1] = at + 1, d[2] = at + 2, d[3] = at + 3; }
+  static constexpr uint8_t kPruned[4] = {0x80, 0x80, 0x80, 0x80};  // zero
+  static __m256i step_offset(int u) { return _mm256_set1_epi8(static_cast<char>(u * kSource)); }
+  static __m256i source(const uint8_t* p) {
+    return _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
   static __m256 widen(__m256i v) { return _mm256_castsi256_ps(v); }
 };
 struct I8Spread {
   using S = int8_t;
-  static constexpr int kSource = 4;
-  static void lane(uint8_t* d, int at) { d[0] = at, d[1] = d[2] = d[3] = 0x80; }  // zero-extended
-  static __m256 widen(__m256i v) {  // sign-extends; pruned (zero) lanes stay 0
-    const __m256i bias = _mm256_set1_epi32(0x80);
-    return _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_xor_si256(v, bias), bias));
+  static constexpr int kSource = 4, kLoad = 8;
+  // Each lane becomes the fp32 bit pattern 2^23 + (v ^ 0x80): v's byte (xor-ed after the
+  // shuffle) under the exponent byte 0x4B, which source byte 9 holds; pruned lanes take byte 8
+  // (0) and come out as 2^23 + 128. Subtracting that gives v exactly, in an add pipe: the int32
+  // -> fp32 conversion has one port on AMD Zen 1.
+  static void lane(uint8_t* d, int at) { d[0] = at, d[1] = d[2] = 8, d[3] = 9; }
+  static constexpr uint8_t kPruned[4] = {8, 8, 8, 9};
+  // Step u of a source: only the data byte moves (past 8, it reads the zero bytes 10-15).
+  static __m256i step_offset(int u) { return _mm256_set1_epi32(u * kSource); }
+  static __m256i source(const uint8_t* p) {
+    const __m128i exponent = _mm_cvtsi32_si128(0x4B00);
+    return _mm256_broadcastsi128_si256(_mm_unpacklo_epi64(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)), exponent));
+  }
+  static __m256 widen(__m256i v) {
+    const __m256 v2 = _mm256_castsi256_ps(_mm256_xor_si256(v, _mm256_set1_epi32(0x80)));
+    return _mm256_sub_ps(v2, _mm256_set1_ps(8388736.f));  // 2^23 + 128
   }
 };
 
 template <class P>
 struct SpreadKernel {
   static constexpr int kMaxM = 2;
-  static constexpr int kSteps = 16 / P::kSource;  // steps per 16-byte source load
+  static constexpr int kSteps = P::kLoad / P::kSource;  // steps per source load
   using S = typename P::S;
   struct Table {
     alignas(32) uint8_t ctl[256][32];
@@ -228,7 +250,8 @@ struct SpreadKernel {
   static const Table& table() {
     static const Table t = [] {
       Table out;
-      std::memset(out.ctl, 0x80, sizeof(out.ctl));
+      for (auto& row : out.ctl)
+        for (int q = 0; q < 8; ++q) std::memcpy(row + 4 * q, P::kPruned, 4);
       const int value = P::kSource / 4;
       for (int m = 0; m < 256; ++m)
         for (int g = 0; g < 2; ++g)
@@ -246,7 +269,7 @@ struct SpreadKernel {
     constexpr int kAcc = MR == 1 ? 2 : 1;  // one x row: alternate two sums (FMA latency)
     const Table& tab = table();
     const int64_t row_bytes = a.k / 2 * int64_t{sizeof(S)}, mbytes = meta_bytes(a.k);
-    const int64_t steps = mbytes, loads = row_bytes / 16;
+    const int64_t steps = mbytes, loads = row_bytes / P::kLoad;
     const uint8_t* v[NR];
     const uint8_t* mrow[NR];
     for (int r = 0; r < NR; ++r) {
@@ -267,7 +290,7 @@ struct SpreadKernel {
       for (int i = 0; i < MR; ++i) xs[i] = _mm256_loadu_ps(x[i] + 8 * t);
       for (int r = 0; r < NR; ++r) {
         __m256i c = _mm256_load_si256(reinterpret_cast<const __m256i*>(tab.ctl[mrow[r][t]]));
-        if (u) c = _mm256_add_epi8(c, _mm256_set1_epi8(static_cast<char>(u * P::kSource)));
+        if (u) c = _mm256_add_epi8(c, P::step_offset(u));
         const __m256 w = P::widen(_mm256_shuffle_epi8(src[r], c));
         for (int i = 0; i < MR; ++i) acc[r][i][u % kAcc] = _mm256_fmadd_ps(w, xs[i], acc[r][i][u % kAcc]);
       }
@@ -278,17 +301,18 @@ struct SpreadKernel {
     for (int64_t l = 0; l < loads; ++l) {
       __m256i src[NR];
       for (int r = 0; r < NR; ++r) {
-        if (ahead && l % 4 == 0) _mm_prefetch(reinterpret_cast<const char*>(v[r] + NR * row_bytes + 16 * l), _MM_HINT_T0);
-        src[r] = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v[r] + 16 * l)));
+        if (ahead && (P::kLoad * l) % 64 == 0)
+          _mm_prefetch(reinterpret_cast<const char*>(v[r] + NR * row_bytes + P::kLoad * l), _MM_HINT_T0);
+        src[r] = P::source(v[r] + P::kLoad * l);
       }
       for (int u = 0; u < kSteps; ++u) step(src, l * kSteps + u, u);
     }
-    if (loads * kSteps < steps) {  // the row's last bytes (< 16), zero-padded
+    if (loads * kSteps < steps) {  // the row's last bytes (< kLoad), zero-padded
       __m256i src[NR];
       for (int r = 0; r < NR; ++r) {
         alignas(16) uint8_t buf[16] = {};
-        std::memcpy(buf, v[r] + 16 * loads, row_bytes - 16 * loads);
-        src[r] = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(buf)));
+        std::memcpy(buf, v[r] + P::kLoad * loads, row_bytes - P::kLoad * loads);
+        src[r] = P::source(buf);
       }
       for (int u = 0; loads * kSteps + u < steps; ++u) step(src, loads * kSteps + u, u);
     }
