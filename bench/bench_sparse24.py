@@ -34,7 +34,7 @@ import torch
 import llmkern
 from llmkern.apps import benchmark as B
 from llmkern.cpu import int8 as cpu_int8
-from llmkern.cpu.sparse24 import SPARSE_MAX_ROWS
+from llmkern.cpu.sparse24 import SPARSE_MAX_ROWS, isa_family
 from llmkern.nn import Sparse24Linear
 
 MINILM = ((384, 384), (384, 1536), (1536, 384))
@@ -226,7 +226,7 @@ def main() -> None:
     print(B.header())
     print("\n".join(goals(rows)))
     meta = {"read_bandwidth_gbs": round(read_bw, 2),
-            "sparse_max_rows": {str(k): v for k, v in SPARSE_MAX_ROWS.items()}}  # fmt: skip
+            "sparse_max_rows": {str(k): v for k, v in SPARSE_MAX_ROWS[isa_family()].items()}}  # fmt: skip
     B.write_json(rows, args.json, meta)
 
 

@@ -18,33 +18,59 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from llmkern import _ext
 from llmkern.backends import register, weight_key
 from llmkern.ops.sparse24 import decompress_24_ref
 
 # Largest number of x rows (tokens) for which the 2:4 kernel beats the dense path on CPU, per
-# weight form (None: float values) and x dtype; above it the dense form runs. Measured with
-# bench/bench_sparse24.py (2 threads, AMD EPYC with AVX-512) on K x N = 4096x4096 and MiniLM's
-# 384x1536 and 1536x384: fp32 2:4 vs torch's fp32 GEMM 1.0-1.14x at M = 64, 0.81-0.95x at
-# M = 128 on all three; bf16 2:4 vs oneDNN's bf16 GEMM wins at M <= 4 (torch's bf16 path is slow
-# there) and is 0.8-1.0x at M = 8; int8 weight-only 2:4 beat llmkern's dense int8 kernel up to
-# M = 8-16 (parity at 64); W8A8 2:4 up to M = 4 (0.9x at 8).
+# ISA family (the C++ kernels differ), weight form (None: float values) and x dtype; above it the
+# dense form runs. Measured with bench/bench_sparse24.py and side-by-side op timings, 2 threads.
 SPARSE_MAX_ROWS = {
-    (None, torch.float32): 64,
-    (None, torch.bfloat16): 4,
-    (None, torch.float16): 1024,  # torch's fp16 CPU GEMM: 2:4 measured 3.0-3.7x at M = 16-256
-    ("w8", torch.float32): 16,
-    ("w8", torch.bfloat16): 16,
-    ("w8", torch.float16): 16,
-    ("w8a8", None): 4,
+    # AMD EPYC with AVX-512, on 4096x4096 and MiniLM's 384x1536 and 1536x384: fp32 2:4 vs
+    # torch's fp32 GEMM 1.0-1.14x at M = 64, 0.81-0.95x at M = 128 on all three; bf16 2:4 vs
+    # oneDNN's bf16 GEMM wins at M <= 4 (torch's bf16 path is slow there) and is 0.8-1.0x at
+    # M = 8; int8 weight-only 2:4 beat llmkern's dense int8 kernel up to M = 8-16 (parity at
+    # 64); W8A8 2:4 up to M = 4 (0.9x at 8).
+    "avx512": {
+        (None, torch.float32): 64,
+        (None, torch.bfloat16): 4,
+        (None, torch.float16): 1024,  # torch's fp16 CPU GEMM: 2:4 measured 3.0-3.7x at M = 16-256
+        ("w8", torch.float32): 16,
+        ("w8", torch.bfloat16): 16,
+        ("w8", torch.float16): 16,
+        ("w8a8", None): 4,
+    },
+    # AMD EPYC Zen 1 (AVX2, no AVX-512), 2048x2048: fp32 2:4 1.32x torch's GEMM at M = 32, 0.79x
+    # at 64; bf16 2:4 2.9-3.5x torch's bf16 GEMM (no native bf16 there) at every M from 4 to
+    # 256. The int8 2:4 kernels lose to llmkern's dense ones at every M: weight-only 0.46-0.67x
+    # (the spread kernel converts as many lanes as the dense one), W8A8 0.17-0.26x (AVX2's int32
+    # multiply), so int8 2:4 weights run dense here unless a module asks otherwise.
+    "avx2": {
+        (None, torch.float32): 32,
+        (None, torch.bfloat16): None,
+        (None, torch.float16): 1024,
+        ("w8", torch.float32): 0,
+        ("w8", torch.bfloat16): 0,
+        ("w8", torch.float16): 0,
+        ("w8a8", None): 0,
+    },
 }
+
+
+def isa_family() -> str:
+    """The SPARSE_MAX_ROWS table the C++ kernels in use follow ("avx512" or "avx2"; the
+    scalar kernels, slower than either, use the AVX2 one)."""
+    isa = _ext._C.active_isa() if _ext.available() else "scalar"
+    return "avx512" if isa.startswith("avx512") else "avx2"
 
 
 def dense_row_limit(form: str | None, dtype: torch.dtype, max_rows: int | None = -1) -> int | None:
     """Most x rows the 2:4 kernel runs for weight form ``form`` (None, "w8", "w8a8") and x
-    dtype; None: always. ``max_rows`` is a module's own setting, -1 for the measured default."""
+    dtype on this machine's ISA; None: always. ``max_rows`` is a module's own setting, -1 for
+    the measured default."""
     if max_rows != -1:
         return max_rows
-    return SPARSE_MAX_ROWS.get((form, None if form == "w8a8" else dtype))
+    return SPARSE_MAX_ROWS[isa_family()].get((form, None if form == "w8a8" else dtype))
 
 
 def _goes_dense(x, form, prepared) -> bool:

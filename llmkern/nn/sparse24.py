@@ -19,8 +19,8 @@ Execution: the forward is one op call through ``llmkern.backends.run`` (``sparse
 ``sparse24_w8_matmul`` or ``sparse24_w8a8_linear``), handing the backend the layer's
 :class:`~llmkern.backends.Prepared` forms of its weight. 2:4 pays off when reading the weight
 dominates (small batch, decoding); for many rows of x the dense GEMM wins, so on CPU, when x has
-more than :attr:`max_sparse_rows` rows (-1, the default: the crossovers measured per form and
-dtype, ``llmkern.cpu.sparse24.SPARSE_MAX_ROWS``), the backend multiplies with a dense copy of
+more than :attr:`max_sparse_rows` rows (-1, the default: the crossovers measured per ISA family,
+form and dtype, ``llmkern.cpu.sparse24.SPARSE_MAX_ROWS``; on AVX2 the int8 forms always go dense), the backend multiplies with a dense copy of
 the weight, built on first use into those forms (not saved; it costs the dense weight's memory,
 so set ``max_sparse_rows = None`` to never use it). On CUDA the prepared form is the weight in
 the tensor cores' mma.sp layout.
