@@ -257,6 +257,10 @@ class Sparse24Linear(NoTorchScript, nn.Module):
             )
         if x.dtype not in FLOAT_DTYPES:
             raise TypeError(f"x must be float32/bfloat16/float16, got {x.dtype}")
+        if x.device != self.values.device:
+            raise ValueError(
+                f"input is on {x.device} but the layer's weights are on {self.values.device}"
+            )
         if not self.int8 and x.dtype != self.values.dtype:
             raise TypeError(
                 f"x has dtype {x.dtype} but the layer's weight is {self.values.dtype}; "
