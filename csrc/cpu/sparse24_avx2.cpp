@@ -192,27 +192,24 @@ struct Kernel {
 // read per `source`, which puts them in both 128-bit lanes), `lane` (the 4 control bytes that
 // put the value at source byte `at` into a dense lane), kPruned (those of a pruned lane),
 // `step_offset` (what moves a control to the u-th step of a source) and `widen` (lanes -> fp32).
-struct Bf16Spread {
-  using S = uint16_t;
-  static constexpr int kSource = 8, kLoad = 16;
-  static void lane(uint8_t* d, int at) { d[0] = d[1] = 0x80, d[2] = at, d[3] = at + 1; }  // top half
-  static constexpr uint8_t kPruned[4] = {0x80, 0x80, 0x80, 0x80};  // zero
+// Float values: 16-byte sources, pruned lanes zero, lanes already fp32 bit patterns.
+template <int Source>
+struct FloatSource {
+  static constexpr int kSource = Source, kLoad = 16;
+  static constexpr uint8_t kPruned[4] = {0x80, 0x80, 0x80, 0x80};
   static __m256i step_offset(int u) { return _mm256_set1_epi8(static_cast<char>(u * kSource)); }
   static __m256i source(const uint8_t* p) {
     return _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   }
   static __m256 widen(__m256i v) { return _mm256_castsi256_ps(v); }
 };
-struct F32Spread {
+struct Bf16Spread : FloatSource<8> {
+  using S = uint16_t;
+  static void lane(uint8_t* d, int at) { d[0] = d[1] = 0x80, d[2] = at, d[3] = at + 1; }  // top half
+};
+struct F32Spread : FloatSource<16> {
   using S = float;
-  static constexpr int kSource = 16, kLoad = 16;
   static void lane(uint8_t* d, int at) { d[0] = at, d[1] = at + 1, d[2] = at + 2, d[3] = at + 3; }
-  static constexpr uint8_t kPruned[4] = {0x80, 0x80, 0x80, 0x80};  // zero
-  static __m256i step_offset(int u) { return _mm256_set1_epi8(static_cast<char>(u * kSource)); }
-  static __m256i source(const uint8_t* p) {
-    return _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  }
-  static __m256 widen(__m256i v) { return _mm256_castsi256_ps(v); }
 };
 struct I8Spread {
   using S = int8_t;
