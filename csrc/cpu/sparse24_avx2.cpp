@@ -1,9 +1,9 @@
 // AVX2 2:4 kernels. Finite float x: SpreadKernel spreads each row's kept values to dense lanes
-// with a table-driven vpshufb and multiplies contiguous x (fp32, bf16 and int8 values; fp16
-// values take Kernel, since cvtph2ps wants packed halves). Kernel, which multiplies kept values
-// only, serves the rest: int x, fp16 values, and x with NaN/inf (pruned weights are never
-// multiplied by it, the ops' contract). It picks x per kept value; AVX2 has no two-source permute, so each half chunk (4 groups: 16 x
-// columns, 8 kept values) picks from two x vectors with one index vector and blends: float
+// with a table-driven vpshufb and multiplies contiguous x (fp32, bf16 and int8 values). Kernel
+// multiplies kept values only and serves the rest: int x, fp16 values (cvtph2ps wants packed
+// halves) and x with NaN/inf (pruned weights are never multiplied by it, the ops' contract).
+// Kernel picks x per kept value; AVX2 has no two-source permute, so each half chunk (4 groups:
+// 16 x columns, 8 kept values) picks from two x vectors with one index vector and blends: float
 // lanes with in-lane vpermilps from lane-arranged x (FloatLanes::load_x), int lanes with vpermd
 // from the low and high 8 columns.
 #pragma GCC target("avx2,fma,f16c")
@@ -182,7 +182,6 @@ struct Kernel {
   }
 };
 
-
 // Float kernel without x permutes: each step of a weight row (2 groups: 8 columns, 4 kept
 // values) is spread to its 8 dense lanes by one vpshufb whose control comes from a 256-entry
 // table indexed by the step's meta byte, and multiplied with 8 contiguous x columns. That
@@ -324,18 +323,23 @@ struct SpreadKernel {
 
 }  // namespace
 
+namespace {
+// The spread kernel for finite x, Kernel (kept values only) otherwise.
+template <class Spread, class Values>
+void spread_or_kept(const Args& a, int64_t n0, int64_t n1) {
+  if (a.x_finite)
+    run_rows<SpreadKernel<Spread>>(a, n0, n1);
+  else
+    run_rows<Kernel<FloatLanes<Values>>>(a, n0, n1);
+}
+}  // namespace
+
 void float_rows_avx2(ValueType vt, const Args& a, int64_t n0, int64_t n1) {
   switch (vt) {
-    case ValueType::F32:
-      a.x_finite ? run_rows<SpreadKernel<F32Spread>>(a, n0, n1) : run_rows<Kernel<FloatLanes<F32Values>>>(a, n0, n1);
-      break;
-    case ValueType::BF16:
-      a.x_finite ? run_rows<SpreadKernel<Bf16Spread>>(a, n0, n1) : run_rows<Kernel<FloatLanes<Bf16Values>>>(a, n0, n1);
-      break;
-    case ValueType::F16: run_rows<Kernel<FloatLanes<F16Values>>>(a, n0, n1); break;  // cvtph2ps
-    case ValueType::I8:
-      a.x_finite ? run_rows<SpreadKernel<I8Spread>>(a, n0, n1) : run_rows<Kernel<FloatLanes<I8Values>>>(a, n0, n1);
-      break;
+    case ValueType::F32: spread_or_kept<F32Spread, F32Values>(a, n0, n1); break;
+    case ValueType::BF16: spread_or_kept<Bf16Spread, Bf16Values>(a, n0, n1); break;
+    case ValueType::F16: run_rows<Kernel<FloatLanes<F16Values>>>(a, n0, n1); break;
+    case ValueType::I8: spread_or_kept<I8Spread, I8Values>(a, n0, n1); break;
   }
 }
 

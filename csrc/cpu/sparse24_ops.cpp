@@ -34,12 +34,8 @@ bool copy_rows(const at::Tensor& x, float* out, int64_t ld) {
   uint32_t bad = 0;  // an all-ones exponent: NaN or inf
   for (int64_t i = 0; i < m; ++i) {
     float* o = out + i * ld;
-    if (s1 == 1) {
-      for (int64_t j = 0; j < k; ++j) o[j] = to_float(p[i * s0 + j]);
-    } else {
-      for (int64_t j = 0; j < k; ++j) o[j] = to_float(p[i * s0 + j * s1]);
-    }
     for (int64_t j = 0; j < k; ++j) {
+      o[j] = to_float(p[i * s0 + j * s1]);
       uint32_t bits;
       std::memcpy(&bits, o + j, 4);
       bad |= (bits & 0x7f800000u) == 0x7f800000u;
