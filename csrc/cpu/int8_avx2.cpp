@@ -235,6 +235,23 @@ struct W8a8Sign {
   }
 };
 
+// Weight-only epilogue: rows [m, m + MR) x the tile's channels, + bias, cast to out_dtype.
+// Per-channel weight scales are already in acc.
+template <int MR, int NV>
+void w8_store(const W8Args& a, int64_t m, int64_t p, int64_t v0, const __m256 (&acc)[MR][2 * NV]) {
+  _Pragma("GCC unroll 32")
+  for (int r = 0; r < MR; ++r)
+    _Pragma("GCC unroll 32")
+    for (int v = 0; v < 2 * NV; ++v) {
+      const int64_t n0 = p * kPanel + v0 * 16 + v * 8;
+      if (n0 >= a.n) continue;
+      const int64_t count = std::min<int64_t>(8, a.n - n0);
+      __m256 out = acc[r][v];
+      if (a.bias) out = _mm256_add_ps(out, load_f32(a.bias + n0, count));
+      store8(a.out, a.out_dtype, (m + r) * a.ld_out + n0, out, count);
+    }
+}
+
 // Weight-only micro-kernel: rows [m, m + MR) x 16-channel vectors [v0, v0 + NV) of panel p.
 // Products are summed unscaled within a scale group and scaled once per group; with per-channel
 // scales (one group) that is once, in the epilogue, so the inner loop is convert + FMA.
@@ -268,17 +285,7 @@ struct W8Kernel {
         }
       }
     }
-    _Pragma("GCC unroll 32")
-    for (int r = 0; r < MR; ++r)
-      _Pragma("GCC unroll 32")
-      for (int v = 0; v < 2 * NV; ++v) {
-        const int64_t n0 = p * kPanel + v0 * 16 + v * 8;
-        if (n0 >= a.n) continue;
-        const int64_t count = std::min<int64_t>(8, a.n - n0);
-        __m256 out = acc[r][v];
-        if (a.bias) out = _mm256_add_ps(out, load_f32(a.bias + n0, count));
-        store8(a.out, a.out_dtype, (m + r) * a.ld_out + n0, out, count);
-      }
+    w8_store<MR, NV>(a, m, p, v0, acc);
   }
 
   static void zero(__m256 (&acc)[MR][2 * NV]) {
@@ -309,8 +316,121 @@ struct W8Kernel {
 };
 template <int MR, int NV>
 using W8PerChannel = W8Kernel<MR, NV, false>;
+
+// Weight-only with x rounded to int16 per kW8XBlock columns (W8Args::xq): per k pair, one
+// vpmaddwd multiplies 8 channels' weights at k and k + 1 by x[k], x[k + 1] into int32, which a
+// block holds exactly (|sum| < 2^29); each block is then scaled into float once. Rows k and
+// k + 1 of a panel are interleaved by one unpack per 8 channels, so the packed layout stays the
+// float kernels'. Per weight that is half the float kernel's work: its int8 -> fp32 convert has
+// one port on AMD Zen 1 (5.3 -> 8-9 GB/s of weights a core from memory, measured).
+template <int MR, int NV>
+struct W8Int16 {
+  static void run(const W8Args& a, int64_t m, int64_t p, int64_t width, int64_t v0) {
+    const int8_t* b = a.w + p * kPanel * a.k + v0 * 16;
+    const int64_t blocks = (a.k + kW8XBlock - 1) / kW8XBlock;
+    const int16_t* xq[MR];
+    for (int r = 0; r < MR; ++r) xq[r] = a.xq + (m + r) * a.xq_ld;
+    // Float sums live in memory, touched once a block: the int32 ones need all 16 registers.
+    alignas(32) float sums[MR][2 * NV][8] = {};
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      const int64_t k0 = blk * kW8XBlock, k1 = std::min(a.k, k0 + kW8XBlock);
+      __m256i part[MR][2 * NV];
+      _Pragma("GCC unroll 32")
+      for (int r = 0; r < MR; ++r)
+        _Pragma("GCC unroll 32")
+        for (int v = 0; v < 2 * NV; ++v) part[r][v] = _mm256_setzero_si256();
+      int64_t k = k0;
+      for (; k + 1 < k1; k += 2) {
+        _mm_prefetch(reinterpret_cast<const char*>(b + (k + 16) * width), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(b + (k + 17) * width), _MM_HINT_T0);
+        pair(xq, b + k * width, b + (k + 1) * width, k, part);
+      }
+      if (k < k1) {  // odd K: the last column pairs with a zero weight row (x there is 0)
+        alignas(16) static const int8_t zeros[64] = {};
+        pair(xq, b + k * width, zeros, k, part);
+      }
+      for (int r = 0; r < MR; ++r) {
+        const __m256 xs = _mm256_set1_ps(a.xq_scale[(m + r) * blocks + blk]);
+        for (int v = 0; v < 2 * NV; ++v)
+          _mm256_store_ps(sums[r][v], _mm256_fmadd_ps(_mm256_cvtepi32_ps(part[r][v]), xs,
+                                                       _mm256_load_ps(sums[r][v])));
+      }
+    }
+    const float* s = a.scales + p * kPanel + v0 * 16;  // one group: per-channel scales
+    __m256 acc[MR][2 * NV];
+    _Pragma("GCC unroll 32")
+    for (int v = 0; v < 2 * NV; ++v) {
+      const __m256 sv = _mm256_loadu_ps(s + v * 8);
+      _Pragma("GCC unroll 32")
+      for (int r = 0; r < MR; ++r) acc[r][v] = _mm256_mul_ps(_mm256_load_ps(sums[r][v]), sv);
+    }
+    w8_store<MR, NV>(a, m, p, v0, acc);
+  }
+
+  // part += the int16 x pair at column k times weight rows w0 (k) and w1 (k + 1).
+  static void pair(const int16_t* const (&xq)[MR], const int8_t* w0, const int8_t* w1, int64_t k,
+                   __m256i (&part)[MR][2 * NV]) {
+    __m256i xr[MR];
+    _Pragma("GCC unroll 32")
+    for (int r = 0; r < MR; ++r) {
+      int32_t two;
+      std::memcpy(&two, xq[r] + k, 4);
+      xr[r] = _mm256_set1_epi32(two);
+    }
+    _Pragma("GCC unroll 32")
+    for (int v = 0; v < NV; ++v) {
+      const __m128i r0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w0 + v * 16));
+      const __m128i r1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w1 + v * 16));
+      const __m256i lo = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(r0, r1));  // channels 0-7
+      const __m256i hi = _mm256_cvtepi8_epi16(_mm_unpackhi_epi8(r0, r1));  // channels 8-15
+      _Pragma("GCC unroll 32")
+      for (int r = 0; r < MR; ++r) {
+        part[r][2 * v] = _mm256_add_epi32(part[r][2 * v], _mm256_madd_epi16(lo, xr[r]));
+        part[r][2 * v + 1] = _mm256_add_epi32(part[r][2 * v + 1], _mm256_madd_epi16(hi, xr[r]));
+      }
+    }
+  }
+};
 template <int MR, int NV>
 using W8Grouped = W8Kernel<MR, NV, true>;
+
+template <DType D>
+bool round_row_int16(const void* x, int64_t row, int64_t ld_x, int64_t k, int16_t* q, float* scale) {
+  const int64_t blocks = (k + kW8XBlock - 1) / kW8XBlock;
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t c0 = blk * kW8XBlock, c1 = std::min(k, c0 + kW8XBlock);
+    __m256i mx = _mm256_setzero_si256();  // max |x| bits: NaN and inf compare above finite
+    for (int64_t c = c0; c < c1; c += 8) {
+      const __m256 v = load8<D>(x, row * ld_x + c, c1 - c);
+      mx = _mm256_max_epu32(mx, _mm256_and_si256(_mm256_castps_si256(v), _mm256_set1_epi32(0x7fffffff)));
+    }
+    alignas(32) uint32_t lanes[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), mx);
+    uint32_t bits = 0;
+    for (uint32_t l : lanes) bits = std::max(bits, l);
+    float absmax;
+    std::memcpy(&absmax, &bits, 4);
+    if (bits >= 0x7f800000u || (absmax > 0.f && absmax < 0x1p-100f)) return false;
+    int e = 0;
+    std::frexp(absmax, &e);
+    scale[blk] = std::ldexp(1.f, e - 15);
+    const __m256 inv = _mm256_set1_ps(std::ldexp(1.f, 15 - e));
+    const __m256 lo = _mm256_set1_ps(-32767.f), hi = _mm256_set1_ps(32767.f);
+    for (int64_t c = c0; c < c1; c += 8) {
+      const __m256 v = _mm256_round_ps(_mm256_mul_ps(load8<D>(x, row * ld_x + c, c1 - c), inv), kRne);
+      const __m256i qi = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v, lo), hi));
+      const __m128i q16 = _mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packs_epi32(qi, qi), 0xd8));
+      if (c1 - c >= 8) {
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(q + c), q16);
+      } else {
+        alignas(16) int16_t tmp[8];
+        _mm_store_si128(reinterpret_cast<__m128i*>(tmp), q16);
+        std::memcpy(q + c, tmp, (c1 - c) * 2);
+      }
+    }
+  }
+  return true;
+}
 
 }  // namespace
 
@@ -352,6 +472,15 @@ void w8a8_tile_avx2(const W8a8Args& a, int64_t m0, int64_t m1, int64_t p0, int64
 }
 
 void w8_tile_avx2(const W8Args& a, int64_t m0, int64_t m1, int64_t p0, int64_t p1) {
+  if (a.xq) {
+    if (m1 - m0 == 1)
+      run_tiles<1, 4, W8Int16>(a, m0, m1, p0, p1);
+    else if (m1 - m0 == 2)
+      run_tiles<2, 2, W8Int16>(a, m0, m1, p0, p1);
+    else
+      run_tiles<2, 2, W8Int16>(a, m0, m1, p0, p1);
+    return;
+  }
   // Grouped kernels hold accumulators twice (per group and total), so their tiles are smaller.
   if (a.groups > 1 && m1 - m0 == 1)
     run_tiles<1, 2, W8Grouped>(a, m0, m1, p0, p1);
@@ -364,6 +493,24 @@ void w8_tile_avx2(const W8Args& a, int64_t m0, int64_t m1, int64_t p0, int64_t p
   else  // 8 rows x 16 channels: 8 FMAs per converted weight vector (9.5 -> 13 GMAC/s a core
         // at M = 8 on AMD Zen 1, where one port converts and 2 x 32 channels waited on it)
     run_tiles<8, 1, W8PerChannel>(a, m0, m1, p0, p1);
+}
+
+bool round_x_int16_avx2(const void* x, DType dtype, int64_t ld_x, int64_t m, int64_t k, int16_t* q,
+                        int64_t ld_q, float* scale) {
+  const int64_t blocks = (k + kW8XBlock - 1) / kW8XBlock;
+  for (int64_t r = 0; r < m; ++r) {
+    int16_t* qr = q + r * ld_q;
+    float* sr = scale + r * blocks;
+    bool ok = false;
+    switch (dtype) {
+      case DType::F32: ok = round_row_int16<DType::F32>(x, r, ld_x, k, qr, sr); break;
+      case DType::BF16: ok = round_row_int16<DType::BF16>(x, r, ld_x, k, qr, sr); break;
+      case DType::F16: ok = round_row_int16<DType::F16>(x, r, ld_x, k, qr, sr); break;
+    }
+    if (!ok) return false;
+    std::fill(qr + k, qr + ld_q, int16_t{0});
+  }
+  return true;
 }
 
 }  // namespace llmkern::int8

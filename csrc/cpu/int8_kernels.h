@@ -119,6 +119,9 @@ struct W8a8Args {
 //   x[m, k] at x[((m / x_rows) * k_total + k) * x_rows + m % x_rows]   (rows past M are 0)
 // Row tiles start at multiples of x_rows and micro-kernels never cross a block.
 constexpr int64_t kMaxXRows = 8;
+// Columns per int16 x block of the rounded weight-only path: even (k pairs never straddle two
+// blocks) and small enough that a block's int32 sums stay exact: 128 * 128 * 32767 < 2^31.
+constexpr int64_t kW8XBlock = 128;
 inline int64_t x_block_rows(int64_t m) { return m < kMaxXRows ? m : kMaxXRows; }
 struct W8Args {
   const float* x;
@@ -134,6 +137,11 @@ struct W8Args {
   void* out;
   DType out_dtype;
   int64_t ld_out;
+  // x rounded to int16 (AVX2, per-channel scales, few rows; see round_x_int16_avx2), else null:
+  // row r at xq + r * xq_ld (xq_ld even, zero past K), x ~ xq * xq_scale[r * blocks + k / kW8XBlock].
+  const int16_t* xq = nullptr;
+  const float* xq_scale = nullptr;
+  int64_t xq_ld = 0;
 };
 
 // Micro-kernel table: entry (mr - 1) * MaxNV + (nv - 1) is Kernel<mr, nv>::run.
@@ -167,6 +175,14 @@ void run_tiles(const Args& a, int64_t m0, int64_t m1, int64_t p0, int64_t p1) {
   void w8a8_tile_##isa(const W8a8Args& args, int64_t m0, int64_t m1, int64_t p0, \
                        int64_t p1);                                                  \
   void w8_tile_##isa(const W8Args& args, int64_t m0, int64_t m1, int64_t p0, int64_t p1);
+
+// x [m, k] (rows ld_x apart, unit column stride) rounded for W8Int16 into q (rows ld_q apart,
+// zero past k) and scale [m, blocks]: per row and kW8XBlock columns, q = round(x / s) clamped to
+// +-32767 with s = 2^(e - 15), e the block's absmax exponent (absmax < 2^e). So |x - q s| <=
+// 2^-14 absmax, and bf16 x within 2^7 of its block's absmax is exact. False when a block is not
+// finite or its absmax is below 2^-100 (s would underflow): the float kernels take those calls.
+bool round_x_int16_avx2(const void* x, DType dtype, int64_t ld_x, int64_t m, int64_t k, int16_t* q,
+                        int64_t ld_q, float* scale);
 
 LLMKERN_INT8_DECLARE(scalar)
 LLMKERN_INT8_DECLARE(avx2)

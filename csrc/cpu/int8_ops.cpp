@@ -255,6 +255,9 @@ at::Tensor w8a8_linear_op(const at::Tensor& x, const at::Tensor& packed, const a
   return w8a8_run(isa, act, scale, w_scale, bias, packed, h, x.scalar_type());
 }
 
+// Rows up to which AVX2 weight-only with per-channel scales rounds x to int16 (W8Int16).
+constexpr int64_t kW8Int16Rows = 4;
+
 // `packed`: the weight from int8_pack_w8, which holds the scales: w_scale and group_size are only
 // checked against it (the CUDA kernel of this op reads them).
 at::Tensor w8_linear_op(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& w_scale,
@@ -268,6 +271,41 @@ at::Tensor w8_linear_op(const at::Tensor& x, const at::Tensor& packed, const at:
               " groups of ", h.n, " scales)");
   const Isa isa = active_isa();
   const int64_t m = x.size(0), k = h.k;
+  at::Tensor b;
+  if (bias.has_value()) {
+    check_vector(*bias, h.n, "bias");
+    b = float_vector(*bias);
+  }
+  at::Tensor out = at::empty({m, h.n}, x.options());
+  const uint8_t* base = packed.data_ptr<uint8_t>();
+  W8Args a{nullptr,
+           0,
+           m,
+           h.n,
+           h.k,
+           reinterpret_cast<const int8_t*>(base + kHeaderBytes),
+           reinterpret_cast<const float*>(base + h.aux_offset),
+           h.group_size,
+           h.groups,
+           b.defined() ? b.data_ptr<float>() : nullptr,
+           out.data_ptr(),
+           dtype_of(x.scalar_type()),
+           h.n};
+  if (isa == Isa::Avx2 && h.groups == 1 && m <= kW8Int16Rows) {
+    const int64_t ld = round_up(k, 2), blocks = (k + kW8XBlock - 1) / kW8XBlock;
+    const at::Tensor xc = x.contiguous();
+    at::Tensor xq = at::empty({m * ld}, x.options().dtype(at::kShort));
+    at::Tensor xs = at::empty({m * blocks}, x.options().dtype(at::kFloat));
+    const bool rounded = round_x_int16_avx2(xc.data_ptr(), dtype_of(x.scalar_type()), k, m, k,
+                                            xq.data_ptr<int16_t>(), ld, xs.data_ptr<float>());
+    if (rounded) {
+      a.xq = xq.data_ptr<int16_t>();
+      a.xq_scale = xs.data_ptr<float>();
+      a.xq_ld = ld;
+      for_each_tile(m, h.n, h.k, [&](int64_t m0, int64_t m1, int64_t p) { w8_tile(isa, a, m0, m1, p); });
+      return out;
+    }
+  }
   // float32 copy of x in the kernels' row-block layout (see W8Args).
   const int64_t rows = x_block_rows(m), blocks = (m + rows - 1) / rows;
   at::Tensor xb = at::empty({blocks * rows * k}, x.options().dtype(at::kFloat));
@@ -285,26 +323,8 @@ at::Tensor w8_linear_op(const at::Tensor& x, const at::Tensor& packed, const at:
         }
     });
   });
-  at::Tensor b;
-  if (bias.has_value()) {
-    check_vector(*bias, h.n, "bias");
-    b = float_vector(*bias);
-  }
-  at::Tensor out = at::empty({m, h.n}, x.options());
-  const uint8_t* base = packed.data_ptr<uint8_t>();
-  const W8Args a{xb.data_ptr<float>(),
-                 rows,
-                 m,
-                 h.n,
-                 h.k,
-                 reinterpret_cast<const int8_t*>(base + kHeaderBytes),
-                 reinterpret_cast<const float*>(base + h.aux_offset),
-                 h.group_size,
-                 h.groups,
-                 b.defined() ? b.data_ptr<float>() : nullptr,
-                 out.data_ptr(),
-                 dtype_of(x.scalar_type()),
-                 h.n};
+  a.x = xb.data_ptr<float>();
+  a.x_rows = rows;
   for_each_tile(m, h.n, h.k, [&](int64_t m0, int64_t m1, int64_t p) { w8_tile(isa, a, m0, m1, p); });
   return out;
 }

@@ -9,7 +9,8 @@ modules prepare it once, see llmkern.backends.prepare); the canonical ``w8a8_mat
 
 Kernel choice by shape: weight-only calls with more than :data:`W8_GEMM_ROWS` rows of x are
 compute-bound, and torch's GEMM on the weight dequantised for the call beats the weight-only
-kernel (fp32 FMA) there.
+kernel (fp32 FMA) there. At the other end, decode-sized calls (:data:`W8_INT16_ROWS`) on the
+AVX2 kernels round x to int16 (:func:`round_x_int16`), see docs/numerics.md.
 """
 
 from __future__ import annotations
@@ -27,6 +28,55 @@ from llmkern.ops.int8 import dequantize_weight
 # from M = 512. fp16 keeps the kernel (torch's fp16 CPU GEMM is slow). The bf16 GEMM rounds
 # the dequantised weight to bf16 (relative 2^-9).
 W8_GEMM_ROWS = {torch.float32: 1024, torch.bfloat16: 256}
+
+
+# Weight-only calls with at most this many rows and per-channel scales, on the AVX2 kernels,
+# multiply int16 x by the int8 weights (vpmaddwd) instead of converting every weight to fp32:
+# 1.2-1.5x at M = 1-2 and 1.1-1.2x at M = 3-4 on AMD Zen 1, where the convert has one port.
+# x is rounded per W8_X_BLOCK columns first (round_x_int16). Mirrors kW8Int16Rows and kW8XBlock
+# in csrc/cpu (tests/cpu/test_int8.py checks the boundary).
+W8_INT16_ROWS = 4
+W8_X_BLOCK = 128
+
+
+def w8_rounds_x(x: torch.Tensor, group_size: int) -> bool:
+    """Whether the cpu weight-only kernels round this ``x`` to int16 (and so follow
+    :func:`round_x_int16`): AVX2 kernels, one scale per channel (``group_size`` 0 or >= K), at
+    most W8_INT16_ROWS rows, and
+    every block finite with absmax 0 or at least 2^-100 (else the fp32 kernels run)."""
+    if not _ext.available() or _ext._C.active_isa() != "avx2":
+        return False
+    if 0 < group_size < x.shape[1]:  # more than one scale group along K
+        return False
+    if x.shape[0] > W8_INT16_ROWS:
+        return False
+    absmax = _blocks(x.float()).abs().amax(-1)
+    return bool(torch.isfinite(absmax).all() and ((absmax == 0) | (absmax >= 2.0**-100)).all())
+
+
+def _blocks(x: torch.Tensor) -> torch.Tensor:
+    """[M, K] -> [M, ceil(K / W8_X_BLOCK), W8_X_BLOCK], zero-padded."""
+    return F.pad(x, (0, -x.shape[1] % W8_X_BLOCK)).view(x.shape[0], -1, W8_X_BLOCK)
+
+
+def round_x_int16(x: torch.Tensor) -> torch.Tensor:
+    """x as the int16 weight-only kernels see it, in float32: per row and W8_X_BLOCK columns,
+    ``q * s`` with ``s = 2^(e - 15)`` (the block's absmax < 2^e) and ``q = round_half_even(x / s)``
+    clamped to +-32767. So ``|x - q s| <= 2^-14 absmax``; bf16 x within 2^7 of its block's absmax
+    is exact."""
+    blocks = _blocks(x.float())
+    _, e = torch.frexp(blocks.abs().amax(-1, keepdim=True))
+    s = torch.ldexp(torch.ones_like(blocks[..., :1]), e - 15)
+    q = torch.round(blocks / s).clamp(-32767, 32767)
+    return (q * s).view(x.shape[0], -1)[:, : x.shape[1]]
+
+
+def x_rounding_bound(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """float64 [M, N] bound on what round_x_int16 changes in ``x @ w.T``: 2^-14 of each block's
+    absmax times |w| summed over the block's columns."""
+    absmax = _blocks(x.double()).abs().amax(-1, keepdim=True)
+    per_col = absmax.expand(-1, -1, W8_X_BLOCK).reshape(x.shape[0], -1)[:, : x.shape[1]]
+    return 2.0**-14 * (per_col @ w.double().abs().T)
 
 
 def w8_uses_gemm(x: torch.Tensor) -> bool:

@@ -5,12 +5,14 @@ Tolerances: quantisation and the W8A8 int32 accumulation are exact. The W8A8 epi
 the reference's float32 operations in the reference's order, so it is allowed 2 ulp of the
 output dtype (it is in practice bit-exact). Weight-only sums float32 products in another order
 than the reference's matmul: 1e-5 of the output's magnitude for float32 outputs, plus one
-rounding step of bf16 / fp16 outputs.
+rounding step of bf16 / fp16 outputs, against the reference on x as the kernel sees it (rounded
+to int16 at few rows on AVX2, llmkern.cpu.int8.round_x_int16).
 """
 
 import pytest
 import torch
 
+from llmkern.cpu import int8 as cpu_int8
 from llmkern.ops import int8 as ops
 
 CPU = {"backend": "cpu"}
@@ -165,6 +167,12 @@ def test_w8a8_linear_static_scale_saturates_beyond_int32(cpu_isa):
     assert out[0, 0].item() == pytest.approx(254e-12)  # q = [127, 127, 0, 0]
 
 
+def _w8_want(x, w_q, w_scale, b, group_size):
+    """The reference on x as the kernels see it: rounded to int16 at few rows on AVX2."""
+    xr = cpu_int8.round_x_int16(x).to(x.dtype) if cpu_int8.w8_rounds_x(x, group_size) else x
+    return ops.w8_matmul_ref(xr, w_q, w_scale, b, group_size)
+
+
 def _assert_w8_close(out, want):
     assert out.dtype == want.dtype
     tol = 1e-5 * float(want.float().abs().max())
@@ -179,7 +187,7 @@ def test_w8_matmul(cpu_isa, m, k, n, dtype, group_size):
     w_q, w_scale = ops.quantize_weight(torch.randn(n, k), group_size)
     b = torch.randn(n)
     out = ops.w8_matmul(x, w_q, w_scale, b, group_size, **CPU)
-    _assert_w8_close(out, ops.w8_matmul_ref(x, w_q, w_scale, b, group_size))
+    _assert_w8_close(out, _w8_want(x, w_q, w_scale, b, group_size))
 
 
 @pytest.mark.parametrize("group_size", [0, 16])
@@ -189,9 +197,69 @@ def test_w8_linear_packed_and_noncontiguous(cpu_isa, group_size):
     x = torch.randn(11, 80)
     w_q, w_scale = ops.quantize_weight(torch.randn(33, 80), group_size)
     packed = pack_w8(w_q, w_scale, group_size)
-    want = ops.w8_matmul_ref(x, w_q, w_scale, None, group_size)
+    want = _w8_want(x, w_q, w_scale, None, group_size)
     for xx in (x, _noncontiguous(x)):
         _assert_w8_close(ops.w8_linear(xx, w_q, w_scale, None, group_size, packed, **CPU), want)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_w8_int16_rounding_rows(cpu_isa, dtype):
+    """Up to W8_INT16_ROWS rows the AVX2 weight-only kernel computes on round_x_int16(x), one
+    row more it does not, and no other ISA rounds: csrc and llmkern.cpu.int8 agree. Each block
+    holds one large value whose weights are 0, so rounding moves the output by ~1e-3 relative,
+    far beyond the comparison's 1e-5."""
+    k, n = 300, 24
+    w_q, w_scale = ops.quantize_weight(torch.randn(n, k))
+    w_q[:, :: cpu_int8.W8_X_BLOCK] = 0
+    for m in (1, cpu_int8.W8_INT16_ROWS, cpu_int8.W8_INT16_ROWS + 1):
+        x = torch.randn(m, k)
+        x[:, :: cpu_int8.W8_X_BLOCK] = 500.0
+        x = x.to(dtype)
+        rounds = cpu_isa == "avx2" and m <= cpu_int8.W8_INT16_ROWS
+        assert cpu_int8.w8_rounds_x(x, 0) == rounds
+        out = ops.w8_matmul(x, w_q, w_scale, None, 0, **CPU)
+        exact = ops.w8_matmul_ref(x, w_q, w_scale, None, 0)
+        rounded = ops.w8_matmul_ref(cpu_int8.round_x_int16(x).to(dtype), w_q, w_scale, None, 0)
+        _assert_w8_close(out, rounded if rounds else exact)
+        with pytest.raises(AssertionError):
+            _assert_w8_close(out, exact if rounds else rounded)
+
+
+def test_w8_int16_rounding_rule():
+    """round_x_int16 against the rule written out: power-of-two block scales, half-even, bf16
+    exact within 2^7 of its block's absmax, error <= 2^-14 absmax."""
+    x = torch.randn(3, 300) * torch.logspace(-3, 3, 300)
+    xr = cpu_int8.round_x_int16(x)
+    for blk in range(3):
+        cols = slice(blk * 128, (blk + 1) * 128)
+        absmax = x[:, cols].abs().amax(1, keepdim=True)
+        assert ((xr[:, cols] - x[:, cols]).abs() <= 2.0**-14 * absmax).all()
+    assert torch.equal(cpu_int8.round_x_int16(torch.tensor([[3 * 2.0**-16, 1.0, -0.5]])),
+                       torch.tensor([[4 * 2.0**-16, 1.0, -0.5]]))  # fmt: skip
+    near = torch.tensor([[1.0, 2.0**-7, -1.9921875, 0.0]]).to(torch.bfloat16)
+    assert torch.equal(cpu_int8.round_x_int16(near), near.float())
+    assert torch.equal(cpu_int8.round_x_int16(torch.zeros(1, 5)), torch.zeros(1, 5))
+
+
+@pytest.mark.parametrize("case", ["nan", "inf", "tiny block"])
+def test_w8_int16_path_leaves_special_rows_to_float(cpu_isa, case):
+    """x the int16 rounding cannot carry (non-finite, or a block below 2^-100 whose scale would
+    underflow) runs the fp32 kernel: NaN where the reference has NaN, tiny values kept."""
+    k, n = 200, 20
+    x = torch.randn(2, k)
+    if case == "tiny block":
+        x[1] *= 1e-35
+    else:
+        x[1, 150] = float(case)
+    w_q, w_scale = ops.quantize_weight(torch.randn(n, k))
+    assert not cpu_int8.w8_rounds_x(x, 0)
+    out = ops.w8_matmul(x, w_q, w_scale, None, 0, **CPU)
+    want = ops.w8_matmul_ref(x, w_q, w_scale, None, 0)
+    assert torch.equal(torch.isnan(out), torch.isnan(want))
+    for row in range(2):
+        if not torch.isnan(want[row]).any():
+            atol = 1e-5 * float(want[row].abs().max())
+            torch.testing.assert_close(out[row], want[row], rtol=1e-5, atol=atol)
 
 
 # ---------------------------------------------------------------------------------------------

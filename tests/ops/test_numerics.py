@@ -166,6 +166,26 @@ def test_float_gemm_error_bound(op, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_w8_int16_rounding_error_bound(dtype):
+    """Weight-only at few rows on the AVX2 kernels (x rounded to int16 per block): the float
+    bound above on the rounded x plus 2^-14 of each block's absmax times |W| (docs/numerics.md).
+    x spans 6 decades, so small values lose bits to their block's largest."""
+    from llmkern.cpu import int8 as cpu_int8
+
+    if "cpu" not in cpu_backends("w8_matmul"):
+        pytest.skip("llmkern._C is not built")
+    m, n, k = cpu_int8.W8_INT16_ROWS, 17, 700
+    x = (torch.randn(m, k) * torch.logspace(-3, 3, k)).to(dtype)
+    wq = torch.randint(-128, 128, (n, k), dtype=torch.int8)
+    ws = torch.rand(n) / 127
+    w = wq.double() * ws.double()[:, None]
+    out = llmkern.w8_matmul(x, wq, ws, backend="cpu")
+    float_part = (k + 2) * U32 + U_OUT[dtype]
+    bound = float_part * _absdot(x, w) + (1 + float_part) * cpu_int8.x_rounding_bound(x, w)
+    assert ((out.double() - x.double() @ w.T).abs() <= bound).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_w8a8_linear_quantisation_error_bound(dtype):
     """End to end (quantise x per token, W per channel, int8 GEMM) vs the float product:
     |y_q - x W^T| <= s_x/2 |W|_1 + s_w/2 |x|_1 + K s_x s_w / 4 (+ rounding), per element."""
