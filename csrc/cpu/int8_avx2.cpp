@@ -327,6 +327,7 @@ template <int MR, int NV>
 struct W8Int16 {
   static void run(const W8Args& a, int64_t m, int64_t p, int64_t width, int64_t v0) {
     const int8_t* b = a.w + p * kPanel * a.k + v0 * 16;
+    const float* s = a.scales + p * kPanel * a.groups + v0 * 16;  // [groups][width]
     const int64_t blocks = (a.k + kW8XBlock - 1) / kW8XBlock;
     const int16_t* xq[MR];
     for (int r = 0; r < MR; ++r) xq[r] = a.xq + (m + r) * a.xq_ld;
@@ -349,18 +350,22 @@ struct W8Int16 {
         alignas(16) static const int8_t zeros[64] = {};
         pair(xq, b + k * width, zeros, k, part);
       }
-      for (int r = 0; r < MR; ++r) {
-        const __m256 xs = _mm256_set1_ps(a.xq_scale[(m + r) * blocks + blk]);
-        for (int v = 0; v < 2 * NV; ++v)
+      // Scale groups are whole blocks (w8_int16_fits): a block's weight scales are one group's,
+      // applied here when there are several, at the end when one.
+      const float* gs = s + (a.groups > 1 ? k0 / a.group_size * width : 0);
+      for (int v = 0; v < 2 * NV; ++v) {
+        const __m256 sv = a.groups > 1 ? _mm256_loadu_ps(gs + v * 8) : _mm256_set1_ps(1.f);
+        for (int r = 0; r < MR; ++r) {
+          const __m256 xs = _mm256_mul_ps(_mm256_set1_ps(a.xq_scale[(m + r) * blocks + blk]), sv);
           _mm256_store_ps(sums[r][v], _mm256_fmadd_ps(_mm256_cvtepi32_ps(part[r][v]), xs,
                                                        _mm256_load_ps(sums[r][v])));
+        }
       }
     }
-    const float* s = a.scales + p * kPanel + v0 * 16;  // one group: per-channel scales
     __m256 acc[MR][2 * NV];
     _Pragma("GCC unroll 32")
     for (int v = 0; v < 2 * NV; ++v) {
-      const __m256 sv = _mm256_loadu_ps(s + v * 8);
+      const __m256 sv = a.groups > 1 ? _mm256_set1_ps(1.f) : _mm256_loadu_ps(s + v * 8);
       _Pragma("GCC unroll 32")
       for (int r = 0; r < MR; ++r) acc[r][v] = _mm256_mul_ps(_mm256_load_ps(sums[r][v]), sv);
     }

@@ -137,7 +137,7 @@ struct W8Args {
   void* out;
   DType out_dtype;
   int64_t ld_out;
-  // x rounded to int16 (AVX2, per-channel scales, few rows; see round_x_int16_avx2), else null:
+  // x rounded to int16 (AVX2, few rows, scale groups of whole blocks; round_x_int16_avx2), or null:
   // row r at xq + r * xq_ld (xq_ld even, zero past K), x ~ xq * xq_scale[r * blocks + k / kW8XBlock].
   const int16_t* xq = nullptr;
   const float* xq_scale = nullptr;

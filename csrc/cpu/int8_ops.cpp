@@ -255,8 +255,12 @@ at::Tensor w8a8_linear_op(const at::Tensor& x, const at::Tensor& packed, const a
   return w8a8_run(isa, act, scale, w_scale, bias, packed, h, x.scalar_type());
 }
 
-// Rows up to which AVX2 weight-only with per-channel scales rounds x to int16 (W8Int16).
+// Rows up to which AVX2 weight-only rounds x to int16 (W8Int16), for one scale per channel or
+// scale groups of whole x blocks (a block's int32 sums then share one weight scale).
 constexpr int64_t kW8Int16Rows = 4;
+bool w8_int16_fits(const PackedHeader& h, int64_t m) {
+  return m <= kW8Int16Rows && (h.groups == 1 || h.group_size % kW8XBlock == 0);
+}
 
 // `packed`: the weight from int8_pack_w8, which holds the scales: w_scale and group_size are only
 // checked against it (the CUDA kernel of this op reads them).
@@ -291,7 +295,7 @@ at::Tensor w8_linear_op(const at::Tensor& x, const at::Tensor& packed, const at:
            out.data_ptr(),
            dtype_of(x.scalar_type()),
            h.n};
-  if (isa == Isa::Avx2 && h.groups == 1 && m <= kW8Int16Rows) {
+  if (isa == Isa::Avx2 && w8_int16_fits(h, m)) {
     const int64_t ld = round_up(k, 2), blocks = (k + kW8XBlock - 1) / kW8XBlock;
     const at::Tensor xc = x.contiguous();
     at::Tensor xq = at::empty({m * ld}, x.options().dtype(at::kShort));

@@ -179,9 +179,9 @@ def _assert_w8_close(out, want):
     torch.testing.assert_close(out.float(), want.float(), rtol=2 * EPS[out.dtype], atol=tol)
 
 
-@pytest.mark.parametrize("m,k,n", GEMM_SHAPES + [(16, 64, 48), (3, 40, 200)])
+@pytest.mark.parametrize("m,k,n", GEMM_SHAPES + [(16, 64, 48), (3, 40, 200), (3, 300, 40)])
 @pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize("group_size", [0, 7, 32])
+@pytest.mark.parametrize("group_size", [0, 7, 32, 128])
 def test_w8_matmul(cpu_isa, m, k, n, dtype, group_size):
     x = torch.randn(m, k).to(dtype)
     w_q, w_scale = ops.quantize_weight(torch.randn(n, k), group_size)
@@ -203,23 +203,25 @@ def test_w8_linear_packed_and_noncontiguous(cpu_isa, group_size):
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
-def test_w8_int16_rounding_rows(cpu_isa, dtype):
+@pytest.mark.parametrize("group_size", [0, 128, 64])
+def test_w8_int16_rounding_rows(cpu_isa, dtype, group_size):
     """Up to W8_INT16_ROWS rows the AVX2 weight-only kernel computes on round_x_int16(x), one
-    row more it does not, and no other ISA rounds: csrc and llmkern.cpu.int8 agree. Each block
-    holds one large value whose weights are 0, so rounding moves the output by ~1e-3 relative,
-    far beyond the comparison's 1e-5."""
+    row more it does not, and no other ISA rounds, nor scale groups that split a block: csrc
+    and llmkern.cpu.int8 agree. Each block holds one large value whose weights are 0, so
+    rounding moves the output by ~1e-3 relative, far beyond the comparison's 1e-5."""
     k, n = 300, 24
-    w_q, w_scale = ops.quantize_weight(torch.randn(n, k))
+    w_q, w_scale = ops.quantize_weight(torch.randn(n, k), group_size)
     w_q[:, :: cpu_int8.W8_X_BLOCK] = 0
     for m in (1, cpu_int8.W8_INT16_ROWS, cpu_int8.W8_INT16_ROWS + 1):
         x = torch.randn(m, k)
         x[:, :: cpu_int8.W8_X_BLOCK] = 500.0
         x = x.to(dtype)
-        rounds = cpu_isa == "avx2" and m <= cpu_int8.W8_INT16_ROWS
-        assert cpu_int8.w8_rounds_x(x, 0) == rounds
-        out = ops.w8_matmul(x, w_q, w_scale, None, 0, **CPU)
-        exact = ops.w8_matmul_ref(x, w_q, w_scale, None, 0)
-        rounded = ops.w8_matmul_ref(cpu_int8.round_x_int16(x).to(dtype), w_q, w_scale, None, 0)
+        rounds = cpu_isa == "avx2" and m <= cpu_int8.W8_INT16_ROWS and group_size != 64
+        assert cpu_int8.w8_rounds_x(x, group_size) == rounds
+        out = ops.w8_matmul(x, w_q, w_scale, None, group_size, **CPU)
+        exact = ops.w8_matmul_ref(x, w_q, w_scale, None, group_size)
+        xr = cpu_int8.round_x_int16(x).to(dtype)
+        rounded = ops.w8_matmul_ref(xr, w_q, w_scale, None, group_size)
         _assert_w8_close(out, rounded if rounds else exact)
         with pytest.raises(AssertionError):
             _assert_w8_close(out, exact if rounds else rounded)

@@ -190,7 +190,7 @@ def w8_body(data, backend, small, sparse=False):
     k = 4 * dim(data, "k/4", small, 40) if sparse else dim(data, "k", small, 300)
     dtype = data.draw(st.sampled_from(FLOATS), label="dtype")
     rng = data.draw(st.sampled_from(RANGES), label="range")
-    group = 0 if sparse else data.draw(st.sampled_from((0, 1, 5, 16, 32, 512)), label="group")
+    group = 0 if sparse else data.draw(st.sampled_from((0, 1, 5, 16, 32, 128, 512)), label="group")
     x = lay(values(g, (m, k), dtype, rng), layout(data, "x_layout"))
     wq = int8_tensor(g, (n, k))
     groups = -(-k // group) if group else 0
