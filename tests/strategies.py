@@ -191,6 +191,16 @@ def matmul_bound(x, w, bias, k, out_dtype):
     return (2 * (k + 2) * U[F32] + 2 * U[out_dtype]) * absdot + TINY[out_dtype]
 
 
+def w8_rounding_bound(x, w, group_size):
+    """Twice what the cpu weight-only kernels' int16 rounding of x can add to a product with
+    dequantised weight w (docs/numerics.md); 0 for calls they do not round."""
+    from llmkern.cpu import int8 as cpu_int8
+
+    if not cpu_int8.w8_rounds_x(x, group_size):
+        return 0
+    return 2 * cpu_int8.x_rounding_bound(x, w)
+
+
 def assert_within(got, want, bound, what):
     """Same NaN pattern, same infinities, finite entries within ``bound``."""
     assert got.shape == want.shape, what

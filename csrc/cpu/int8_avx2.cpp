@@ -71,18 +71,26 @@ void store8(void* base, DType dtype, int64_t i, __m256 v, int64_t count) {
 // 8 floats from p, only the first `count` read.
 __m256 load_f32(const float* p, int64_t count) { return load8<DType::F32>(p, 0, count); }
 
+// Bits of max |x| over elements [i, i + count) of x: as unsigned integers NaN and inf compare
+// above every finite value, so bits >= 0x7f800000 means a non-finite element.
 template <DType D>
-void quantize_row(const QuantizeArgs& a, int64_t r) {
-  const int64_t base = r * a.ld_x;
+uint32_t absmax_bits(const void* x, int64_t i, int64_t count) {
   __m256i mx = _mm256_setzero_si256();
-  for (int64_t c = 0; c < a.k; c += 8) {
-    const __m256 v = load8<D>(a.x, base + c, a.k - c);
+  for (int64_t c = 0; c < count; c += 8) {
+    const __m256 v = load8<D>(x, i + c, count - c);
     mx = _mm256_max_epu32(mx, _mm256_and_si256(_mm256_castps_si256(v), _mm256_set1_epi32(0x7fffffff)));
   }
   alignas(32) uint32_t lanes[8];
   _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), mx);
-  uint32_t maxbits = 0;
-  for (uint32_t l : lanes) maxbits = std::max(maxbits, l);
+  uint32_t bits = 0;
+  for (uint32_t l : lanes) bits = std::max(bits, l);
+  return bits;
+}
+
+template <DType D>
+void quantize_row(const QuantizeArgs& a, int64_t r) {
+  const int64_t base = r * a.ld_x;
+  const uint32_t maxbits = absmax_bits<D>(a.x, base, a.k);
   const bool finite = maxbits < 0x7f800000u;
   float absmax;
   std::memcpy(&absmax, &maxbits, 4);
@@ -236,7 +244,7 @@ struct W8a8Sign {
 };
 
 // Weight-only epilogue: rows [m, m + MR) x the tile's channels, + bias, cast to out_dtype.
-// Per-channel weight scales are already in acc.
+// The weight scales are already in acc.
 template <int MR, int NV>
 void w8_store(const W8Args& a, int64_t m, int64_t p, int64_t v0, const __m256 (&acc)[MR][2 * NV]) {
   _Pragma("GCC unroll 32")
@@ -350,11 +358,11 @@ struct W8Int16 {
         alignas(16) static const int8_t zeros[64] = {};
         pair(xq, b + k * width, zeros, k, part);
       }
-      // Scale groups are whole blocks (w8_int16_fits): a block's weight scales are one group's,
-      // applied here when there are several, at the end when one.
-      const float* gs = s + (a.groups > 1 ? k0 / a.group_size * width : 0);
+      // Scale groups are whole blocks (w8_int16_fits), so a block's weight scales are one
+      // group's (group 0 with per-channel scales, whose group_size is K).
+      const float* gs = s + k0 / a.group_size * width;
       for (int v = 0; v < 2 * NV; ++v) {
-        const __m256 sv = a.groups > 1 ? _mm256_loadu_ps(gs + v * 8) : _mm256_set1_ps(1.f);
+        const __m256 sv = _mm256_loadu_ps(gs + v * 8);
         for (int r = 0; r < MR; ++r) {
           const __m256 xs = _mm256_mul_ps(_mm256_set1_ps(a.xq_scale[(m + r) * blocks + blk]), sv);
           _mm256_store_ps(sums[r][v], _mm256_fmadd_ps(_mm256_cvtepi32_ps(part[r][v]), xs,
@@ -364,11 +372,9 @@ struct W8Int16 {
     }
     __m256 acc[MR][2 * NV];
     _Pragma("GCC unroll 32")
-    for (int v = 0; v < 2 * NV; ++v) {
-      const __m256 sv = a.groups > 1 ? _mm256_set1_ps(1.f) : _mm256_loadu_ps(s + v * 8);
+    for (int r = 0; r < MR; ++r)
       _Pragma("GCC unroll 32")
-      for (int r = 0; r < MR; ++r) acc[r][v] = _mm256_mul_ps(_mm256_load_ps(sums[r][v]), sv);
-    }
+      for (int v = 0; v < 2 * NV; ++v) acc[r][v] = _mm256_load_ps(sums[r][v]);
     w8_store<MR, NV>(a, m, p, v0, acc);
   }
 
@@ -404,15 +410,7 @@ bool round_row_int16(const void* x, int64_t row, int64_t ld_x, int64_t k, int16_
   const int64_t blocks = (k + kW8XBlock - 1) / kW8XBlock;
   for (int64_t blk = 0; blk < blocks; ++blk) {
     const int64_t c0 = blk * kW8XBlock, c1 = std::min(k, c0 + kW8XBlock);
-    __m256i mx = _mm256_setzero_si256();  // max |x| bits: NaN and inf compare above finite
-    for (int64_t c = c0; c < c1; c += 8) {
-      const __m256 v = load8<D>(x, row * ld_x + c, c1 - c);
-      mx = _mm256_max_epu32(mx, _mm256_and_si256(_mm256_castps_si256(v), _mm256_set1_epi32(0x7fffffff)));
-    }
-    alignas(32) uint32_t lanes[8];
-    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), mx);
-    uint32_t bits = 0;
-    for (uint32_t l : lanes) bits = std::max(bits, l);
+    const uint32_t bits = absmax_bits<D>(x, row * ld_x + c0, c1 - c0);
     float absmax;
     std::memcpy(&absmax, &bits, 4);
     if (bits >= 0x7f800000u || (absmax > 0.f && absmax < 0x1p-100f)) return false;
@@ -477,11 +475,9 @@ void w8a8_tile_avx2(const W8a8Args& a, int64_t m0, int64_t m1, int64_t p0, int64
 }
 
 void w8_tile_avx2(const W8Args& a, int64_t m0, int64_t m1, int64_t p0, int64_t p1) {
-  if (a.xq) {
+  if (a.xq) {  // one row: whole 64-byte panel rows; more: pairs of rows over 32 channels
     if (m1 - m0 == 1)
       run_tiles<1, 4, W8Int16>(a, m0, m1, p0, p1);
-    else if (m1 - m0 == 2)
-      run_tiles<2, 2, W8Int16>(a, m0, m1, p0, p1);
     else
       run_tiles<2, 2, W8Int16>(a, m0, m1, p0, p1);
     return;

@@ -31,11 +31,11 @@ W8_GEMM_ROWS = {torch.float32: 1024, torch.bfloat16: 256}
 
 
 # Weight-only calls with at most this many rows (scales per channel or per multiple of
-# W8_X_BLOCK columns), on the AVX2 kernels,
-# multiply int16 x by the int8 weights (vpmaddwd) instead of converting every weight to fp32:
-# 1.2-1.5x at M = 1-2 and 1.1-1.2x at M = 3-4 on AMD Zen 1, where the convert has one port.
-# x is rounded per W8_X_BLOCK columns first (round_x_int16). Mirrors kW8Int16Rows and kW8XBlock
-# in csrc/cpu (tests/cpu/test_int8.py checks the boundary).
+# W8_X_BLOCK columns) on the AVX2 kernels multiply int16 x by the int8 weights (vpmaddwd)
+# instead of converting every weight to fp32: 1.2-1.8x at M = 1-2 and 1.0-1.3x at M = 3-4 on
+# AMD Zen 1, where the convert has one port. x is rounded per W8_X_BLOCK columns first
+# (round_x_int16). Mirrors kW8Int16Rows and kW8XBlock in csrc/cpu (tests/cpu/test_int8.py
+# checks the boundary).
 W8_INT16_ROWS = 4
 W8_X_BLOCK = 128
 
@@ -43,8 +43,8 @@ W8_X_BLOCK = 128
 def w8_rounds_x(x: torch.Tensor, group_size: int) -> bool:
     """Whether the cpu weight-only kernels round this ``x`` to int16 (and so follow
     :func:`round_x_int16`): AVX2 kernels, one scale per channel or scale groups of whole
-    W8_X_BLOCK blocks, at most W8_INT16_ROWS rows, and
-    every block finite with absmax 0 or at least 2^-100 (else the fp32 kernels run)."""
+    W8_X_BLOCK blocks, at most W8_INT16_ROWS rows, and every block finite with absmax 0 or at
+    least 2^-100 (else the fp32 kernels run)."""
     if not _ext.available() or _ext._C.active_isa() != "avx2":
         return False
     if 0 < group_size < x.shape[1] and group_size % W8_X_BLOCK:  # groups split x blocks

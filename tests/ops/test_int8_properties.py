@@ -9,7 +9,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import llmkern
-from llmkern.cpu import int8 as cpu_int8
 from llmkern.ops import sparse24 as s24
 from tests.strategies import (
     BF16,
@@ -34,6 +33,7 @@ from tests.strategies import (
     maybe_bias,
     run_examples,
     values,
+    w8_rounding_bound,
     with_backend,
 )
 
@@ -212,8 +212,8 @@ def w8_body(data, backend, small, sparse=False):
         want = llmkern.ops.int8.w8_matmul_ref(x.contiguous(), wq, ws.contiguous(), bias, group)
     assert out.dtype == dtype and out.shape == (m, n)
     bound = matmul_bound(x.double(), w, bias, k, dtype)
-    if backend == "cpu" and cpu_int8.w8_rounds_x(x, group):  # docs/numerics.md, cpu backend
-        bound = bound + 2 * cpu_int8.x_rounding_bound(x, w)
+    if backend == "cpu":
+        bound = bound + w8_rounding_bound(x, w, group)
     assert_within(out, want, bound, "w8_matmul")
 
 

@@ -25,11 +25,11 @@ from torch import nn
 import llmkern
 import llmkern.compress
 import llmkern.nn as lnn
-from llmkern.cpu import int8 as cpu_int8
 from llmkern.ops import int8 as int8_ops
 from llmkern.ops import kd as kd_ops
 from llmkern.ops import sparse24 as s24_ops
 from tests.models import TinyLM
+from tests.strategies import w8_rounding_bound
 
 COVERED: set[str] = set()
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -86,10 +86,7 @@ def _gemm_bound(x, w, bias, k):
 def _w8_bound(x, w, bias, k):
     """_gemm_bound, plus the int16 rounding of x the cpu weight-only kernels apply at few rows
     (docs/numerics.md)."""
-    bound = _gemm_bound(x, w, bias, k)
-    if cpu_int8.w8_rounds_x(x, 0):
-        bound = bound + 2 * cpu_int8.x_rounding_bound(x, w)
-    return bound
+    return _gemm_bound(x, w, bias, k) + w8_rounding_bound(x, w, 0)
 
 
 def case_quantize_per_token(g, m, k):
