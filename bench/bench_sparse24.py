@@ -2,8 +2,8 @@
 
 For each M (rows of x) and weight shape (K, N):
 - fp32, bf16 (and fp16 with --cases): dense ``nn.Linear`` (baseline), the raw 2:4 kernel (``2:4 kernel``), and
-  ``Sparse24Linear`` with its backend selection (``2:4 module``: the kernel up to
-  SPARSE_MAX_ROWS, the dense path above; the ``path`` column says which ran);
+  ``Sparse24Linear`` with its backend selection (``2:4 module``: the 2:4 kernels, or the dense
+  path for the rows in DENSE_ROWS; the ``path`` column says which ran);
 - int8 weight-only with fp32 x: llmkern's dense int8 weight-only kernel (``dense int8 w8``,
   llmkern_C.int8_w8_linear on its packed weight: the baseline), torch's own weight-only kernel
   (``torch int8pack``: torch._weight_int8pack_mm, as torchao/gpt-fast use it; M <= 8 only, its
@@ -34,7 +34,7 @@ import torch
 import llmkern
 from llmkern.apps import benchmark as B
 from llmkern.cpu import int8 as cpu_int8
-from llmkern.cpu.sparse24 import SPARSE_MAX_ROWS, isa_family
+from llmkern.cpu.sparse24 import DENSE_ROWS, isa_family
 from llmkern.nn import Sparse24Linear
 
 MINILM = ((384, 384), (384, 1536), (1536, 384))
@@ -99,8 +99,7 @@ def float_case(m, k, n, dtype, budget):
             for mod in kernel:
                 mod.max_sparse_rows = None
         fns["2:4 kernel"] = lambda i: kernel[i % len(kernel)](x)
-    limit = sparse[0].sparse_limit(dtype)
-    path = "2:4" if limit is None or m <= limit else "dense"
+    path = "dense" if sparse[0].runs_dense(m, dtype) else "2:4"
     weight = {"dense nn.Linear": nbytes(w), "2:4 module": sparse_bytes(sparse[0]),
               "2:4 kernel": sparse_bytes(sparse[0])}  # fmt: skip
     return interleaved(fns, budget, count), {"2:4 module": path}, "dense nn.Linear", weight
@@ -138,8 +137,7 @@ def int8_case(m, k, n, form, budget):
         fns["torch dynamic"] = lambda i: dynamic[i % count](x)
         weight["torch dynamic"] = n * k  # int8, one scale per tensor
     fns[f"2:4 int8 {form}"] = lambda i: sparse[i % count](x)
-    limit = sparse[0].sparse_limit(torch.float32)
-    path = "2:4" if limit is None or m <= limit else "dense"
+    path = "dense" if sparse[0].runs_dense(m, torch.float32) else "2:4"
     return interleaved(fns, budget, count), {f"2:4 int8 {form}": path}, base, weight
 
 
@@ -226,7 +224,7 @@ def main() -> None:
     print(B.header())
     print("\n".join(goals(rows)))
     meta = {"read_bandwidth_gbs": round(read_bw, 2),
-            "sparse_max_rows": {str(k): v for k, v in SPARSE_MAX_ROWS[isa_family()].items()}}  # fmt: skip
+            "dense_rows": {str(k): v for k, v in DENSE_ROWS[isa_family()].items()}}  # fmt: skip
     B.write_json(rows, args.json, meta)
 
 

@@ -46,4 +46,34 @@ void int_rows_avx2(const Args& a, int64_t n0, int64_t n1);
 void int_rows_avx512(const Args& a, int64_t n0, int64_t n1);
 void int_rows_avx512_vnni(const Args& a, int64_t n0, int64_t n1);  // needs AVX512_VBMI too
 
+// Column kernels, for many x rows (compute-bound): x transposed, so that one vector holds 8 rows
+// of one x column and each kept value is broadcast against it; only kept values are multiplied.
+// Tile t holds x rows [64t, 64t + 64) as xt[t * kColumnTile * k + c * w + i] = x[64t + i, c],
+// w = column_tile_width(m, t); rows past m are zero.
+constexpr int64_t kColumnTile = 64;
+// Weight rows that share one x chunk while it is in L1 (a thread's share is a multiple of it).
+constexpr int64_t kColumnRowBlock = 64;
+// Fewest x rows for which the AVX2 glue runs the column kernel rather than the row kernels (on
+// AMD Zen 1 it is 1.5-2.9x the row kernels from 16 rows, about even at 8-12).
+constexpr int64_t kColumnMinRows = 12;
+
+inline int64_t column_tile_width(int64_t m, int64_t t) {
+  const int64_t rows = m - t * kColumnTile < kColumnTile ? m - t * kColumnTile : kColumnTile;
+  return (rows + 7) / 8 * 8;
+}
+
+struct ColumnArgs {
+  const float* xt;  // tiles as above
+  int64_t m;
+  int64_t k;              // multiple of 4
+  const void* values;     // [n, k/2] of the value type, rows contiguous
+  const uint8_t* meta;    // [n, ceil(k/8)], rows contiguous
+  float* raw;             // fp32 [m, ldr]
+  int64_t ldr;
+};
+
+// raw[i, n] = sum_k x[i, k] * W[n, k] for rows n in [n0, n1), every i < m, fp32 sums in
+// column order (int8 values unscaled).
+void float_columns_avx2(ValueType vt, const ColumnArgs& a, int64_t n0, int64_t n1);
+
 }  // namespace llmkern::sparse24

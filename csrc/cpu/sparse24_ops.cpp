@@ -61,6 +61,41 @@ std::pair<at::Tensor, bool> padded_x_f32(const at::Tensor& x) {
   return {out, finite};
 }
 
+// x [M, K] (any strides) -> the column kernels' transposed tiles (sparse24_kernels.h), fp32.
+template <typename Src>
+void copy_tile_columns(const at::Tensor& x, int64_t t, float* d) {
+  const Src* p = x.data_ptr<Src>();
+  const int64_t m = x.size(0), k = x.size(1), s0 = x.stride(0), s1 = x.stride(1);
+  const int64_t m0 = t * kColumnTile, w = column_tile_width(m, t);
+  const int64_t rows = std::min(w, m - m0);
+  constexpr int64_t kBlock = 64;  // columns per pass: the written lines stay in L1
+  for (int64_t c0 = 0; c0 < k; c0 += kBlock) {
+    const int64_t c1 = std::min(k, c0 + kBlock);
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t c = c0; c < c1; ++c) d[c * w + i] = to_float(p[(m0 + i) * s0 + c * s1]);
+    for (int64_t i = rows; i < w; ++i)
+      for (int64_t c = c0; c < c1; ++c) d[c * w + i] = 0.f;
+  }
+}
+
+at::Tensor column_tiles_x(const at::Tensor& x) {
+  const int64_t m = x.size(0), k = x.size(1), tiles = (m + kColumnTile - 1) / kColumnTile;
+  at::Tensor out = at::empty({tiles * kColumnTile * k}, x.options().dtype(at::kFloat));
+  float* o = out.data_ptr<float>();
+  at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      float* d = o + t * kColumnTile * k;
+      switch (x.scalar_type()) {
+        case at::kFloat: copy_tile_columns<float>(x, t, d); break;
+        case at::kBFloat16: copy_tile_columns<at::BFloat16>(x, t, d); break;
+        case at::kHalf: copy_tile_columns<at::Half>(x, t, d); break;
+        default: TORCH_CHECK(false, "float x expected, got ", x.scalar_type());
+      }
+    }
+  });
+  return out;
+}
+
 // int8 x_q [M, K] (any strides) -> contiguous int8 [M, round_up(K, kKPad)], padding zero.
 at::Tensor padded_x_i8(const at::Tensor& x) {
   TORCH_CHECK(x.scalar_type() == at::kChar, "int8 x_q expected");
@@ -163,21 +198,13 @@ at::Tensor sparse24_matmul(const at::Tensor& x, const at::Tensor& values, const 
   const ValueType vt = value_type(values.scalar_type());
   TORCH_CHECK((vt == ValueType::I8) == w_scale.has_value(), "w_scale goes with int8 values only");
   const int64_t m = x.size(0), k = x.size(1), n = values.size(0);
-  const auto [xs, x_finite] = padded_x_f32(x);
   at::Tensor out = at::empty({m, n}, x.options());
   const bool f32_out = x.scalar_type() == at::kFloat;
   at::Tensor raw = f32_out ? out : at::empty({m, n}, x.options().dtype(at::kFloat));
   const std::vector<float> b = vector_f32(bias, n), s = vector_f32(w_scale, n);
-  const Args a{xs.data_ptr(), m, xs.size(1), values.data_ptr(), meta.data_ptr<uint8_t>(), k,
-               raw.data_ptr(), n, n, x_finite};
-  const Isa isa = active_isa();
-  auto kernel = isa >= Isa::Avx512 ? float_rows_avx512
-                : isa == Isa::Avx2 ? float_rows_avx2
-                                   : float_rows_scalar;
   const float* r = raw.data_ptr<float>();
   const Output o(out);
-  parallel_rows(n, m, k, [&](int64_t n0, int64_t n1) {
-    kernel(vt, a, n0, n1);
+  auto epilogue = [&](int64_t n0, int64_t n1) {
     if (f32_out && s.empty() && b.empty()) return;
     for (int64_t i = 0; i < m; ++i)
       for (int64_t j = n0; j < n1; ++j) {
@@ -186,6 +213,29 @@ at::Tensor sparse24_matmul(const at::Tensor& x, const at::Tensor& values, const 
         if (!b.empty()) v += b[j];
         o.store(i * n + j, v);
       }
+  };
+  const Isa isa = active_isa();
+  if (isa == Isa::Avx2 && m >= kColumnMinRows) {
+    const at::Tensor xt = column_tiles_x(x);
+    const ColumnArgs a{xt.data_ptr<float>(), m, k, values.data_ptr(), meta.data_ptr<uint8_t>(),
+                       raw.data_ptr<float>(), n};
+    constexpr int64_t kBlock = kColumnRowBlock;
+    at::parallel_for(0, (n + kBlock - 1) / kBlock, 1, [&](int64_t b0, int64_t b1) {
+      const int64_t n0 = b0 * kBlock, n1 = std::min(n, b1 * kBlock);
+      float_columns_avx2(vt, a, n0, n1);
+      epilogue(n0, n1);
+    });
+    return out;
+  }
+  const auto [xs, x_finite] = padded_x_f32(x);
+  const Args a{xs.data_ptr(), m, xs.size(1), values.data_ptr(), meta.data_ptr<uint8_t>(), k,
+               raw.data_ptr(), n, n, x_finite};
+  auto kernel = isa >= Isa::Avx512 ? float_rows_avx512
+                : isa == Isa::Avx2 ? float_rows_avx2
+                                   : float_rows_scalar;
+  parallel_rows(n, m, k, [&](int64_t n0, int64_t n1) {
+    kernel(vt, a, n0, n1);
+    epilogue(n0, n1);
   });
   return out;
 }

@@ -6,11 +6,13 @@ AVX2 / scalar) is chosen in C++. compress_24 / decompress_24 have no CPU kernel:
 vectorised references are a single pass over the weight and run once per model, not per step.
 
 Kernel choice by shape: 2:4 pays off while reading the weight dominates (small batches,
-decoding). For more rows of x than :func:`dense_row_limit` allows, the dense GEMM wins (torch's
+decoding), and on AVX2 also where the multiply-adds dominate (many rows): the column kernel
+(csrc/cpu/sparse24_columns_avx2.cpp) multiplies kept values only, so half the FMAs of a dense
+GEMM disappear. For the row counts in :data:`DENSE_ROWS` the dense path wins instead (torch's
 BLAS for float weights, llmkern's dense int8 kernels for int8 ones), and the kernels here
-multiply with a dense form of the weight (for finite x: see ``_goes_dense``): kept in the calling module's Prepared forms (built on
-first use, costing the dense weight's memory; a module with ``max_sparse_rows = None`` never
-builds it), or rebuilt per call for a bare op call.
+multiply with a dense form of the weight (for finite x: see ``_goes_dense``): kept in the
+calling module's Prepared forms (built on first use, costing the dense weight's memory; a module
+with ``max_sparse_rows = None`` never builds it), or rebuilt per call for a bare op call.
 """
 
 from __future__ import annotations
@@ -24,61 +26,70 @@ from llmkern import _ext
 from llmkern.backends import register, weight_key
 from llmkern.ops.sparse24 import decompress_24_ref
 
-# Largest number of x rows (tokens) for which the 2:4 kernel beats the dense path on CPU, per
-# ISA family (the C++ kernels differ), weight form (None: float values) and x dtype; above it the
-# dense form runs. Measured with bench/bench_sparse24.py and side-by-side op timings, 2 threads.
-SPARSE_MAX_ROWS = {
+# Rows of x (first, last; None: no end) for which the dense path beats the 2:4 kernels on CPU, per
+# ISA family (the C++ kernels differ), weight form (None: float values) and x dtype; a missing
+# entry: never. Measured with bench/bench_sparse24.py and side-by-side op timings, 2 threads.
+DENSE_ROWS = {
     # AMD EPYC with AVX-512, on 4096x4096 and MiniLM's 384x1536 and 1536x384: fp32 2:4 vs
     # torch's fp32 GEMM 1.0-1.14x at M = 64, 0.81-0.95x at M = 128 on all three; bf16 2:4 vs
     # oneDNN's bf16 GEMM wins at M <= 4 (torch's bf16 path is slow there) and is 0.8-1.0x at
     # M = 8; int8 weight-only 2:4 beat llmkern's dense int8 kernel up to M = 8-16 (parity at
-    # 64); W8A8 2:4 up to M = 4 (0.9x at 8).
+    # 64); W8A8 2:4 up to M = 4 (0.9x at 8). (The AVX2 column kernel was not measured there.)
     "avx512": {
-        (None, torch.float32): 64,
-        (None, torch.bfloat16): 4,
-        (None, torch.float16): 1024,  # torch's fp16 CPU GEMM: 2:4 measured 3.0-3.7x at M = 16-256
-        ("w8", torch.float32): 16,
-        ("w8", torch.bfloat16): 16,
-        ("w8", torch.float16): 16,
-        ("w8a8", None): 4,
+        (None, torch.float32): (65, None),
+        (None, torch.bfloat16): (5, None),
+        (None, torch.float16): (1025, None),  # torch's fp16 CPU GEMM: 2:4 3.0-3.7x at M = 16-256
+        ("w8", torch.float32): (17, None),
+        ("w8", torch.bfloat16): (17, None),
+        ("w8", torch.float16): (17, None),
+        ("w8a8", None): (5, None),
     },
-    # AMD EPYC Zen 1 (AVX2, no AVX-512), 2048x2048: fp32 2:4 1.32x torch's GEMM at M = 32, 0.79x
-    # at 64; bf16 2:4 2.9-3.5x torch's bf16 GEMM (no native bf16 there) at every M from 4 to
-    # 256. The int8 2:4 kernels lose to llmkern's dense ones at every M: weight-only 0.46-0.67x
-    # (the spread kernel converts as many lanes as the dense one), W8A8 0.17-0.26x (AVX2's int32
-    # multiply), so int8 2:4 weights run dense here unless a module asks otherwise.
+    # AMD EPYC Zen 1 (AVX2, no AVX-512), 4096x4096, 2048x5632 and 5632x2048: the float 2:4
+    # kernels beat torch's GEMM at every M: the row kernels 1.5-6x at M <= 8, the column kernel
+    # (from 12 rows) 1.5-4x fp32 at M = 12-256 and 1.5-1.8x at M = 512-2048; bf16 2:4 2.9-3.5x
+    # torch's bf16 GEMM (no native bf16 there). int8 weight-only: llmkern's dense kernel wins at
+    # M < 16 (the row kernels convert as many lanes as it does), the column kernel from 16 rows
+    # (1.15x at 16, 2.0x at 64-1024). W8A8 has no column kernel: dense everywhere (AVX2's int32
+    # multiply makes its row kernel 0.17-0.26x the dense one).
     "avx2": {
-        (None, torch.float32): 32,
-        (None, torch.bfloat16): None,
-        (None, torch.float16): 1024,
-        ("w8", torch.float32): 0,
-        ("w8", torch.bfloat16): 0,
-        ("w8", torch.float16): 0,
-        ("w8a8", None): 0,
+        ("w8", torch.float32): (1, 15),
+        ("w8", torch.bfloat16): (1, 15),
+        ("w8", torch.float16): (1, 15),
+        ("w8a8", None): (1, None),
     },
 }
 
 
 def isa_family() -> str:
-    """The SPARSE_MAX_ROWS table the C++ kernels in use follow ("avx512" or "avx2"; the
-    scalar kernels, slower than either, use the AVX2 one)."""
+    """The DENSE_ROWS table the C++ kernels in use follow ("avx512" or "avx2"; the scalar
+    kernels, slower than either, use the AVX2 one)."""
     isa = _ext._C.active_isa() if _ext.available() else "scalar"
     return "avx512" if isa.startswith("avx512") else "avx2"
 
 
-def dense_row_limit(form: str | None, dtype: torch.dtype, max_rows: int | None = -1) -> int | None:
-    """Most x rows the 2:4 kernel runs for weight form ``form`` (None, "w8", "w8a8") and x
-    dtype on this machine's ISA; None: always. ``max_rows`` is a module's own setting, -1 for
-    the measured default."""
+def dense_rows(
+    form: str | None, dtype: torch.dtype, max_rows: int | None = -1
+) -> tuple[int, int | None] | None:
+    """Rows of x (first, last; None: no end) that take the dense path for weight form ``form``
+    (None, "w8", "w8a8") and x dtype on this machine's ISA; None: none. ``max_rows`` is a
+    module's own setting (the 2:4 kernel up to that many rows; None: always), -1 for the
+    measured default."""
+    if max_rows is None:
+        return None
     if max_rows != -1:
-        return max_rows
-    return SPARSE_MAX_ROWS[isa_family()].get((form, None if form == "w8a8" else dtype))
+        return (max_rows + 1, None)
+    return DENSE_ROWS[isa_family()].get((form, None if form == "w8a8" else dtype))
+
+
+def runs_dense(rows: int, form: str | None, dtype: torch.dtype, max_rows: int | None = -1) -> bool:
+    """Whether ``rows`` rows of finite x take the dense path (see :func:`dense_rows`)."""
+    band = dense_rows(form, dtype, max_rows)
+    return band is not None and band[0] <= rows and (band[1] is None or rows <= band[1])
 
 
 def _goes_dense(x, form, prepared) -> bool:
     max_rows = -1 if prepared is None else prepared.settings.get("max_rows", -1)
-    limit = dense_row_limit(form, x.dtype, max_rows)
-    if limit is None or x.shape[0] <= limit:
+    if not runs_dense(x.shape[0], form, x.dtype, max_rows):
         return False
     # A dense product multiplies pruned weights too (0 * inf = NaN): float x with a non-finite
     # value keeps the 2:4 kernel, which honours the ops' contract. (W8A8 quantises such a row

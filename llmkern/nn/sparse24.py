@@ -18,9 +18,9 @@ activation rounding of "w8a8") and a trainable ``bias`` its gradient. Modules pi
 Execution: the forward is one op call through ``llmkern.backends.run`` (``sparse24_matmul``,
 ``sparse24_w8_matmul`` or ``sparse24_w8a8_linear``), handing the backend the layer's
 :class:`~llmkern.backends.Prepared` forms of its weight. 2:4 pays off when reading the weight
-dominates (small batch, decoding); for many rows of x the dense GEMM wins, so on CPU, when x has
-more than :attr:`max_sparse_rows` rows (-1, the default: the crossovers measured per ISA family,
-form and dtype, ``llmkern.cpu.sparse24.SPARSE_MAX_ROWS``; on AVX2 the int8 forms always go dense), the backend multiplies with a dense copy of
+dominates (small batch, decoding); where the dense GEMM wins, on CPU (x with more than
+:attr:`max_sparse_rows` rows; -1, the default: the row counts measured per ISA family, form and
+dtype, ``llmkern.cpu.sparse24.DENSE_ROWS``), the backend multiplies with a dense copy of
 the weight, built on first use into those forms (not saved; it costs the dense weight's memory,
 so set ``max_sparse_rows = None`` to never use it). On CUDA the prepared form is the weight in
 the tensor cores' mma.sp layout.
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmkern.backends import Prepared
-from llmkern.cpu.sparse24 import dense_row_limit
+from llmkern.cpu.sparse24 import runs_dense
 from llmkern.importance import importance_scores
 from llmkern.nn._base import NoTorchScript, needs_input_grad, straight_through
 from llmkern.nn.int8 import keep_float32
@@ -104,8 +104,8 @@ class Sparse24Linear(NoTorchScript, nn.Module):
     @property
     def max_sparse_rows(self) -> int | None:
         """Most rows of x multiplied by the 2:4 kernel on CPU; more go through a dense copy of
-        the weight. -1 (default): the measured crossover for the input's dtype; None: always
-        2:4."""
+        the weight. -1 (default): the measured rule for the input's dtype
+        (``llmkern.cpu.sparse24.DENSE_ROWS``); None: always 2:4."""
         return self._prepared.settings["max_rows"]
 
     @max_sparse_rows.setter
@@ -245,9 +245,9 @@ class Sparse24Linear(NoTorchScript, nn.Module):
     # Forward
     # -----------------------------------------------------------------------------------------
 
-    def sparse_limit(self, dtype: torch.dtype) -> int | None:
-        """Most x rows of ``dtype`` run through the 2:4 kernel on CPU (None: always)."""
-        return dense_row_limit(self.int8, dtype, self.max_sparse_rows)
+    def runs_dense(self, rows: int, dtype: torch.dtype) -> bool:
+        """Whether ``rows`` rows of finite x of ``dtype`` take the dense path on CPU."""
+        return runs_dense(rows, self.int8, dtype, self.max_sparse_rows)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.shape[-1] != self.in_features:

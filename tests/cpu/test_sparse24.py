@@ -13,9 +13,12 @@ CPU = {"backend": "cpu"}
 REF = {"backend": "reference"}
 # (M, N, K): M from 1 up past the 4-row register tile and the 64-row x block; N not a multiple
 # of the 4-row weight tile; K with partial 32- and 128-column chunks (K % 8 == 4 included) and
-# without (64: whole 16-byte value loads only).
+# without (64: whole 16-byte value loads only). From 12 rows AVX2 runs the column kernel: M
+# either side of that, partial 8-row vectors and 64-row tiles, more than one 64-row weight block,
+# partial 64-column chunks.
 SHAPES = [(1, 1, 4), (1, 7, 36), (2, 13, 100), (3, 9, 132), (4, 33, 260), (5, 6, 516),
-          (9, 17, 1028), (1, 130, 2052), (70, 5, 68), (3, 24, 64)]  # fmt: skip
+          (9, 17, 1028), (1, 130, 2052), (70, 5, 68), (3, 24, 64), (11, 3, 64), (12, 70, 260),
+          (130, 9, 388), (64, 130, 128)]  # fmt: skip
 # fp32 outputs differ from the reference by summation order only; bf16/fp16 outputs may differ
 # by one rounding of the fp32 result.
 TOL = {torch.float32: (1e-4, 1e-4), torch.bfloat16: (2e-2, 1e-2), torch.float16: (2e-3, 2e-3)}
@@ -75,8 +78,7 @@ def test_w8_weight_only_matches_reference(cpu_isa, m, n, k, dtype):
     got = llmkern.sparse24_w8_matmul(x, values, meta, w_scale, bias, **CPU)
     assert got.dtype == dtype
     # On the dense path few rows may be rounded to int16 first (docs/numerics.md).
-    limit = cpu_s24.dense_row_limit("w8", dtype)
-    if limit is not None and m > limit and cpu_int8.w8_rounds_x(x, 0):
+    if cpu_s24.runs_dense(m, "w8", dtype) and cpu_int8.w8_rounds_x(x, 0):
         x = cpu_int8.round_x_int16(x).to(dtype)
     close(got, llmkern.sparse24_w8_matmul(x, values, meta, w_scale, bias, **REF), dtype)
 
@@ -98,18 +100,19 @@ def test_non_contiguous_inputs(cpu_isa):
     )
 
 
-def test_nan_propagates_through_kept_positions_only(cpu_isa):
+@pytest.mark.parametrize("m", [3, 40])  # the row and (AVX2) column kernels
+def test_nan_propagates_through_kept_positions_only(cpu_isa, m):
     # The contract (llmkern/ops/sparse24.py): pruned weights are never multiplied, so a NaN/inf
     # in x reaches exactly the outputs whose row keeps that column.
     values, meta = llmkern.compress_24(random_24(6, 64))
     kept = s24.decompress_24_ref(torch.ones_like(values), meta, 64).bool()
-    x = torch.randn(3, 64)
+    x = torch.randn(m, 64)
     x[0, 5] = float("nan")
     x[1, 40] = float("inf")
     got = llmkern.sparse24_matmul(x, values, meta, **CPU)
     assert torch.equal(~torch.isfinite(got[0]), kept[:, 5])
     assert torch.equal(~torch.isfinite(got[1]), kept[:, 40])
-    assert bool(torch.isfinite(got[2]).all())
+    assert bool(torch.isfinite(got[2:]).all())
 
 
 def test_bad_input_is_rejected_before_the_kernel():

@@ -53,7 +53,7 @@ def test_dense_fallback_above_the_threshold_gives_the_same_result():
         assert len(mod._prepared) == 1  # the dense copy, kept by the module
         assert torch.equal(mod(x), dense)
         # The public op applies the same rule (the cpu backend's), without a kept copy.
-        mod.max_sparse_rows = -1  # the default limit (fp32: 64 rows with AVX-512, 32 with AVX2)
+        mod.max_sparse_rows = -1  # the measured rule (fp32: dense from 65 rows with AVX-512)
         x70 = torch.randn(70, 64)
         assert torch.equal(s24.sparse24_matmul(x70, mod.values, mod.meta, mod.bias), mod(x70))
     torch.testing.assert_close(sparse, dense, atol=1e-5, rtol=1e-5)

@@ -1,0 +1,161 @@
+// AVX2 2:4 column kernel for many x rows (layout and dispatch: sparse24_kernels.h). A vector
+// holds 8 x rows of one column; each kept weight value is broadcast and multiplied with the
+// vectors of its column, so the pruned half of the multiply-adds never happens and nothing is
+// permuted. A register tile is one weight row against up to 64 x rows (8 accumulators); each
+// FMA takes its x vector straight from L1, so loads and FMAs run about one to one.
+#pragma GCC target("avx2,fma,f16c")
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "cpu/sparse24_kernels.h"
+
+namespace llmkern::sparse24 {
+namespace {
+
+constexpr int kChunkCols = 64;                // x columns per chunk: 32 kept values, 64 meta bits
+constexpr int kChunkKept = kChunkCols / 2;
+constexpr int64_t kTilesPerBlock = 4;         // x tiles (256 rows) per pass over the weight rows
+
+// The chunk's kept values as fp32: F32 rows are used in place, other types are widened into buf.
+template <ValueType VT>
+const float* chunk_values(const void* values, int64_t at, int count, float* buf) {
+  if constexpr (VT == ValueType::F32) {
+    return static_cast<const float*>(values) + at;
+  } else {
+    int j = 0;
+    for (; j + 8 <= count; j += 8) {
+      __m256 v;
+      if constexpr (VT == ValueType::BF16) {
+        const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(values) + at + j));
+        v = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+      } else if constexpr (VT == ValueType::F16) {
+        v = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(values) + at + j)));
+      } else {
+        const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(static_cast<const int8_t*>(values) + at + j));
+        v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
+      }
+      _mm256_storeu_ps(buf + j, v);
+    }
+    for (; j < count; ++j) {  // a short last chunk
+      if constexpr (VT == ValueType::BF16) {
+        const uint32_t bits = uint32_t{static_cast<const uint16_t*>(values)[at + j]} << 16;
+        std::memcpy(buf + j, &bits, 4);
+      } else if constexpr (VT == ValueType::F16) {
+        buf[j] = _cvtsh_ss(static_cast<const uint16_t*>(values)[at + j]);
+      } else {
+        buf[j] = static_cast<float>(static_cast<const int8_t*>(values)[at + j]);
+      }
+    }
+    return buf;
+  }
+}
+
+// y[0 .. 8R) (+)= sum over the chunk's kept values j of v[j] * x column c(j), where column c
+// of the chunk is xt[c * 8R .. c * 8R + 8R). Count is kChunkKept, or fewer for K's last chunk.
+template <int R, int Count>
+inline void chunk(const float* __restrict xt, const float* __restrict v, uint64_t mw,
+                  float* __restrict y, bool first, int count = Count) {
+  __m256 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(y + 8 * r);
+  auto kept = [&](int j) {
+    const int c = 4 * (j >> 1) + static_cast<int>((mw >> (2 * j)) & 3);
+    const float* xc = xt + c * (8 * R);
+    const __m256 w = _mm256_broadcast_ss(v + j);
+    for (int r = 0; r < R; ++r) acc[r] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xc + 8 * r), acc[r]);
+  };
+  if constexpr (Count > 0) {
+#pragma GCC unroll 32
+    for (int j = 0; j < Count; ++j) kept(j);
+  } else {
+    for (int j = 0; j < count; ++j) kept(j);
+  }
+  for (int r = 0; r < R; ++r) _mm256_storeu_ps(y + 8 * r, acc[r]);
+}
+
+// One x tile (8R rows) against weight rows [n0, n1): y[(n - n0) * 8R + i] = row n's sum for
+// tile row i.
+template <ValueType VT, int R>
+void tile(const ColumnArgs& a, const float* xt, int64_t n0, int64_t n1, float* y) {
+  constexpr int64_t kWidth = 8 * R;
+  constexpr int kValueBytes = VT == ValueType::F32 ? 4 : VT == ValueType::I8 ? 1 : 2;
+  constexpr int64_t kAhead = 2;  // weight rows
+  const int64_t half = a.k / 2, mbytes = meta_bytes(a.k);
+  alignas(32) float buf[kChunkKept];
+  for (int64_t c0 = 0; c0 < a.k; c0 += kChunkCols) {
+    const bool first = c0 == 0;
+    const float* xc = xt + c0 * kWidth;
+    const int count = static_cast<int>(std::min<int64_t>(kChunkCols, a.k - c0) / 2);
+    // The next chunk's x columns into L1, spread over this chunk's weight rows.
+    const char* next = reinterpret_cast<const char*>(xc + kChunkCols * kWidth);
+    const int64_t lines = c0 + kChunkCols < a.k ? kChunkCols * kWidth * 4 / 64 : 0;
+    const int64_t per_row = (lines + (n1 - n0) - 1) / (n1 - n0);
+    for (int64_t n = n0; n < n1; ++n) {
+      for (int64_t l = (n - n0) * per_row, le = std::min(lines, l + per_row); l < le; ++l)
+        _mm_prefetch(next + 64 * l, _MM_HINT_T0);
+      if (n + kAhead < n1) {  // rows are far apart: no hardware prefetcher follows them
+        const char* vn = static_cast<const char*>(a.values) + ((n + kAhead) * half + c0 / 2) * kValueBytes;
+        for (int b = 0; b < kChunkKept * kValueBytes; b += 64) _mm_prefetch(vn + b, _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(a.meta + (n + kAhead) * mbytes + c0 / 8), _MM_HINT_T0);
+      }
+      const uint8_t* mrow = a.meta + n * mbytes + c0 / 8;
+      const float* v = chunk_values<VT>(a.values, n * half + c0 / 2, count, buf);
+      float* yn = y + (n - n0) * kWidth;
+      if (count == kChunkKept) {
+        uint64_t mw;
+        std::memcpy(&mw, mrow, 8);
+        chunk<R, kChunkKept>(xc, v, mw, yn, first);
+      } else {  // K's last chunk: only its own meta bytes exist
+        uint64_t mw = 0;
+        std::memcpy(&mw, mrow, mbytes - c0 / 8);
+        chunk<R, 0>(xc, v, mw, yn, first, count);
+      }
+    }
+  }
+}
+
+template <ValueType VT, int R>
+void tile_into(const ColumnArgs& a, int64_t t, int64_t n0, int64_t n1, float* y) {
+  tile<VT, R>(a, a.xt + t * kColumnTile * a.k, n0, n1, y);
+  const int64_t m0 = t * kColumnTile, rows = std::min<int64_t>(8 * R, a.m - m0);
+  for (int64_t n = n0; n < n1; ++n)
+    for (int64_t i = 0; i < rows; ++i) a.raw[(m0 + i) * a.ldr + n] = y[(n - n0) * 8 * R + i];
+}
+
+template <ValueType VT>
+void run(const ColumnArgs& a, int64_t n0, int64_t n1) {
+  static_assert(kColumnTile == 64, "a full tile is 8 vectors of 8 rows");
+  alignas(32) float y[kColumnRowBlock * kColumnTile];
+  const int64_t tiles = (a.m + kColumnTile - 1) / kColumnTile;
+  for (int64_t t0 = 0; t0 < tiles; t0 += kTilesPerBlock)
+    for (int64_t nb = n0; nb < n1; nb += kColumnRowBlock) {
+      const int64_t ne = std::min(n1, nb + kColumnRowBlock);
+      for (int64_t t = t0; t < std::min(tiles, t0 + kTilesPerBlock); ++t) {
+        switch (column_tile_width(a.m, t) / 8) {
+          case 8: tile_into<VT, 8>(a, t, nb, ne, y); break;
+          case 7: tile_into<VT, 7>(a, t, nb, ne, y); break;
+          case 6: tile_into<VT, 6>(a, t, nb, ne, y); break;
+          case 5: tile_into<VT, 5>(a, t, nb, ne, y); break;
+          case 4: tile_into<VT, 4>(a, t, nb, ne, y); break;
+          case 3: tile_into<VT, 3>(a, t, nb, ne, y); break;
+          case 2: tile_into<VT, 2>(a, t, nb, ne, y); break;
+          default: tile_into<VT, 1>(a, t, nb, ne, y); break;
+        }
+      }
+    }
+}
+
+}  // namespace
+
+void float_columns_avx2(ValueType vt, const ColumnArgs& a, int64_t n0, int64_t n1) {
+  switch (vt) {
+    case ValueType::F32: run<ValueType::F32>(a, n0, n1); break;
+    case ValueType::BF16: run<ValueType::BF16>(a, n0, n1); break;
+    case ValueType::F16: run<ValueType::F16>(a, n0, n1); break;
+    case ValueType::I8: run<ValueType::I8>(a, n0, n1); break;
+  }
+}
+
+}  // namespace llmkern::sparse24
