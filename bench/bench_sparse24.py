@@ -34,7 +34,8 @@ import torch
 import llmkern
 from llmkern.apps import benchmark as B
 from llmkern.cpu import int8 as cpu_int8
-from llmkern.cpu.sparse24 import DENSE_ROWS, isa_family
+from llmkern.cpu import isa_family
+from llmkern.cpu.sparse24 import DENSE_ROWS
 from llmkern.nn import Sparse24Linear
 
 MINILM = ((384, 384), (384, 1536), (1536, 384))

@@ -78,7 +78,8 @@ inline void chunk(const float* __restrict xt, const float* __restrict v, uint64_
 // One x tile (8R rows) against weight rows [n0, n1): y[(n - n0) * 8R + i] = row n's sum for
 // tile row i.
 template <ValueType VT, int R>
-void tile(const ColumnArgs& a, const float* xt, int64_t n0, int64_t n1, float* y) {
+void tile(const ColumnArgs& a, const float* xt, const float* next_xt, int64_t n0, int64_t n1,
+          float* y) {
   constexpr int64_t kWidth = 8 * R;
   constexpr int kValueBytes = VT == ValueType::F32 ? 4 : VT == ValueType::I8 ? 1 : 2;
   constexpr int64_t kAhead = 2;  // weight rows
@@ -88,9 +89,11 @@ void tile(const ColumnArgs& a, const float* xt, int64_t n0, int64_t n1, float* y
     const bool first = c0 == 0;
     const float* xc = xt + c0 * kWidth;
     const int count = static_cast<int>(std::min<int64_t>(kChunkCols, a.k - c0) / 2);
-    // The next chunk's x columns into L1, spread over this chunk's weight rows.
-    const char* next = reinterpret_cast<const char*>(xc + kChunkCols * kWidth);
-    const int64_t lines = c0 + kChunkCols < a.k ? kChunkCols * kWidth * 4 / 64 : 0;
+    // The next chunk's x columns (after the last, the next tile's first) into L1, spread over
+    // this chunk's weight rows.
+    const bool last = c0 + kChunkCols >= a.k;
+    const char* next = reinterpret_cast<const char*>(last ? next_xt : xc + kChunkCols * kWidth);
+    const int64_t lines = next ? kChunkCols * kWidth * 4 / 64 : 0;
     const int64_t per_row = (lines + (n1 - n0) - 1) / (n1 - n0);
     for (int64_t n = n0; n < n1; ++n) {
       for (int64_t l = (n - n0) * per_row, le = std::min(lines, l + per_row); l < le; ++l)
@@ -116,12 +119,40 @@ void tile(const ColumnArgs& a, const float* xt, int64_t n0, int64_t n1, float* y
   }
 }
 
+// dst[i * ldd + j] = src[j * lds + i] for i, j < 8: one 8x8 transpose in registers.
+inline void transpose_8x8(const float* src, int64_t lds, float* dst, int64_t ldd) {
+  __m256 r[8], t[8];
+  for (int j = 0; j < 8; ++j) r[j] = _mm256_loadu_ps(src + j * lds);
+  for (int j = 0; j < 8; j += 2) {
+    t[j] = _mm256_unpacklo_ps(r[j], r[j + 1]);
+    t[j + 1] = _mm256_unpackhi_ps(r[j], r[j + 1]);
+  }
+  for (int j = 0; j < 8; j += 4)
+    for (int h = 0; h < 2; ++h) {
+      r[j + h] = _mm256_shuffle_ps(t[j + h], t[j + h + 2], 0x44);
+      r[j + h + 2] = _mm256_shuffle_ps(t[j + h], t[j + h + 2], 0xEE);
+    }
+  // r[0..3] hold columns 0-3 of rows {0,4}, {2,6}, {1,5}, {3,7}; r[4..7] columns 4-7 of the same.
+  constexpr int kRow[4] = {0, 2, 1, 3};
+  for (int q = 0; q < 4; ++q) {
+    _mm256_storeu_ps(dst + kRow[q] * ldd, _mm256_permute2f128_ps(r[q], r[q + 4], 0x20));
+    _mm256_storeu_ps(dst + (kRow[q] + 4) * ldd, _mm256_permute2f128_ps(r[q], r[q + 4], 0x31));
+  }
+}
+
 template <ValueType VT, int R>
-void tile_into(const ColumnArgs& a, int64_t t, int64_t n0, int64_t n1, float* y) {
-  tile<VT, R>(a, a.xt + t * kColumnTile * a.k, n0, n1, y);
-  const int64_t m0 = t * kColumnTile, rows = std::min<int64_t>(8 * R, a.m - m0);
-  for (int64_t n = n0; n < n1; ++n)
-    for (int64_t i = 0; i < rows; ++i) a.raw[(m0 + i) * a.ldr + n] = y[(n - n0) * 8 * R + i];
+void tile_into(const ColumnArgs& a, int64_t t, const float* next_xt, int64_t n0, int64_t n1,
+               float* y) {
+  constexpr int64_t kWidth = 8 * R;
+  tile<VT, R>(a, a.xt + t * kColumnTile * a.k, next_xt, n0, n1, y);
+  const int64_t m0 = t * kColumnTile, rows = std::min<int64_t>(kWidth, a.m - m0);
+  int64_t n = n0;
+  if (rows == kWidth)
+    for (; n + 8 <= n1; n += 8)
+      for (int64_t i = 0; i < rows; i += 8)
+        transpose_8x8(y + (n - n0) * kWidth + i, kWidth, a.raw + (m0 + i) * a.ldr + n, a.ldr);
+  for (; n < n1; ++n)
+    for (int64_t i = 0; i < rows; ++i) a.raw[(m0 + i) * a.ldr + n] = y[(n - n0) * kWidth + i];
 }
 
 template <ValueType VT>
@@ -132,22 +163,38 @@ void run(const ColumnArgs& a, int64_t n0, int64_t n1) {
   for (int64_t t0 = 0; t0 < tiles; t0 += kTilesPerBlock)
     for (int64_t nb = n0; nb < n1; nb += kColumnRowBlock) {
       const int64_t ne = std::min(n1, nb + kColumnRowBlock);
-      for (int64_t t = t0; t < std::min(tiles, t0 + kTilesPerBlock); ++t) {
+      const int64_t te = std::min(tiles, t0 + kTilesPerBlock);
+      for (int64_t t = t0; t < te; ++t) {
+        const float* next = t + 1 < te ? a.xt + (t + 1) * kColumnTile * a.k : nullptr;
         switch (column_tile_width(a.m, t) / 8) {
-          case 8: tile_into<VT, 8>(a, t, nb, ne, y); break;
-          case 7: tile_into<VT, 7>(a, t, nb, ne, y); break;
-          case 6: tile_into<VT, 6>(a, t, nb, ne, y); break;
-          case 5: tile_into<VT, 5>(a, t, nb, ne, y); break;
-          case 4: tile_into<VT, 4>(a, t, nb, ne, y); break;
-          case 3: tile_into<VT, 3>(a, t, nb, ne, y); break;
-          case 2: tile_into<VT, 2>(a, t, nb, ne, y); break;
-          default: tile_into<VT, 1>(a, t, nb, ne, y); break;
+          case 8: tile_into<VT, 8>(a, t, next, nb, ne, y); break;
+          case 7: tile_into<VT, 7>(a, t, next, nb, ne, y); break;
+          case 6: tile_into<VT, 6>(a, t, next, nb, ne, y); break;
+          case 5: tile_into<VT, 5>(a, t, next, nb, ne, y); break;
+          case 4: tile_into<VT, 4>(a, t, next, nb, ne, y); break;
+          case 3: tile_into<VT, 3>(a, t, next, nb, ne, y); break;
+          case 2: tile_into<VT, 2>(a, t, next, nb, ne, y); break;
+          default: tile_into<VT, 1>(a, t, next, nb, ne, y); break;
         }
       }
     }
 }
 
 }  // namespace
+
+void column_tile_f32_avx2(const float* x, int64_t ldx, int64_t m, int64_t k, int64_t t, float* d) {
+  const int64_t m0 = t * kColumnTile, w = column_tile_width(m, t);
+  const int64_t rows = std::min(w, m - m0);
+  const int64_t full = rows / 8 * 8, k8 = k / 8 * 8;
+  for (int64_t c0 = 0; c0 < k8; c0 += kChunkCols)  // a chunk's columns at a time: they stay in L1
+    for (int64_t i = 0; i < full; i += 8)
+      for (int64_t c = c0; c < std::min(k8, c0 + kChunkCols); c += 8)
+        transpose_8x8(x + (m0 + i) * ldx + c, ldx, d + c * w + i, w);
+  for (int64_t i = 0; i < w; ++i) {
+    const bool real = i < rows;
+    for (int64_t c = i < full ? k8 : 0; c < k; ++c) d[c * w + i] = real ? x[(m0 + i) * ldx + c] : 0.f;
+  }
+}
 
 void float_columns_avx2(ValueType vt, const ColumnArgs& a, int64_t n0, int64_t n1) {
   switch (vt) {

@@ -72,6 +72,9 @@ struct ColumnArgs {
   int64_t ldr;
 };
 
+// Tile t of fp32 x [m, k] (row stride ldx, unit column stride) into d, as above.
+void column_tile_f32_avx2(const float* x, int64_t ldx, int64_t m, int64_t k, int64_t t, float* d);
+
 // raw[i, n] = sum_k x[i, k] * W[n, k] for rows n in [n0, n1), every i < m, fp32 sums in
 // column order (int8 values unscaled).
 void float_columns_avx2(ValueType vt, const ColumnArgs& a, int64_t n0, int64_t n1);

@@ -85,6 +85,10 @@ at::Tensor column_tiles_x(const at::Tensor& x) {
   at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       float* d = o + t * kColumnTile * k;
+      if (x.scalar_type() == at::kFloat && x.stride(1) == 1) {
+        column_tile_f32_avx2(x.data_ptr<float>(), x.stride(0), m, k, t, d);
+        continue;
+      }
       switch (x.scalar_type()) {
         case at::kFloat: copy_tile_columns<float>(x, t, d); break;
         case at::kBFloat16: copy_tile_columns<at::BFloat16>(x, t, d); break;

@@ -20,14 +20,24 @@ import torch.nn.functional as F
 
 from llmkern import _ext
 from llmkern.backends import register, register_prepare
+from llmkern.cpu import isa_family
 from llmkern.ops.int8 import dequantize_weight
 
-# Rows of x above which weight-only products run as torch's GEMM on the dequantised weight.
-# Crossovers measured on the 2-core AVX-512 machine on K x N = 384x384, 384x1536, 1536x384 and
-# 4096x4096: fp32 1.0-1.56x faster from M = 2048 (0.93x on 4096x4096 at M = 1024), bf16 1.2-6x
-# from M = 512. fp16 keeps the kernel (torch's fp16 CPU GEMM is slow). The bf16 GEMM rounds
-# the dequantised weight to bf16 (relative 2^-9).
-W8_GEMM_ROWS = {torch.float32: 1024, torch.bfloat16: 256}
+# Rows of x above which weight-only products run as torch's GEMM on the dequantised weight, and
+# the dtype that GEMM computes in, per ISA family (llmkern.cpu.isa_family) and x dtype; a
+# missing dtype keeps the kernel.
+W8_GEMM_ROWS = {
+    # 2-core AVX-512 machine, K x N = 384x384, 384x1536, 1536x384 and 4096x4096: fp32 1.0-1.56x
+    # faster from M = 2048 (0.93x on 4096x4096 at M = 1024), bf16 1.2-6x from M = 512. fp16
+    # keeps the kernel (torch's fp16 CPU GEMM is slow). The bf16 GEMM rounds the dequantised
+    # weight to bf16 (relative 2^-9).
+    "avx512": {torch.float32: (1024, torch.float32), torch.bfloat16: (256, torch.bfloat16)},
+    # AMD Zen 1 (AVX2): torch's bf16 GEMM has no native bf16 there (2322 ms at M = 512 on
+    # 4096x4096, 6.8x the kernel), so bf16 x is multiplied in fp32 and rounded once: 0.98-1.2x
+    # the kernel at M = 512 on 4096x4096, 384x1536 and 1536x384, 1.2x at M = 2048 (0.5-0.8x at
+    # M = 128-256). fp32 as measured on AVX-512 (1.2x the kernel at M = 2048 on 4096x4096).
+    "avx2": {torch.float32: (1024, torch.float32), torch.bfloat16: (512, torch.float32)},
+}
 
 
 # Weight-only calls with at most this many rows (scales per channel or per multiple of
@@ -81,14 +91,18 @@ def x_rounding_bound(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 def w8_uses_gemm(x: torch.Tensor) -> bool:
-    limit = W8_GEMM_ROWS.get(x.dtype)
-    return limit is not None and x.shape[0] > limit
+    rule = W8_GEMM_ROWS[isa_family()].get(x.dtype)
+    return rule is not None and x.shape[0] > rule[0]
 
 
 def w8_gemm(x, w_q, w_scale, group_size, bias) -> torch.Tensor:
-    """``x @ dequantised(w_q)^T + bias`` with torch's GEMM in x's dtype (see W8_GEMM_ROWS)."""
-    w = dequantize_weight(w_q, w_scale, group_size).to(x.dtype)
-    return F.linear(x, w, None if bias is None else bias.to(x.dtype))
+    """``x @ dequantised(w_q)^T + bias`` with torch's GEMM in the dtype W8_GEMM_ROWS gives for
+    x's dtype (x's own by default), rounded to x's dtype."""
+    rule = W8_GEMM_ROWS[isa_family()].get(x.dtype)
+    dtype = x.dtype if rule is None else rule[1]
+    w = dequantize_weight(w_q, w_scale, group_size).to(dtype)
+    y = F.linear(x.to(dtype), w, None if bias is None else bias.to(dtype))
+    return y.to(x.dtype)
 
 
 def pack_w8a8(w_q: torch.Tensor) -> torch.Tensor:

@@ -22,8 +22,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from llmkern import _ext
 from llmkern.backends import register, weight_key
+from llmkern.cpu import isa_family
 from llmkern.ops.sparse24 import decompress_24_ref
 
 # Rows of x (first, last; None: no end) for which the dense path beats the 2:4 kernels on CPU, per
@@ -58,13 +58,6 @@ DENSE_ROWS = {
         ("w8a8", None): (1, None),
     },
 }
-
-
-def isa_family() -> str:
-    """The DENSE_ROWS table the C++ kernels in use follow ("avx512" or "avx2"; the scalar
-    kernels, slower than either, use the AVX2 one)."""
-    isa = _ext._C.active_isa() if _ext.available() else "scalar"
-    return "avx512" if isa.startswith("avx512") else "avx2"
 
 
 def dense_rows(

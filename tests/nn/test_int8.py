@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from llmkern.cpu import isa_family
 from llmkern.nn import Int8Linear, Int8LinearQAT, Int8WeightOnlyLinear
 from llmkern.ops import int8 as ops
 
@@ -75,7 +76,8 @@ def test_weight_only_many_rows_use_the_gemm_path(monkeypatch, dtype, group_size)
     import llmkern.cpu.int8 as cpu_int8
 
     for dt in (torch.float32, torch.bfloat16):
-        monkeypatch.setitem(cpu_int8.W8_GEMM_ROWS, dt, 4)
+        rule = cpu_int8.W8_GEMM_ROWS[isa_family()][dt]
+        monkeypatch.setitem(cpu_int8.W8_GEMM_ROWS[isa_family()], dt, (4, rule[1]))
     m = Int8WeightOnlyLinear.from_float(_linear(70, 33), group_size=group_size)
     x = torch.randn(3, 5, 70).to(dtype)
     x2 = x.reshape(15, 70)

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmkern.cpu import isa_family
 from llmkern.nn import Sparse24Linear
 from llmkern.ops import sparse24 as s24
 
@@ -96,7 +97,8 @@ def test_int8_forms(form, xdtype):
 def test_w8_dense_path_with_many_rows_uses_the_gemm(monkeypatch, xdtype):
     import llmkern.cpu.int8 as cpu_int8
 
-    monkeypatch.setitem(cpu_int8.W8_GEMM_ROWS, xdtype, 6)
+    rules = cpu_int8.W8_GEMM_ROWS[isa_family()]
+    monkeypatch.setitem(rules, xdtype, (6, rules[xdtype][1]))
     mod = Sparse24Linear.from_float(masked_linear(30, 24), int8="w8")  # K padded to 32
     x = torch.randn(7, 30).to(xdtype)
     want = F.linear(x.float(), mod.weight, mod.bias).to(xdtype)
