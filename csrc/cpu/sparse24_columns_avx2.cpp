@@ -2,7 +2,8 @@
 // holds 8 x rows of one column; each kept weight value is broadcast and multiplied with the
 // vectors of its column, so the pruned half of the multiply-adds never happens and nothing is
 // permuted. A register tile is one weight row against up to 64 x rows (8 accumulators); each
-// FMA takes its x vector straight from L1, so loads and FMAs run about one to one.
+// FMA takes its x vector straight from L1, so loads and FMAs run about one to one. W8A8 runs the
+// same kernel on int8 x and values as fp32, exactly (kExactCols).
 #pragma GCC target("avx2,fma,f16c")
 #include <immintrin.h>
 
@@ -75,48 +76,70 @@ inline void chunk(const float* __restrict xt, const float* __restrict v, uint64_
   for (int r = 0; r < R; ++r) _mm256_storeu_ps(y + 8 * r, acc[r]);
 }
 
-// One x tile (8R rows) against weight rows [n0, n1): y[(n - n0) * 8R + i] = row n's sum for
-// tile row i.
+// Chunk c0 (columns c0 .. c0 + 63) of one x tile (8R rows, xt) against weight rows [n0, n1):
+// y[(n - n0) * 8R + i] (+)= row n's sum over the chunk for tile row i. next: the x columns
+// wanted after this chunk (nullptr: none).
 template <ValueType VT, int R>
-void tile(const ColumnArgs& a, const float* xt, const float* next_xt, int64_t n0, int64_t n1,
-          float* y) {
+void chunk_rows(const ColumnArgs& a, const float* xt, int64_t c0, const float* next, bool first,
+                int64_t n0, int64_t n1, float* y) {
   constexpr int64_t kWidth = 8 * R;
   constexpr int kValueBytes = VT == ValueType::F32 ? 4 : VT == ValueType::I8 ? 1 : 2;
   constexpr int64_t kAhead = 2;  // weight rows
   const int64_t half = a.k / 2, mbytes = meta_bytes(a.k);
+  const float* xc = xt + c0 * kWidth;
+  const int count = static_cast<int>(std::min<int64_t>(kChunkCols, a.k - c0) / 2);
   alignas(32) float buf[kChunkKept];
-  for (int64_t c0 = 0; c0 < a.k; c0 += kChunkCols) {
-    const bool first = c0 == 0;
-    const float* xc = xt + c0 * kWidth;
-    const int count = static_cast<int>(std::min<int64_t>(kChunkCols, a.k - c0) / 2);
-    // The next chunk's x columns (after the last, the next tile's first) into L1, spread over
-    // this chunk's weight rows.
-    const bool last = c0 + kChunkCols >= a.k;
-    const char* next = reinterpret_cast<const char*>(last ? next_xt : xc + kChunkCols * kWidth);
-    const int64_t lines = next ? kChunkCols * kWidth * 4 / 64 : 0;
-    const int64_t per_row = (lines + (n1 - n0) - 1) / (n1 - n0);
-    for (int64_t n = n0; n < n1; ++n) {
-      for (int64_t l = (n - n0) * per_row, le = std::min(lines, l + per_row); l < le; ++l)
-        _mm_prefetch(next + 64 * l, _MM_HINT_T0);
-      if (n + kAhead < n1) {  // rows are far apart: no hardware prefetcher follows them
-        const char* vn = static_cast<const char*>(a.values) + ((n + kAhead) * half + c0 / 2) * kValueBytes;
-        for (int b = 0; b < kChunkKept * kValueBytes; b += 64) _mm_prefetch(vn + b, _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(a.meta + (n + kAhead) * mbytes + c0 / 8), _MM_HINT_T0);
-      }
-      const uint8_t* mrow = a.meta + n * mbytes + c0 / 8;
-      const float* v = chunk_values<VT>(a.values, n * half + c0 / 2, count, buf);
-      float* yn = y + (n - n0) * kWidth;
-      if (count == kChunkKept) {
-        uint64_t mw;
-        std::memcpy(&mw, mrow, 8);
-        chunk<R, kChunkKept>(xc, v, mw, yn, first);
-      } else {  // K's last chunk: only its own meta bytes exist
-        uint64_t mw = 0;
-        std::memcpy(&mw, mrow, mbytes - c0 / 8);
-        chunk<R, 0>(xc, v, mw, yn, first, count);
-      }
+  // The next x columns into L1, spread over this chunk's weight rows.
+  const int64_t lines = next ? kChunkCols * kWidth * 4 / 64 : 0;
+  const int64_t per_row = (lines + (n1 - n0) - 1) / (n1 - n0);
+  for (int64_t n = n0; n < n1; ++n) {
+    for (int64_t l = (n - n0) * per_row, le = std::min(lines, l + per_row); l < le; ++l)
+      _mm_prefetch(reinterpret_cast<const char*>(next) + 64 * l, _MM_HINT_T0);
+    if (n + kAhead < n1) {  // rows are far apart: no hardware prefetcher follows them
+      const char* vn = static_cast<const char*>(a.values) + ((n + kAhead) * half + c0 / 2) * kValueBytes;
+      for (int b = 0; b < kChunkKept * kValueBytes; b += 64) _mm_prefetch(vn + b, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(a.meta + (n + kAhead) * mbytes + c0 / 8), _MM_HINT_T0);
+    }
+    const uint8_t* mrow = a.meta + n * mbytes + c0 / 8;
+    const float* v = chunk_values<VT>(a.values, n * half + c0 / 2, count, buf);
+    float* yn = y + (n - n0) * kWidth;
+    if (count == kChunkKept) {
+      uint64_t mw;
+      std::memcpy(&mw, mrow, 8);
+      chunk<R, kChunkKept>(xc, v, mw, yn, first);
+    } else {  // K's last chunk: only its own meta bytes exist
+      uint64_t mw = 0;
+      std::memcpy(&mw, mrow, mbytes - c0 / 8);
+      chunk<R, 0>(xc, v, mw, yn, first, count);
     }
   }
+}
+
+// Exact int sums (int8 x and values): fp32 sums of at most this many columns (1024 products of
+// magnitude <= 2^14) are integers of magnitude <= 2^24, so exact; they are added up in int32.
+constexpr int64_t kExactCols = 2048;
+
+// One x tile against weight rows [n0, n1) over all columns, into y as chunk_rows. With yi
+// (exact int sums), y's fp32 sums are flushed into yi every kExactCols columns and y ends
+// holding yi's int32 bit patterns. next_xt: the tile that follows (nullptr: none).
+template <ValueType VT, int R>
+void tile(const ColumnArgs& a, const float* xt, const float* next_xt, int64_t n0, int64_t n1,
+          float* y, int32_t* yi) {
+  constexpr int64_t kWidth = 8 * R;
+  const int64_t block = yi ? kExactCols : a.k;
+  for (int64_t b0 = 0; b0 < a.k; b0 += block) {
+    for (int64_t c0 = b0; c0 < std::min(a.k, b0 + block); c0 += kChunkCols) {
+      const float* next = c0 + kChunkCols < a.k ? xt + (c0 + kChunkCols) * kWidth : next_xt;
+      chunk_rows<VT, R>(a, xt, c0, next, c0 == b0, n0, n1, y);
+    }
+    if (!yi) continue;
+    for (int64_t j = 0; j < (n1 - n0) * kWidth; j += 8) {
+      __m256i s = _mm256_cvtps_epi32(_mm256_loadu_ps(y + j));
+      if (b0) s = _mm256_add_epi32(s, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(yi + j)));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(yi + j), s);
+    }
+  }
+  if (yi) std::memcpy(y, yi, (n1 - n0) * kWidth * 4);
 }
 
 // dst[i * ldd + j] = src[j * lds + i] for i, j < 8: one 8x8 transpose in registers.
@@ -140,25 +163,29 @@ inline void transpose_8x8(const float* src, int64_t lds, float* dst, int64_t ldd
   }
 }
 
+// One tile's sums into raw (32-bit values, moved as fp32 bit patterns).
 template <ValueType VT, int R>
 void tile_into(const ColumnArgs& a, int64_t t, const float* next_xt, int64_t n0, int64_t n1,
-               float* y) {
+               float* y, int32_t* yi) {
   constexpr int64_t kWidth = 8 * R;
-  tile<VT, R>(a, a.xt + t * kColumnTile * a.k, next_xt, n0, n1, y);
+  tile<VT, R>(a, a.xt + t * kColumnTile * a.k, next_xt, n0, n1, y, yi);
+  float* raw = static_cast<float*>(a.raw);
   const int64_t m0 = t * kColumnTile, rows = std::min<int64_t>(kWidth, a.m - m0);
   int64_t n = n0;
   if (rows == kWidth)
     for (; n + 8 <= n1; n += 8)
       for (int64_t i = 0; i < rows; i += 8)
-        transpose_8x8(y + (n - n0) * kWidth + i, kWidth, a.raw + (m0 + i) * a.ldr + n, a.ldr);
+        transpose_8x8(y + (n - n0) * kWidth + i, kWidth, raw + (m0 + i) * a.ldr + n, a.ldr);
   for (; n < n1; ++n)
-    for (int64_t i = 0; i < rows; ++i) a.raw[(m0 + i) * a.ldr + n] = y[(n - n0) * kWidth + i];
+    for (int64_t i = 0; i < rows; ++i) raw[(m0 + i) * a.ldr + n] = y[(n - n0) * kWidth + i];
 }
 
-template <ValueType VT>
+template <ValueType VT, bool Exact = false>
 void run(const ColumnArgs& a, int64_t n0, int64_t n1) {
   static_assert(kColumnTile == 64, "a full tile is 8 vectors of 8 rows");
   alignas(32) float y[kColumnRowBlock * kColumnTile];
+  alignas(32) int32_t exact[Exact ? kColumnRowBlock * kColumnTile : 1];
+  int32_t* yi = Exact ? exact : nullptr;
   const int64_t tiles = (a.m + kColumnTile - 1) / kColumnTile;
   for (int64_t t0 = 0; t0 < tiles; t0 += kTilesPerBlock)
     for (int64_t nb = n0; nb < n1; nb += kColumnRowBlock) {
@@ -167,14 +194,14 @@ void run(const ColumnArgs& a, int64_t n0, int64_t n1) {
       for (int64_t t = t0; t < te; ++t) {
         const float* next = t + 1 < te ? a.xt + (t + 1) * kColumnTile * a.k : nullptr;
         switch (column_tile_width(a.m, t) / 8) {
-          case 8: tile_into<VT, 8>(a, t, next, nb, ne, y); break;
-          case 7: tile_into<VT, 7>(a, t, next, nb, ne, y); break;
-          case 6: tile_into<VT, 6>(a, t, next, nb, ne, y); break;
-          case 5: tile_into<VT, 5>(a, t, next, nb, ne, y); break;
-          case 4: tile_into<VT, 4>(a, t, next, nb, ne, y); break;
-          case 3: tile_into<VT, 3>(a, t, next, nb, ne, y); break;
-          case 2: tile_into<VT, 2>(a, t, next, nb, ne, y); break;
-          default: tile_into<VT, 1>(a, t, next, nb, ne, y); break;
+          case 8: tile_into<VT, 8>(a, t, next, nb, ne, y, yi); break;
+          case 7: tile_into<VT, 7>(a, t, next, nb, ne, y, yi); break;
+          case 6: tile_into<VT, 6>(a, t, next, nb, ne, y, yi); break;
+          case 5: tile_into<VT, 5>(a, t, next, nb, ne, y, yi); break;
+          case 4: tile_into<VT, 4>(a, t, next, nb, ne, y, yi); break;
+          case 3: tile_into<VT, 3>(a, t, next, nb, ne, y, yi); break;
+          case 2: tile_into<VT, 2>(a, t, next, nb, ne, y, yi); break;
+          default: tile_into<VT, 1>(a, t, next, nb, ne, y, yi); break;
         }
       }
     }
@@ -203,6 +230,10 @@ void float_columns_avx2(ValueType vt, const ColumnArgs& a, int64_t n0, int64_t n
     case ValueType::F16: run<ValueType::F16>(a, n0, n1); break;
     case ValueType::I8: run<ValueType::I8>(a, n0, n1); break;
   }
+}
+
+void int_columns_avx2(const ColumnArgs& a, int64_t n0, int64_t n1) {
+  run<ValueType::I8, true>(a, n0, n1);
 }
 
 }  // namespace llmkern::sparse24

@@ -68,7 +68,7 @@ struct ColumnArgs {
   int64_t k;              // multiple of 4
   const void* values;     // [n, k/2] of the value type, rows contiguous
   const uint8_t* meta;    // [n, ceil(k/8)], rows contiguous
-  float* raw;             // fp32 [m, ldr]
+  void* raw;              // float kernels: fp32 [m, ldr]; int kernel: int32 [m, ldr]
   int64_t ldr;
 };
 
@@ -78,5 +78,7 @@ void column_tile_f32_avx2(const float* x, int64_t ldx, int64_t m, int64_t k, int
 // raw[i, n] = sum_k x[i, k] * W[n, k] for rows n in [n0, n1), every i < m, fp32 sums in
 // column order (int8 values unscaled).
 void float_columns_avx2(ValueType vt, const ColumnArgs& a, int64_t n0, int64_t n1);
+// Same with int8 x (as fp32 tiles) and int8 values: exact int32 sums.
+void int_columns_avx2(const ColumnArgs& a, int64_t n0, int64_t n1);
 
 }  // namespace llmkern::sparse24

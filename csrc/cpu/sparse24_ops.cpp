@@ -61,7 +61,8 @@ std::pair<at::Tensor, bool> padded_x_f32(const at::Tensor& x) {
   return {out, finite};
 }
 
-// x [M, K] (any strides) -> the column kernels' transposed tiles (sparse24_kernels.h), fp32.
+// x [M, K] (float or int8, any strides) -> the column kernels' transposed tiles
+// (sparse24_kernels.h), fp32.
 template <typename Src>
 void copy_tile_columns(const at::Tensor& x, int64_t t, float* d) {
   const Src* p = x.data_ptr<Src>();
@@ -93,7 +94,8 @@ at::Tensor column_tiles_x(const at::Tensor& x) {
         case at::kFloat: copy_tile_columns<float>(x, t, d); break;
         case at::kBFloat16: copy_tile_columns<at::BFloat16>(x, t, d); break;
         case at::kHalf: copy_tile_columns<at::Half>(x, t, d); break;
-        default: TORCH_CHECK(false, "float x expected, got ", x.scalar_type());
+        case at::kChar: copy_tile_columns<int8_t>(x, t, d); break;
+        default: TORCH_CHECK(false, "float or int8 x expected, got ", x.scalar_type());
       }
     }
   });
@@ -185,6 +187,15 @@ int64_t grain_tiles(int64_t m, int64_t k) {
   return std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, per_tile));
 }
 
+// The column kernel's tasks: whole blocks of kColumnRowBlock weight rows.
+template <class Fn>
+void parallel_column_blocks(int64_t n, const Fn& fn) {
+  constexpr int64_t kBlock = kColumnRowBlock;
+  at::parallel_for(0, (n + kBlock - 1) / kBlock, 1, [&](int64_t b0, int64_t b1) {
+    fn(b0 * kBlock, std::min(n, b1 * kBlock));
+  });
+}
+
 template <class Fn>
 void parallel_rows(int64_t n, int64_t m, int64_t k, const Fn& fn) {
   const int64_t tiles = (n + kRowTile - 1) / kRowTile;
@@ -222,10 +233,8 @@ at::Tensor sparse24_matmul(const at::Tensor& x, const at::Tensor& values, const 
   if (isa == Isa::Avx2 && m >= kColumnMinRows) {
     const at::Tensor xt = column_tiles_x(x);
     const ColumnArgs a{xt.data_ptr<float>(), m, k, values.data_ptr(), meta.data_ptr<uint8_t>(),
-                       raw.data_ptr<float>(), n};
-    constexpr int64_t kBlock = kColumnRowBlock;
-    at::parallel_for(0, (n + kBlock - 1) / kBlock, 1, [&](int64_t b0, int64_t b1) {
-      const int64_t n0 = b0 * kBlock, n1 = std::min(n, b1 * kBlock);
+                       raw.data_ptr(), n};
+    parallel_column_blocks(n, [&](int64_t n0, int64_t n1) {
       float_columns_avx2(vt, a, n0, n1);
       epilogue(n0, n1);
     });
@@ -253,28 +262,41 @@ at::Tensor sparse24_w8a8_matmul(const at::Tensor& x_q, const at::Tensor& values,
   check_compressed(x_q, values, meta);
   TORCH_CHECK(values.scalar_type() == at::kChar, "int8 values expected");
   const int64_t m = x_q.size(0), k = x_q.size(1), n = values.size(0);
-  const at::Tensor xs = padded_x_i8(x_q);
   at::Tensor acc = at::empty({m, n}, x_q.options().dtype(at::kInt));
   at::Tensor out = at::empty({m, n}, x_q.options().dtype(out_dtype));
   const std::vector<float> xsc = vector_f32(x_scale, m), wsc = vector_f32(w_scale, n);
   const std::vector<float> b = vector_f32(bias, n);
-  const Args a{xs.data_ptr(), m, xs.size(1), values.data_ptr(), meta.data_ptr<uint8_t>(), k,
-               acc.data_ptr(), n, n};
-  const Isa isa = active_isa();
-  auto kernel = isa >= Isa::Avx512Vnni && has_vbmi() ? int_rows_avx512_vnni
-                : isa >= Isa::Avx512                 ? int_rows_avx512
-                : isa == Isa::Avx2                   ? int_rows_avx2
-                                                     : int_rows_scalar;
   const int32_t* ap = acc.data_ptr<int32_t>();
   const Output o(out);
-  parallel_rows(n, m, k, [&](int64_t n0, int64_t n1) {
-    kernel(a, n0, n1);
+  auto epilogue = [&](int64_t n0, int64_t n1) {
     for (int64_t i = 0; i < m; ++i)
       for (int64_t j = n0; j < n1; ++j) {
         float v = static_cast<float>(ap[i * n + j]) * xsc[i] * wsc[j];
         if (!b.empty()) v += b[j];
         o.store(i * n + j, v);
       }
+  };
+  const Isa isa = active_isa();
+  if (isa == Isa::Avx2 && m >= kColumnMinRows) {
+    const at::Tensor xt = column_tiles_x(x_q);
+    const ColumnArgs a{xt.data_ptr<float>(), m, k, values.data_ptr(), meta.data_ptr<uint8_t>(),
+                       acc.data_ptr(), n};
+    parallel_column_blocks(n, [&](int64_t n0, int64_t n1) {
+      int_columns_avx2(a, n0, n1);
+      epilogue(n0, n1);
+    });
+    return out;
+  }
+  const at::Tensor xs = padded_x_i8(x_q);
+  const Args a{xs.data_ptr(), m, xs.size(1), values.data_ptr(), meta.data_ptr<uint8_t>(), k,
+               acc.data_ptr(), n, n};
+  auto kernel = isa >= Isa::Avx512Vnni && has_vbmi() ? int_rows_avx512_vnni
+                : isa >= Isa::Avx512                 ? int_rows_avx512
+                : isa == Isa::Avx2                   ? int_rows_avx2
+                                                     : int_rows_scalar;
+  parallel_rows(n, m, k, [&](int64_t n0, int64_t n1) {
+    kernel(a, n0, n1);
+    epilogue(n0, n1);
   });
   return out;
 }

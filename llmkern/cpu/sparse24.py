@@ -49,13 +49,14 @@ DENSE_ROWS = {
     # (from 12 rows) 1.5-4x fp32 at M = 12-256 and 1.5-1.8x at M = 512-2048; bf16 2:4 2.9-3.5x
     # torch's bf16 GEMM (no native bf16 there). int8 weight-only: llmkern's dense kernel wins at
     # M < 16 (the row kernels convert as many lanes as it does), the column kernel from 16 rows
-    # (1.15x at 16, 2.0x at 64-1024). W8A8 has no column kernel: dense everywhere (AVX2's int32
-    # multiply makes its row kernel 0.17-0.26x the dense one).
+    # (1.15x at 16, 2.0x at 64-1024). W8A8: llmkern's dense kernel wins up to about 24 rows
+    # (AVX2's int32 multiply makes the row kernel 0.17-0.26x it), the exact column kernel from
+    # 32 rows (1.3-1.95x at M = 32-4096 on 4096x4096 and the MiniLM shapes, 0.97-1.13x at 24).
     "avx2": {
         ("w8", torch.float32): (1, 15),
         ("w8", torch.bfloat16): (1, 15),
         ("w8", torch.float16): (1, 15),
-        ("w8a8", None): (1, None),
+        ("w8a8", None): (1, 31),
     },
 }
 

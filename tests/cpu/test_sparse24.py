@@ -56,13 +56,16 @@ def test_w8a8_is_bit_exact(cpu_isa, m, n, k):
         assert torch.equal(got, llmkern.sparse24_w8a8_matmul(*args, **REF))
 
 
-def test_w8a8_extreme_values_exact(cpu_isa):
-    # |x| = 127 and w = -128 everywhere kept: the largest int32 sums (and the unsigned-x trick).
-    n, k = 5, 4096
+@pytest.mark.parametrize("m", [3, 40])  # the row and (AVX2) column kernels
+def test_w8a8_extreme_values_exact(cpu_isa, m):
+    # |x| = 127 and w = -128 everywhere kept: the largest int32 sums (and the unsigned-x trick);
+    # rows of x = -128: every product 2^14, so the column kernel's fp32 block sums reach 2^24.
+    n, k = 5, 4100
     w_q = llmkern.prune_24(torch.full((n, k), -128, dtype=torch.int8), torch.rand(n, k))
     values, meta = llmkern.compress_24(w_q)
-    x_q = torch.where(torch.rand(3, k) < 0.5, -127, 127).to(torch.int8)
-    args = (x_q, values, meta, torch.ones(3), torch.ones(n), None, torch.float32)
+    x_q = torch.where(torch.rand(m, k) < 0.5, -127, 127).to(torch.int8)
+    x_q[1::2] = -128
+    args = (x_q, values, meta, torch.ones(m), torch.ones(n), None, torch.float32)
     assert torch.equal(
         llmkern.sparse24_w8a8_matmul(*args, **CPU), llmkern.sparse24_w8a8_matmul(*args, **REF)
     )
