@@ -18,7 +18,6 @@ namespace {
 
 constexpr int kChunkCols = 64;                // x columns per chunk: 32 kept values, 64 meta bits
 constexpr int kChunkKept = kChunkCols / 2;
-constexpr int64_t kTilesPerBlock = 4;         // x tiles (256 rows) per pass over the weight rows
 
 // The chunk's kept values as fp32: F32 rows are used in place, other types are widened into buf.
 template <ValueType VT>
@@ -181,30 +180,27 @@ void tile_into(const ColumnArgs& a, int64_t t, const float* next_xt, int64_t n0,
 }
 
 template <ValueType VT, bool Exact = false>
-void run(const ColumnArgs& a, int64_t n0, int64_t n1) {
+void run(const ColumnArgs& a, int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
   static_assert(kColumnTile == 64, "a full tile is 8 vectors of 8 rows");
   alignas(32) float y[kColumnRowBlock * kColumnTile];
   alignas(32) int32_t exact[Exact ? kColumnRowBlock * kColumnTile : 1];
   int32_t* yi = Exact ? exact : nullptr;
-  const int64_t tiles = (a.m + kColumnTile - 1) / kColumnTile;
-  for (int64_t t0 = 0; t0 < tiles; t0 += kTilesPerBlock)
-    for (int64_t nb = n0; nb < n1; nb += kColumnRowBlock) {
-      const int64_t ne = std::min(n1, nb + kColumnRowBlock);
-      const int64_t te = std::min(tiles, t0 + kTilesPerBlock);
-      for (int64_t t = t0; t < te; ++t) {
-        const float* next = t + 1 < te ? a.xt + (t + 1) * kColumnTile * a.k : nullptr;
-        switch (column_tile_width(a.m, t) / 8) {
-          case 8: tile_into<VT, 8>(a, t, next, nb, ne, y, yi); break;
-          case 7: tile_into<VT, 7>(a, t, next, nb, ne, y, yi); break;
-          case 6: tile_into<VT, 6>(a, t, next, nb, ne, y, yi); break;
-          case 5: tile_into<VT, 5>(a, t, next, nb, ne, y, yi); break;
-          case 4: tile_into<VT, 4>(a, t, next, nb, ne, y, yi); break;
-          case 3: tile_into<VT, 3>(a, t, next, nb, ne, y, yi); break;
-          case 2: tile_into<VT, 2>(a, t, next, nb, ne, y, yi); break;
-          default: tile_into<VT, 1>(a, t, next, nb, ne, y, yi); break;
-        }
+  for (int64_t nb = n0; nb < n1; nb += kColumnRowBlock) {
+    const int64_t ne = std::min(n1, nb + kColumnRowBlock);
+    for (int64_t t = t0; t < t1; ++t) {
+      const float* next = t + 1 < t1 ? a.xt + (t + 1) * kColumnTile * a.k : nullptr;
+      switch (column_tile_width(a.m, t) / 8) {
+        case 8: tile_into<VT, 8>(a, t, next, nb, ne, y, yi); break;
+        case 7: tile_into<VT, 7>(a, t, next, nb, ne, y, yi); break;
+        case 6: tile_into<VT, 6>(a, t, next, nb, ne, y, yi); break;
+        case 5: tile_into<VT, 5>(a, t, next, nb, ne, y, yi); break;
+        case 4: tile_into<VT, 4>(a, t, next, nb, ne, y, yi); break;
+        case 3: tile_into<VT, 3>(a, t, next, nb, ne, y, yi); break;
+        case 2: tile_into<VT, 2>(a, t, next, nb, ne, y, yi); break;
+        default: tile_into<VT, 1>(a, t, next, nb, ne, y, yi); break;
       }
     }
+  }
 }
 
 }  // namespace
@@ -223,17 +219,18 @@ void column_tile_f32_avx2(const float* x, int64_t ldx, int64_t m, int64_t k, int
   }
 }
 
-void float_columns_avx2(ValueType vt, const ColumnArgs& a, int64_t n0, int64_t n1) {
+void float_columns_avx2(ValueType vt, const ColumnArgs& a, int64_t n0, int64_t n1, int64_t t0,
+                        int64_t t1) {
   switch (vt) {
-    case ValueType::F32: run<ValueType::F32>(a, n0, n1); break;
-    case ValueType::BF16: run<ValueType::BF16>(a, n0, n1); break;
-    case ValueType::F16: run<ValueType::F16>(a, n0, n1); break;
-    case ValueType::I8: run<ValueType::I8>(a, n0, n1); break;
+    case ValueType::F32: run<ValueType::F32>(a, n0, n1, t0, t1); break;
+    case ValueType::BF16: run<ValueType::BF16>(a, n0, n1, t0, t1); break;
+    case ValueType::F16: run<ValueType::F16>(a, n0, n1, t0, t1); break;
+    case ValueType::I8: run<ValueType::I8>(a, n0, n1, t0, t1); break;
   }
 }
 
-void int_columns_avx2(const ColumnArgs& a, int64_t n0, int64_t n1) {
-  run<ValueType::I8, true>(a, n0, n1);
+void int_columns_avx2(const ColumnArgs& a, int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
+  run<ValueType::I8, true>(a, n0, n1, t0, t1);
 }
 
 }  // namespace llmkern::sparse24

@@ -51,8 +51,10 @@ void int_rows_avx512_vnni(const Args& a, int64_t n0, int64_t n1);  // needs AVX5
 // Tile t holds x rows [64t, 64t + 64) as xt[t * kColumnTile * k + c * w + i] = x[64t + i, c],
 // w = column_tile_width(m, t); rows past m are zero.
 constexpr int64_t kColumnTile = 64;
-// Weight rows that share one x chunk while it is in L1 (a thread's share is a multiple of it).
+// A task of the column kernels: kColumnRowBlock weight rows (sharing each x chunk while it is in
+// L1) against kColumnTileGroup x tiles (256 rows, for which the weight rows stay in L2).
 constexpr int64_t kColumnRowBlock = 64;
+constexpr int64_t kColumnTileGroup = 4;
 // Fewest x rows for which the AVX2 glue runs the column kernel rather than the row kernels (on
 // AMD Zen 1 it is 1.5-2.9x the row kernels from 16 rows, about even at 8-12).
 constexpr int64_t kColumnMinRows = 12;
@@ -75,10 +77,11 @@ struct ColumnArgs {
 // Tile t of fp32 x [m, k] (row stride ldx, unit column stride) into d, as above.
 void column_tile_f32_avx2(const float* x, int64_t ldx, int64_t m, int64_t k, int64_t t, float* d);
 
-// raw[i, n] = sum_k x[i, k] * W[n, k] for rows n in [n0, n1), every i < m, fp32 sums in
-// column order (int8 values unscaled).
-void float_columns_avx2(ValueType vt, const ColumnArgs& a, int64_t n0, int64_t n1);
+// raw[i, n] = sum_k x[i, k] * W[n, k] for rows n in [n0, n1) and the x rows i of tiles
+// [t0, t1), fp32 sums in column order (int8 values unscaled).
+void float_columns_avx2(ValueType vt, const ColumnArgs& a, int64_t n0, int64_t n1, int64_t t0,
+                        int64_t t1);
 // Same with int8 x (as fp32 tiles) and int8 values: exact int32 sums.
-void int_columns_avx2(const ColumnArgs& a, int64_t n0, int64_t n1);
+void int_columns_avx2(const ColumnArgs& a, int64_t n0, int64_t n1, int64_t t0, int64_t t1);
 
 }  // namespace llmkern::sparse24

@@ -187,12 +187,17 @@ int64_t grain_tiles(int64_t m, int64_t k) {
   return std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, per_tile));
 }
 
-// The column kernel's tasks: whole blocks of kColumnRowBlock weight rows.
+// The column kernels' tasks (sparse24_kernels.h), x tile groups outer: fn(n0, n1, t0, t1).
 template <class Fn>
-void parallel_column_blocks(int64_t n, const Fn& fn) {
-  constexpr int64_t kBlock = kColumnRowBlock;
-  at::parallel_for(0, (n + kBlock - 1) / kBlock, 1, [&](int64_t b0, int64_t b1) {
-    fn(b0 * kBlock, std::min(n, b1 * kBlock));
+void parallel_column_tasks(int64_t m, int64_t n, const Fn& fn) {
+  const int64_t tiles = (m + kColumnTile - 1) / kColumnTile;
+  const int64_t blocks = (n + kColumnRowBlock - 1) / kColumnRowBlock;
+  const int64_t groups = (tiles + kColumnTileGroup - 1) / kColumnTileGroup;
+  at::parallel_for(0, groups * blocks, 1, [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t n0 = q % blocks * kColumnRowBlock, t0 = q / blocks * kColumnTileGroup;
+      fn(n0, std::min(n, n0 + kColumnRowBlock), t0, std::min(tiles, t0 + kColumnTileGroup));
+    }
   });
 }
 
@@ -219,9 +224,9 @@ at::Tensor sparse24_matmul(const at::Tensor& x, const at::Tensor& values, const 
   const std::vector<float> b = vector_f32(bias, n), s = vector_f32(w_scale, n);
   const float* r = raw.data_ptr<float>();
   const Output o(out);
-  auto epilogue = [&](int64_t n0, int64_t n1) {
+  auto epilogue = [&](int64_t n0, int64_t n1, int64_t i0, int64_t i1) {
     if (f32_out && s.empty() && b.empty()) return;
-    for (int64_t i = 0; i < m; ++i)
+    for (int64_t i = i0; i < i1; ++i)
       for (int64_t j = n0; j < n1; ++j) {
         float v = r[i * n + j];
         if (!s.empty()) v *= s[j];
@@ -234,9 +239,9 @@ at::Tensor sparse24_matmul(const at::Tensor& x, const at::Tensor& values, const 
     const at::Tensor xt = column_tiles_x(x);
     const ColumnArgs a{xt.data_ptr<float>(), m, k, values.data_ptr(), meta.data_ptr<uint8_t>(),
                        raw.data_ptr(), n};
-    parallel_column_blocks(n, [&](int64_t n0, int64_t n1) {
-      float_columns_avx2(vt, a, n0, n1);
-      epilogue(n0, n1);
+    parallel_column_tasks(m, n, [&](int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
+      float_columns_avx2(vt, a, n0, n1, t0, t1);
+      epilogue(n0, n1, t0 * kColumnTile, std::min(m, t1 * kColumnTile));
     });
     return out;
   }
@@ -248,7 +253,7 @@ at::Tensor sparse24_matmul(const at::Tensor& x, const at::Tensor& values, const 
                                    : float_rows_scalar;
   parallel_rows(n, m, k, [&](int64_t n0, int64_t n1) {
     kernel(vt, a, n0, n1);
-    epilogue(n0, n1);
+    epilogue(n0, n1, 0, m);
   });
   return out;
 }
@@ -268,8 +273,8 @@ at::Tensor sparse24_w8a8_matmul(const at::Tensor& x_q, const at::Tensor& values,
   const std::vector<float> b = vector_f32(bias, n);
   const int32_t* ap = acc.data_ptr<int32_t>();
   const Output o(out);
-  auto epilogue = [&](int64_t n0, int64_t n1) {
-    for (int64_t i = 0; i < m; ++i)
+  auto epilogue = [&](int64_t n0, int64_t n1, int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i)
       for (int64_t j = n0; j < n1; ++j) {
         float v = static_cast<float>(ap[i * n + j]) * xsc[i] * wsc[j];
         if (!b.empty()) v += b[j];
@@ -281,9 +286,9 @@ at::Tensor sparse24_w8a8_matmul(const at::Tensor& x_q, const at::Tensor& values,
     const at::Tensor xt = column_tiles_x(x_q);
     const ColumnArgs a{xt.data_ptr<float>(), m, k, values.data_ptr(), meta.data_ptr<uint8_t>(),
                        acc.data_ptr(), n};
-    parallel_column_blocks(n, [&](int64_t n0, int64_t n1) {
-      int_columns_avx2(a, n0, n1);
-      epilogue(n0, n1);
+    parallel_column_tasks(m, n, [&](int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
+      int_columns_avx2(a, n0, n1, t0, t1);
+      epilogue(n0, n1, t0 * kColumnTile, std::min(m, t1 * kColumnTile));
     });
     return out;
   }
@@ -296,7 +301,7 @@ at::Tensor sparse24_w8a8_matmul(const at::Tensor& x_q, const at::Tensor& values,
                                                      : int_rows_scalar;
   parallel_rows(n, m, k, [&](int64_t n0, int64_t n1) {
     kernel(a, n0, n1);
-    epilogue(n0, n1);
+    epilogue(n0, n1, 0, m);
   });
   return out;
 }
