@@ -201,6 +201,23 @@ void parallel_column_tasks(int64_t m, int64_t n, const Fn& fn) {
   });
 }
 
+// Many rows of x on AVX2: kernel(args, n0, n1, t0, t1) (a column kernel into raw) and
+// epilogue(n0, n1, first x row, end) per task; false (nothing run) otherwise.
+template <class Kernel, class Epilogue>
+bool ran_columns(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta, void* raw,
+                 const Kernel& kernel, const Epilogue& epilogue) {
+  const int64_t m = x.size(0), n = values.size(0);
+  if (active_isa() != Isa::Avx2 || m < kColumnMinRows) return false;
+  const at::Tensor xt = column_tiles_x(x);
+  const ColumnArgs a{xt.data_ptr<float>(), m, x.size(1), values.data_ptr(),
+                     meta.data_ptr<uint8_t>(), raw, n};
+  parallel_column_tasks(m, n, [&](int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
+    kernel(a, n0, n1, t0, t1);
+    epilogue(n0, n1, t0 * kColumnTile, std::min(m, t1 * kColumnTile));
+  });
+  return true;
+}
+
 template <class Fn>
 void parallel_rows(int64_t n, int64_t m, int64_t k, const Fn& fn) {
   const int64_t tiles = (n + kRowTile - 1) / kRowTile;
@@ -234,17 +251,11 @@ at::Tensor sparse24_matmul(const at::Tensor& x, const at::Tensor& values, const 
         o.store(i * n + j, v);
       }
   };
+  auto columns = [&](const ColumnArgs& a, int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
+    float_columns_avx2(vt, a, n0, n1, t0, t1);
+  };
+  if (ran_columns(x, values, meta, raw.data_ptr(), columns, epilogue)) return out;
   const Isa isa = active_isa();
-  if (isa == Isa::Avx2 && m >= kColumnMinRows) {
-    const at::Tensor xt = column_tiles_x(x);
-    const ColumnArgs a{xt.data_ptr<float>(), m, k, values.data_ptr(), meta.data_ptr<uint8_t>(),
-                       raw.data_ptr(), n};
-    parallel_column_tasks(m, n, [&](int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
-      float_columns_avx2(vt, a, n0, n1, t0, t1);
-      epilogue(n0, n1, t0 * kColumnTile, std::min(m, t1 * kColumnTile));
-    });
-    return out;
-  }
   const auto [xs, x_finite] = padded_x_f32(x);
   const Args a{xs.data_ptr(), m, xs.size(1), values.data_ptr(), meta.data_ptr<uint8_t>(), k,
                raw.data_ptr(), n, n, x_finite};
@@ -281,17 +292,8 @@ at::Tensor sparse24_w8a8_matmul(const at::Tensor& x_q, const at::Tensor& values,
         o.store(i * n + j, v);
       }
   };
+  if (ran_columns(x_q, values, meta, acc.data_ptr(), int_columns_avx2, epilogue)) return out;
   const Isa isa = active_isa();
-  if (isa == Isa::Avx2 && m >= kColumnMinRows) {
-    const at::Tensor xt = column_tiles_x(x_q);
-    const ColumnArgs a{xt.data_ptr<float>(), m, k, values.data_ptr(), meta.data_ptr<uint8_t>(),
-                       acc.data_ptr(), n};
-    parallel_column_tasks(m, n, [&](int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
-      int_columns_avx2(a, n0, n1, t0, t1);
-      epilogue(n0, n1, t0 * kColumnTile, std::min(m, t1 * kColumnTile));
-    });
-    return out;
-  }
   const at::Tensor xs = padded_x_i8(x_q);
   const Args a{xs.data_ptr(), m, xs.size(1), values.data_ptr(), meta.data_ptr<uint8_t>(), k,
                acc.data_ptr(), n, n};
