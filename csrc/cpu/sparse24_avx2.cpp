@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "cpu/sparse24_avx2_values.h"
 #include "cpu/sparse24_driver.h"
 
 namespace llmkern::sparse24 {
@@ -33,30 +34,6 @@ inline float hsum(__m256 v) {
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
 }
-
-struct F32Values {
-  using S = float;
-  static __m256 load(const float* p) { return _mm256_loadu_ps(p); }
-};
-struct Bf16Values {
-  using S = uint16_t;
-  static __m256 load(const uint16_t* p) {
-    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
-  }
-};
-struct F16Values {
-  using S = uint16_t;
-  static __m256 load(const uint16_t* p) {
-    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  }
-};
-struct I8Values {
-  using S = int8_t;
-  static __m256 load(const int8_t* p) {
-    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
-  }
-};
 
 template <class V>
 struct FloatLanes {

@@ -10,7 +10,9 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
+#include "cpu/sparse24_avx2_values.h"
 #include "cpu/sparse24_kernels.h"
 
 namespace llmkern::sparse24 {
@@ -19,35 +21,21 @@ namespace {
 constexpr int kChunkCols = 64;                // x columns per chunk: 32 kept values, 64 meta bits
 constexpr int kChunkKept = kChunkCols / 2;
 
-// The chunk's kept values as fp32: F32 rows are used in place, other types are widened into buf.
-template <ValueType VT>
+// The chunk's kept values (count <= kChunkKept, starting at value index at) as fp32: F32 rows
+// are used in place, other types are widened into buf.
+template <class V>
 const float* chunk_values(const void* values, int64_t at, int count, float* buf) {
-  if constexpr (VT == ValueType::F32) {
-    return static_cast<const float*>(values) + at;
+  using S = typename V::S;
+  const S* p = static_cast<const S*>(values) + at;
+  if constexpr (std::is_same_v<V, F32Values>) {
+    return p;
   } else {
     int j = 0;
-    for (; j + 8 <= count; j += 8) {
-      __m256 v;
-      if constexpr (VT == ValueType::BF16) {
-        const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(values) + at + j));
-        v = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-      } else if constexpr (VT == ValueType::F16) {
-        v = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(values) + at + j)));
-      } else {
-        const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(static_cast<const int8_t*>(values) + at + j));
-        v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
-      }
-      _mm256_storeu_ps(buf + j, v);
-    }
-    for (; j < count; ++j) {  // a short last chunk
-      if constexpr (VT == ValueType::BF16) {
-        const uint32_t bits = uint32_t{static_cast<const uint16_t*>(values)[at + j]} << 16;
-        std::memcpy(buf + j, &bits, 4);
-      } else if constexpr (VT == ValueType::F16) {
-        buf[j] = _cvtsh_ss(static_cast<const uint16_t*>(values)[at + j]);
-      } else {
-        buf[j] = static_cast<float>(static_cast<const int8_t*>(values)[at + j]);
-      }
+    for (; j + 8 <= count; j += 8) _mm256_storeu_ps(buf + j, V::load(p + j));
+    if (j < count) {  // a short last chunk: its values, zero-padded to 8
+      S tail[8] = {};
+      std::memcpy(tail, p + j, (count - j) * sizeof(S));
+      _mm256_storeu_ps(buf + j, V::load(tail));
     }
     return buf;
   }
@@ -78,11 +66,11 @@ inline void chunk(const float* __restrict xt, const float* __restrict v, uint64_
 // Chunk c0 (columns c0 .. c0 + 63) of one x tile (8R rows, xt) against weight rows [n0, n1):
 // y[(n - n0) * 8R + i] (+)= row n's sum over the chunk for tile row i. next: the x columns
 // wanted after this chunk (nullptr: none).
-template <ValueType VT, int R>
+template <class V, int R>
 void chunk_rows(const ColumnArgs& a, const float* xt, int64_t c0, const float* next, bool first,
                 int64_t n0, int64_t n1, float* y) {
   constexpr int64_t kWidth = 8 * R;
-  constexpr int kValueBytes = VT == ValueType::F32 ? 4 : VT == ValueType::I8 ? 1 : 2;
+  constexpr int kValueBytes = sizeof(typename V::S);
   constexpr int64_t kAhead = 2;  // weight rows
   const int64_t half = a.k / 2, mbytes = meta_bytes(a.k);
   const float* xc = xt + c0 * kWidth;
@@ -100,7 +88,7 @@ void chunk_rows(const ColumnArgs& a, const float* xt, int64_t c0, const float* n
       _mm_prefetch(reinterpret_cast<const char*>(a.meta + (n + kAhead) * mbytes + c0 / 8), _MM_HINT_T0);
     }
     const uint8_t* mrow = a.meta + n * mbytes + c0 / 8;
-    const float* v = chunk_values<VT>(a.values, n * half + c0 / 2, count, buf);
+    const float* v = chunk_values<V>(a.values, n * half + c0 / 2, count, buf);
     float* yn = y + (n - n0) * kWidth;
     if (count == kChunkKept) {
       uint64_t mw;
@@ -121,7 +109,7 @@ constexpr int64_t kExactCols = 2048;
 // One x tile against weight rows [n0, n1) over all columns, into y as chunk_rows. With yi
 // (exact int sums), y's fp32 sums are flushed into yi every kExactCols columns and y ends
 // holding yi's int32 bit patterns. next_xt: the tile that follows (nullptr: none).
-template <ValueType VT, int R>
+template <class V, int R>
 void tile(const ColumnArgs& a, const float* xt, const float* next_xt, int64_t n0, int64_t n1,
           float* y, int32_t* yi) {
   constexpr int64_t kWidth = 8 * R;
@@ -129,7 +117,7 @@ void tile(const ColumnArgs& a, const float* xt, const float* next_xt, int64_t n0
   for (int64_t b0 = 0; b0 < a.k; b0 += block) {
     for (int64_t c0 = b0; c0 < std::min(a.k, b0 + block); c0 += kChunkCols) {
       const float* next = c0 + kChunkCols < a.k ? xt + (c0 + kChunkCols) * kWidth : next_xt;
-      chunk_rows<VT, R>(a, xt, c0, next, c0 == b0, n0, n1, y);
+      chunk_rows<V, R>(a, xt, c0, next, c0 == b0, n0, n1, y);
     }
     if (!yi) continue;
     for (int64_t j = 0; j < (n1 - n0) * kWidth; j += 8) {
@@ -163,11 +151,11 @@ inline void transpose_8x8(const float* src, int64_t lds, float* dst, int64_t ldd
 }
 
 // One tile's sums into raw (32-bit values, moved as fp32 bit patterns).
-template <ValueType VT, int R>
+template <class V, int R>
 void tile_into(const ColumnArgs& a, int64_t t, const float* next_xt, int64_t n0, int64_t n1,
                float* y, int32_t* yi) {
   constexpr int64_t kWidth = 8 * R;
-  tile<VT, R>(a, a.xt + t * kColumnTile * a.k, next_xt, n0, n1, y, yi);
+  tile<V, R>(a, a.xt + t * kColumnTile * a.k, next_xt, n0, n1, y, yi);
   float* raw = static_cast<float*>(a.raw);
   const int64_t m0 = t * kColumnTile, rows = std::min<int64_t>(kWidth, a.m - m0);
   int64_t n = n0;
@@ -179,7 +167,7 @@ void tile_into(const ColumnArgs& a, int64_t t, const float* next_xt, int64_t n0,
     for (int64_t i = 0; i < rows; ++i) raw[(m0 + i) * a.ldr + n] = y[(n - n0) * kWidth + i];
 }
 
-template <ValueType VT, bool Exact = false>
+template <class V, bool Exact = false>
 void run(const ColumnArgs& a, int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
   static_assert(kColumnTile == 64, "a full tile is 8 vectors of 8 rows");
   alignas(32) float y[kColumnRowBlock * kColumnTile];
@@ -190,14 +178,14 @@ void run(const ColumnArgs& a, int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const float* next = t + 1 < t1 ? a.xt + (t + 1) * kColumnTile * a.k : nullptr;
       switch (column_tile_width(a.m, t) / 8) {
-        case 8: tile_into<VT, 8>(a, t, next, nb, ne, y, yi); break;
-        case 7: tile_into<VT, 7>(a, t, next, nb, ne, y, yi); break;
-        case 6: tile_into<VT, 6>(a, t, next, nb, ne, y, yi); break;
-        case 5: tile_into<VT, 5>(a, t, next, nb, ne, y, yi); break;
-        case 4: tile_into<VT, 4>(a, t, next, nb, ne, y, yi); break;
-        case 3: tile_into<VT, 3>(a, t, next, nb, ne, y, yi); break;
-        case 2: tile_into<VT, 2>(a, t, next, nb, ne, y, yi); break;
-        default: tile_into<VT, 1>(a, t, next, nb, ne, y, yi); break;
+        case 8: tile_into<V, 8>(a, t, next, nb, ne, y, yi); break;
+        case 7: tile_into<V, 7>(a, t, next, nb, ne, y, yi); break;
+        case 6: tile_into<V, 6>(a, t, next, nb, ne, y, yi); break;
+        case 5: tile_into<V, 5>(a, t, next, nb, ne, y, yi); break;
+        case 4: tile_into<V, 4>(a, t, next, nb, ne, y, yi); break;
+        case 3: tile_into<V, 3>(a, t, next, nb, ne, y, yi); break;
+        case 2: tile_into<V, 2>(a, t, next, nb, ne, y, yi); break;
+        default: tile_into<V, 1>(a, t, next, nb, ne, y, yi); break;
       }
     }
   }
@@ -222,15 +210,15 @@ void column_tile_f32_avx2(const float* x, int64_t ldx, int64_t m, int64_t k, int
 void float_columns_avx2(ValueType vt, const ColumnArgs& a, int64_t n0, int64_t n1, int64_t t0,
                         int64_t t1) {
   switch (vt) {
-    case ValueType::F32: run<ValueType::F32>(a, n0, n1, t0, t1); break;
-    case ValueType::BF16: run<ValueType::BF16>(a, n0, n1, t0, t1); break;
-    case ValueType::F16: run<ValueType::F16>(a, n0, n1, t0, t1); break;
-    case ValueType::I8: run<ValueType::I8>(a, n0, n1, t0, t1); break;
+    case ValueType::F32: run<F32Values>(a, n0, n1, t0, t1); break;
+    case ValueType::BF16: run<Bf16Values>(a, n0, n1, t0, t1); break;
+    case ValueType::F16: run<F16Values>(a, n0, n1, t0, t1); break;
+    case ValueType::I8: run<I8Values>(a, n0, n1, t0, t1); break;
   }
 }
 
 void int_columns_avx2(const ColumnArgs& a, int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
-  run<ValueType::I8, true>(a, n0, n1, t0, t1);
+  run<I8Values, true>(a, n0, n1, t0, t1);
 }
 
 }  // namespace llmkern::sparse24

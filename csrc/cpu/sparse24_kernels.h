@@ -10,6 +10,7 @@
 // that ISA, without torch headers; sparse24_ops.cpp picks one at run time.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 namespace llmkern::sparse24 {
@@ -60,8 +61,7 @@ constexpr int64_t kColumnTileGroup = 4;
 constexpr int64_t kColumnMinRows = 12;
 
 inline int64_t column_tile_width(int64_t m, int64_t t) {
-  const int64_t rows = m - t * kColumnTile < kColumnTile ? m - t * kColumnTile : kColumnTile;
-  return (rows + 7) / 8 * 8;
+  return (std::min(kColumnTile, m - t * kColumnTile) + 7) / 8 * 8;
 }
 
 struct ColumnArgs {

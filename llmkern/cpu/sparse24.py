@@ -61,23 +61,15 @@ DENSE_ROWS = {
 }
 
 
-def dense_rows(
-    form: str | None, dtype: torch.dtype, max_rows: int | None = -1
-) -> tuple[int, int | None] | None:
-    """Rows of x (first, last; None: no end) that take the dense path for weight form ``form``
-    (None, "w8", "w8a8") and x dtype on this machine's ISA; None: none. ``max_rows`` is a
-    module's own setting (the 2:4 kernel up to that many rows; None: always), -1 for the
-    measured default."""
-    if max_rows is None:
-        return None
-    if max_rows != -1:
-        return (max_rows + 1, None)
-    return DENSE_ROWS[isa_family()].get((form, None if form == "w8a8" else dtype))
-
-
 def runs_dense(rows: int, form: str | None, dtype: torch.dtype, max_rows: int | None = -1) -> bool:
-    """Whether ``rows`` rows of finite x take the dense path (see :func:`dense_rows`)."""
-    band = dense_rows(form, dtype, max_rows)
+    """Whether ``rows`` rows of finite x take the dense path for weight form ``form`` (None,
+    "w8", "w8a8") and x dtype on this machine's ISA. ``max_rows`` is a module's own setting (the
+    2:4 kernel up to that many rows; None: always), -1 for the measured :data:`DENSE_ROWS`."""
+    if max_rows is None:
+        return False
+    if max_rows != -1:
+        return rows > max_rows
+    band = DENSE_ROWS[isa_family()].get((form, None if form == "w8a8" else dtype))
     return band is not None and band[0] <= rows and (band[1] is None or rows <= band[1])
 
 
