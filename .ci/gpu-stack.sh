@@ -9,7 +9,8 @@
 #   3. the Triton tests, and the GPU-path tests, under TRITON_INTERPRET=1;
 #   4. bench/gpu_check.py: --dry-run, its tests, and its GPU test run collected without errors.
 #
-#   bash .ci/gpu-stack.sh        (LLMKERN_GPU_STACK_KEEP=1 keeps the copy)
+#   bash .ci/gpu-stack.sh              (LLMKERN_GPU_STACK_KEEP=1 keeps the copy)
+#   bash .ci/gpu-stack.sh --venv-only  (only makes the venv: .ci/run downloads it in the background)
 #
 # The venv is kept in the cache folder between runs (pip makes it match the pins below, from
 # pip's cache; the first run downloads about 3 GB). MAX_JOBS (default 2) bounds the compilers.
@@ -39,6 +40,7 @@ assert torch.__version__.startswith("2.11.0") and torch.version.cuda == "13.0", 
 assert triton.__version__ == "3.6.0", triton.__version__
 print(f"    torch {torch.__version__} (CUDA {torch.version.cuda}), triton {triton.__version__}")
 PY
+if [ "${1:-}" = "--venv-only" ]; then stage "venv ready"; exit 0; fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/llmkern-gpu-stack.XXXXXX")
 if [ -z "${LLMKERN_GPU_STACK_KEEP:-}" ]; then trap 'rm -rf "$work"' EXIT; fi

@@ -2,8 +2,9 @@
 // registry, and the CPU ISA switch. The kernels are torch ops of the `llmkern_C` namespace:
 // declared once in csrc/schemas.cpp, implemented per dispatch key (CPU, CUDA) in their glue
 // files (csrc/cpu/*_ops.cpp, csrc/cuda/*_ops.cpp).
+#include <ATen/Parallel.h>
+#include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
-#include <torch/extension.h>
 
 #include <optional>
 #include <string>

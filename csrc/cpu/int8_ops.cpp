@@ -1,11 +1,9 @@
 // Torch glue of the INT8 CPU kernels: validates internal invariants (Python already checked the
 // user's arguments), checks packed weights against their header, prepares activations in the
 // format of the active ISA, picks the kernel variant and parallelises over output tiles.
-#include <ATen/Parallel.h>
-#include <torch/extension.h>
-
 #include <cstring>
 
+#include "torch_ops.h"
 #include "cpu/int8_kernels.h"
 #include "cpu/isa.h"
 

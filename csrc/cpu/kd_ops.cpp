@@ -5,9 +5,6 @@
 //
 // Per row: one statistics pass (online max/sum of z/tau, z and v/tau), then, when a gradient
 // is wanted, one sweep that writes d(row_loss)/dz in the student's dtype. No [N, V] temporary.
-#include <ATen/Parallel.h>
-#include <torch/extension.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -18,6 +15,7 @@
 #include <sys/mman.h>
 #endif
 
+#include "torch_ops.h"
 #include "cpu/isa.h"
 #include "cpu/kd_kernel.h"
 

@@ -1,12 +1,10 @@
 // Torch glue of the 2:4 CPU kernels: prepares a zero-padded x, picks the ISA variant, splits
 // weight rows over threads and applies the epilogue (scales, bias, output dtype) per thread. Arguments were
 // validated in Python (llmkern/ops/sparse24.py); the checks here guard internal invariants only.
-#include <ATen/Parallel.h>
-#include <torch/extension.h>
-
 #include <cstring>
 #include <vector>
 
+#include "torch_ops.h"
 #include "cpu/isa.h"
 #include "cpu/sparse24_kernels.h"
 

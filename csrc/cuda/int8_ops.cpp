@@ -6,7 +6,6 @@
 
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/extension.h>
 
 #include "cuda/int8.cuh"
 #include "cuda/torch_glue.h"

@@ -9,7 +9,6 @@
 // headers, which a CUDA toolkit may lack (pip's CUDA torch ships them in separate packages).
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/extension.h>
 
 #include <optional>
 

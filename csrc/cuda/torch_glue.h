@@ -2,7 +2,7 @@
 // CUDA torch (LLMKERN_WITH_CUDA). Host code only.
 #pragma once
 
-#include <torch/extension.h>
+#include "torch_ops.h"
 
 #include <cuda_runtime.h>
 
