@@ -44,14 +44,16 @@ DENSE_ROWS = {
         ("w8", torch.float16): (17, None),
         ("w8a8", None): (5, None),
     },
-    # AMD EPYC Zen 1 (AVX2, no AVX-512), 4096x4096, 2048x5632 and 5632x2048: the float 2:4
-    # kernels beat torch's GEMM at every M: the row kernels 1.5-6x at M <= 8, the column kernel
-    # (from 12 rows) 1.5-4x fp32 at M = 12-256 and 1.5-1.8x at M = 512-2048; bf16 2:4 2.9-3.5x
-    # torch's bf16 GEMM (no native bf16 there). int8 weight-only: llmkern's dense kernel wins at
-    # M < 16 (the row kernels convert as many lanes as it does), the column kernel from 16 rows
-    # (1.15x at 16, 2.0x at 64-1024). W8A8: llmkern's dense kernel wins up to about 24 rows
-    # (AVX2's int32 multiply makes the row kernel 0.17-0.26x it), the exact column kernel from
-    # 32 rows (1.3-1.95x at M = 32-4096 on 4096x4096 and the MiniLM shapes, 0.97-1.13x at 24).
+    # AMD EPYC Zen 1 (AVX2, no AVX-512). Float 2:4 never goes dense: bench/bench_sparse24.py
+    # (2 threads, stop 21) has the module at 1.6-2.1x nn.Linear fp32 at M = 256-1024 on
+    # 4096x4096, 2048x5632 and the MiniLM shapes, >= 1.0x at every M from 1, and bf16 2:4 at
+    # 8.8-9.4x torch's bf16 nn.Linear at M = 64-256 (no native bf16 GEMM there). int8
+    # weight-only: llmkern's dense kernel wins at M < 16 (the row kernels convert as many lanes
+    # as it does); from 16 rows the column kernel, 1.2-2.2x it in the bench rows at M = 16-1024
+    # (but 0.88x at M = 16 on MiniLM's 384x1536).
+    # W8A8: the dense kernel wins up to about 24 rows (AVX2's int32 multiply makes the row
+    # kernel 0.17-0.26x it; about even at 24 for the column kernel); from 32 rows the exact
+    # column kernel, 1.1-1.8x the dense W8A8 kernel at M = 64-1024 in the bench rows.
     "avx2": {
         ("w8", torch.float32): (1, 15),
         ("w8", torch.bfloat16): (1, 15),
