@@ -16,13 +16,17 @@ float, in the activations' dtype):
   llmkern w8a8 fp32        llmkern.quantize(model, "w8a8", skip=[])
   llmkern 2:4 fp32 / bf16  llmkern.prune(model, "2:4", skip=[])  (magnitude)
   llmkern 2:4+w8 fp32/bf16 prune, then quantize "w8"
+  llmkern 2:4+w8 fp32 lean the same with max_sparse_rows = None: the 2:4 kernel at every batch
+                           size, never a dense copy (memory 0.63x of w8's)
 
 (``skip=[]``: the compression API leaves the LM head in float by default.) The bf16 forms are the
 compressed fp32 model moved with ``.to(torch.bfloat16)``.
 
 Columns: ms/token and tokens/s; weight MB, the bytes of the linear layers (LM head included)
 that a decode step reads as the variant stores them (the packed copy where a module keeps one,
-scales and 2:4 metadata included); floor, those bytes / the read bandwidth measured in this run;
+scales and 2:4 metadata included; a 2:4 module that took the dense path counts the dense form
+it read, see llmkern.cpu.sparse24.DENSE_ROWS); floor, those bytes / the read bandwidth measured
+in this run;
 %bw = floor / ms per token; speedups vs fp32 and bf16. Correctness: the reference (fp32, or fp32
 2:4 for the 2:4 variants: pruning changes the model) generates greedily and every other variant
 is fed the reference's tokens, so its logits are compared step by step: match, the steps whose
@@ -88,6 +92,14 @@ def _compress(method: str):
     return build
 
 
+def _sparse_only(model: nn.Module) -> nn.Module:
+    """Every 2:4 module on its 2:4 kernel at every batch size: no dense copy is built."""
+    for mod in model.modules():
+        if isinstance(mod, Sparse24Linear):
+            mod.max_sparse_rows = None
+    return model
+
+
 def variants() -> list[Variant]:
     """In run order; a variant's source and reference come before it. Compressing is slow (2:4
     compression above all), so each compression runs once and the bf16 and 2:4+w8 forms start
@@ -107,6 +119,8 @@ def variants() -> list[Variant]:
         Variant("llmkern 2:4+w8 fp32", f32, "llmkern 2:4 fp32", "llmkern 2:4 fp32",
                 _compress("w8")),
         Variant("llmkern 2:4+w8 bf16", bf16, "llmkern 2:4 fp32", "llmkern 2:4+w8 fp32", to_bf16),
+        Variant("llmkern 2:4+w8 fp32 lean", f32, "llmkern 2:4 fp32", "llmkern 2:4+w8 fp32",
+                _sparse_only),
     ]  # fmt: skip
     if not B.has_int8pack_mm():
         out = [v for v in out if "int8pack" not in v.name]
@@ -132,7 +146,8 @@ def _nbytes(*tensors) -> int:
 def linear_weight_bytes(model: nn.Module) -> int:
     """Bytes of the linear layers' weights (scales, 2:4 metadata, bias included) in the form the
     decode step reads: llmkern's int8 modules keep a packed copy next to the canonical ``qweight``
-    and read only the packed one."""
+    and read only the packed one; a 2:4 module on its dense path reads its dense form. Call it
+    after the decode (those forms are built on first use)."""
     total = 0
     for m in model.modules():
         if type(m) is nn.Linear:
@@ -140,7 +155,9 @@ def linear_weight_bytes(model: nn.Module) -> int:
         elif isinstance(m, Int8Linear | Int8WeightOnlyLinear):
             total += _nbytes(m.qweight if m._packed is None else m._packed, m.weight_scale, m.bias)
         elif isinstance(m, Sparse24Linear):
-            total += _nbytes(m.values, m.meta, m.w_scale, m.bias)
+            # A module that took the dense path (DENSE_ROWS) built a dense form on first use
+            # and read only that; the compressed weight was not read.
+            total += _nbytes(*(m._prepared.built() or [m.values, m.meta]), m.w_scale, m.bias)
         elif isinstance(m, B.TorchInt8PackLinear):
             total += _nbytes(m.weight_int8, m.scales, m.bias)
         elif isinstance(m, torch.ao.nn.quantized.dynamic.Linear):

@@ -122,6 +122,8 @@ constexpr int64_t kMaxXRows = 8;
 // Columns per int16 x block of the rounded weight-only path: even (k pairs never straddle two
 // blocks) and small enough that a block's int32 sums stay exact: 128 * 128 * 32767 < 2^31.
 constexpr int64_t kW8XBlock = 128;
+// Rows of x up to which the AVX2 weight-only kernels (dense and 2:4) round x to int16.
+constexpr int64_t kW8Int16Rows = 4;
 inline int64_t x_block_rows(int64_t m) { return m < kMaxXRows ? m : kMaxXRows; }
 struct W8Args {
   const float* x;

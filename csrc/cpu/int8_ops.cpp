@@ -253,9 +253,8 @@ at::Tensor w8a8_linear_op(const at::Tensor& x, const at::Tensor& packed, const a
   return w8a8_run(isa, act, scale, w_scale, bias, packed, h, x.scalar_type());
 }
 
-// Rows up to which AVX2 weight-only rounds x to int16 (W8Int16), for one scale per channel or
-// scale groups of whole x blocks (a block's int32 sums then share one weight scale).
-constexpr int64_t kW8Int16Rows = 4;
+// Whether AVX2 weight-only rounds x to int16 (W8Int16): few rows, one scale per channel or scale
+// groups of whole x blocks (a block's int32 sums then share one weight scale).
 bool w8_int16_fits(const PackedHeader& h, int64_t m) {
   return m <= kW8Int16Rows && (h.groups == 1 || h.group_size % kW8XBlock == 0);
 }

@@ -9,9 +9,12 @@
 #pragma GCC target("avx2,fma,f16c")
 #include <immintrin.h>
 
+#include <algorithm>
+#include <array>
 #include <cstdint>
 #include <cstring>
 
+#include "cpu/int8_kernels.h"
 #include "cpu/sparse24_avx2_values.h"
 #include "cpu/sparse24_driver.h"
 
@@ -298,6 +301,115 @@ struct SpreadKernel {
   }
 };
 
+
+// Int8 values against x rounded to int16 per kW8XBlock columns (the rounding of
+// int8::round_x_int16_avx2, as the dense weight-only kernel at few rows), for decode-sized x:
+// the float kernels convert every weight to fp32, which costs more than reading it. x comes as
+// two byte planes (low and high bytes of the int16 values), so that one 16-byte source spans
+// the 16 columns of two steps. Per 4 steps of a row (16 values, one 32-bit meta load):
+//  - the meta bytes become a vpshufb control of 2 steps per 128-bit lane (column of each kept
+//    value within its 16: a 2-bit field picked per byte by a fixed shuffle, masked and mapped
+//    by a 16-entry table, plus the group's offset);
+//  - that control picks the low and the high bytes of x, interleaved into int16;
+//  - vpmaddwd multiplies them by the sign-extended values into int32 lanes, exact over a block
+//    (8 products of |x| <= 32767, |v| <= 128 a lane), scaled into fp32 once a block.
+struct Int16Planes {
+  static constexpr int kMaxM = 2;
+  static constexpr int64_t kBlockGroups = int8::kW8XBlock / 32;  // 4-step groups per x block
+
+  struct Consts {
+    __m256i shifts, pick, offset;
+  };
+  static Consts consts() {
+    alignas(32) int8_t pick[32], offset[32];
+    for (int lane = 0; lane < 2; ++lane)
+      for (int b = 0; b < 16; ++b) {
+        const int s = b >> 2 & 1, j = b & 3, q = 2 * lane + s;  // step q of the 4, kept value j
+        // Bytes 0-7 of a lane: steps 2 lane and 2 lane + 1, from dword j of the source (the 4
+        // meta bytes shifted right by 2 j: kept value j's field in bits 0-1).
+        pick[16 * lane + b] = b < 8 ? static_cast<int8_t>(4 * j + q) : int8_t{-128};
+        offset[16 * lane + b] = static_cast<int8_t>(8 * s + 4 * (j >> 1));
+      }
+    return {_mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6),
+            _mm256_load_si256(reinterpret_cast<const __m256i*>(pick)),
+            _mm256_load_si256(reinterpret_cast<const __m256i*>(offset))};
+  }
+
+  // acc[i] += 4 steps of one weight row (16 values at v, 4 meta bytes at m) times x row i's
+  // planes xl[i], xh[i]; the control and the widened values serve every x row.
+  template <int MR>
+  static inline void group(const Consts& c, __m256i (&acc)[MR], const int8_t* v, const uint8_t* m,
+                           const __m256i (&xl)[MR], const __m256i (&xh)[MR]) {
+    int32_t mw;
+    std::memcpy(&mw, m, 4);
+    const __m256i src = _mm256_srlv_epi32(_mm256_set1_epi32(mw), c.shifts);
+    const __m256i pos = _mm256_and_si256(_mm256_shuffle_epi8(src, c.pick), _mm256_set1_epi8(3));
+    const __m256i ctl = _mm256_add_epi8(pos, c.offset);
+    const __m256i w = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v)));
+    for (int i = 0; i < MR; ++i) {
+      const __m256i xv = _mm256_unpacklo_epi8(_mm256_shuffle_epi8(xl[i], ctl), _mm256_shuffle_epi8(xh[i], ctl));
+      acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(xv, w));
+    }
+  }
+
+  template <int NR, int MR>
+  static void tile(const Args& a, int64_t n0, int64_t m0) {
+    const Consts c = consts();
+    const int64_t half = a.k / 2, mbytes = meta_bytes(a.k);
+    const int64_t groups = (mbytes + 3) / 4, blocks = (groups + kBlockGroups - 1) / kBlockGroups;
+    // Groups whose 16 values and 4 meta bytes lie inside every row; the rest read zero-padded
+    // copies (past K, x is zero).
+    const int64_t inside = std::min(half / 16, mbytes / 4);
+    const int8_t* v = static_cast<const int8_t*>(a.values) + n0 * half;
+    const uint8_t* mt = a.meta + n0 * mbytes;
+    const uint8_t* xlo[MR];
+    for (int i = 0; i < MR; ++i) xlo[i] = static_cast<const uint8_t*>(a.x) + (m0 + i) * 2 * a.ldx;
+    __m256 sum[NR][MR];
+    for (auto& per_row : sum)
+      for (auto& s : per_row) s = _mm256_setzero_ps();
+    const bool ahead = m0 == 0 && n0 + 2 * NR <= a.n;
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      const int64_t g0 = blk * kBlockGroups, g1 = std::min(groups, g0 + kBlockGroups);
+      // The next tile's rows, one tile ahead (rows are short streams for the hardware
+      // prefetchers), by the first x rows only.
+      if (ahead)
+        for (int r = NR; r < 2 * NR; ++r) {
+          _mm_prefetch(reinterpret_cast<const char*>(v + r * half + 16 * g0), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(mt + r * mbytes + 4 * g0), _MM_HINT_T0);
+        }
+      __m256i acc[NR][MR];
+      for (auto& per_row : acc)
+        for (auto& s : per_row) s = _mm256_setzero_si256();
+      for (int64_t g = g0; g < g1; ++g) {
+        __m256i xl[MR], xh[MR];
+        for (int i = 0; i < MR; ++i) {
+          xl[i] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xlo[i] + 32 * g));
+          xh[i] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xlo[i] + a.ldx + 32 * g));
+        }
+        if (g < inside) {
+          for (int r = 0; r < NR; ++r)
+            group<MR>(c, acc[r], v + r * half + 16 * g, mt + r * mbytes + 4 * g, xl, xh);
+        } else {
+          for (int r = 0; r < NR; ++r) {
+            int8_t vb[16] = {};
+            uint8_t mb[4] = {};
+            std::memcpy(vb, v + r * half + 16 * g, std::min<int64_t>(16, half - 16 * g));
+            std::memcpy(mb, mt + r * mbytes + 4 * g, std::min<int64_t>(4, mbytes - 4 * g));
+            group<MR>(c, acc[r], vb, mb, xl, xh);
+          }
+        }
+      }
+      for (int i = 0; i < MR; ++i) {
+        const __m256 s = _mm256_set1_ps(a.x_scale[(m0 + i) * blocks + blk]);
+        for (int r = 0; r < NR; ++r) sum[r][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r][i]), s, sum[r][i]);
+      }
+    }
+    float* raw = static_cast<float*>(a.raw);
+    for (int r = 0; r < NR; ++r)
+      for (int i = 0; i < MR; ++i) raw[(m0 + i) * a.ldr + n0 + r] = hsum(sum[r][i]);
+  }
+};
+
 }  // namespace
 
 namespace {
@@ -321,5 +433,7 @@ void float_rows_avx2(ValueType vt, const Args& a, int64_t n0, int64_t n1) {
 }
 
 void int_rows_avx2(const Args& a, int64_t n0, int64_t n1) { run_rows<Kernel<IntLanes>>(a, n0, n1); }
+
+void w8_int16_rows_avx2(const Args& a, int64_t n0, int64_t n1) { run_rows<Int16Planes>(a, n0, n1); }
 
 }  // namespace llmkern::sparse24

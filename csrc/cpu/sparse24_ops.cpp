@@ -2,9 +2,11 @@
 // weight rows over threads and applies the epilogue (scales, bias, output dtype) per thread. Arguments were
 // validated in Python (llmkern/ops/sparse24.py); the checks here guard internal invariants only.
 #include <cstring>
+#include <optional>
 #include <vector>
 
 #include "torch_ops.h"
+#include "cpu/int8_kernels.h"
 #include "cpu/isa.h"
 #include "cpu/sparse24_kernels.h"
 
@@ -113,6 +115,34 @@ at::Tensor padded_x_i8(const at::Tensor& x) {
     std::memset(o + i * kp + k, 0, kp - k);
   }
   return out;
+}
+
+// Float x [M, K] rounded to int16 as the dense weight-only kernel does at few rows
+// (int8::round_x_int16_avx2), as the byte planes of w8_int16_rows_avx2: row i's low bytes in
+// row 2 i of a uint8 [2 M, round_up(K, kKPad)], its high bytes in row 2 i + 1, zero past K;
+// and the block scales [M, ceil(K / kW8XBlock)]. Nothing when a block is not finite or too
+// small to scale (the float kernels take the call then).
+std::optional<std::pair<at::Tensor, at::Tensor>> x_int16_planes(const at::Tensor& x) {
+  using int8::DType;
+  const DType dt = x.scalar_type() == at::kFloat      ? DType::F32
+                   : x.scalar_type() == at::kBFloat16 ? DType::BF16
+                                                      : DType::F16;
+  const int64_t m = x.size(0), k = x.size(1), kp = round_up(k, kKPad);
+  const at::Tensor xc = x.contiguous();
+  std::vector<int16_t> q(m * kp);
+  at::Tensor scale = at::empty({m, (k + int8::kW8XBlock - 1) / int8::kW8XBlock},
+                               x.options().dtype(at::kFloat));
+  if (!int8::round_x_int16_avx2(xc.data_ptr(), dt, k, m, k, q.data(), kp, scale.data_ptr<float>()))
+    return std::nullopt;
+  at::Tensor planes = at::empty({2 * m, kp}, x.options().dtype(at::kByte));
+  uint8_t* p = planes.data_ptr<uint8_t>();
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < kp; ++j) {
+      const auto u = static_cast<uint16_t>(q[i * kp + j]);
+      p[2 * i * kp + j] = static_cast<uint8_t>(u);
+      p[(2 * i + 1) * kp + j] = static_cast<uint8_t>(u >> 8);
+    }
+  return std::make_pair(planes, scale);
 }
 
 // Optional 1-D float vector of length n (any float dtype and stride) as fp32 values.
@@ -254,6 +284,19 @@ at::Tensor sparse24_matmul(const at::Tensor& x, const at::Tensor& values, const 
   };
   if (ran_columns(x, values, meta, raw.data_ptr(), columns, epilogue)) return out;
   const Isa isa = active_isa();
+  if (vt == ValueType::I8 && isa == Isa::Avx2 && m <= int8::kW8Int16Rows) {
+    if (const auto rounded = x_int16_planes(x)) {
+      const auto& [planes, xscale] = *rounded;
+      Args a{planes.data_ptr(), m, planes.size(1), values.data_ptr(), meta.data_ptr<uint8_t>(), k,
+             raw.data_ptr(), n, n};
+      a.x_scale = xscale.data_ptr<float>();
+      parallel_rows(n, m, k, [&](int64_t n0, int64_t n1) {
+        w8_int16_rows_avx2(a, n0, n1);
+        epilogue(n0, n1, 0, m);
+      });
+      return out;
+    }
+  }
   const auto [xs, x_finite] = padded_x_f32(x);
   const Args a{xs.data_ptr(), m, xs.size(1), values.data_ptr(), meta.data_ptr<uint8_t>(), k,
                raw.data_ptr(), n, n, x_finite};

@@ -368,6 +368,10 @@ class Prepared:
     def clear(self) -> None:
         self._forms.clear()
 
+    def built(self) -> list:
+        """The forms built so far (what the kernels read in place of the weight)."""
+        return [form for _, form in self._forms.values()]
+
     def __len__(self) -> int:
         return len(self._forms)
 

@@ -48,9 +48,12 @@ DENSE_ROWS = {
     # (2 threads, stop 21) has the module at 1.6-2.1x nn.Linear fp32 at M = 256-1024 on
     # 4096x4096, 2048x5632 and the MiniLM shapes, >= 1.0x at every M from 1, and bf16 2:4 at
     # 8.8-9.4x torch's bf16 nn.Linear at M = 64-256 (no native bf16 GEMM there). int8
-    # weight-only: llmkern's dense kernel wins at M < 16 (the row kernels convert as many lanes
-    # as it does); from 16 rows the column kernel, 1.2-2.2x it in the bench rows at M = 16-1024
-    # (but 0.88x at M = 16 on MiniLM's 384x1536).
+    # weight-only: llmkern's dense kernel wins at M < 16. At M <= 4 the 2:4 int16 row kernel
+    # (vpshufb picks each kept value's x) is 1.5-2.5x the float row kernels at M = 1 but, on the
+    # Llama shapes 2048x2048, 5632x2048, 2048x5632 and 32000x2048, 0.63-0.89x the dense int16
+    # kernel at M = 1 and 0.60-0.94x at M = 2-4: its x picks cost per column about what the
+    # dense kernel's whole work does. From 16 rows the column kernel, 1.2-2.2x the dense kernel
+    # in the bench rows at M = 16-1024 (but 0.88x at M = 16 on MiniLM's 384x1536).
     # W8A8: the dense kernel wins up to about 24 rows (AVX2's int32 multiply makes the row
     # kernel 0.17-0.26x it; about even at 24 for the column kernel); from 32 rows the exact
     # column kernel, 1.1-1.8x the dense W8A8 kernel at M = 64-1024 in the bench rows.

@@ -5,7 +5,6 @@ import torch
 
 import llmkern
 from llmkern.cpu import int8 as cpu_int8
-from llmkern.cpu import sparse24 as cpu_s24
 from llmkern.ops import sparse24 as s24
 from tests.ops.test_sparse24_format import random_24
 
@@ -80,10 +79,86 @@ def test_w8_weight_only_matches_reference(cpu_isa, m, n, k, dtype):
     bias = torch.randn(n)
     got = llmkern.sparse24_w8_matmul(x, values, meta, w_scale, bias, **CPU)
     assert got.dtype == dtype
-    # On the dense path few rows may be rounded to int16 first (docs/numerics.md).
-    if cpu_s24.runs_dense(m, "w8", dtype) and cpu_int8.w8_rounds_x(x, 0):
+    # Few rows may be rounded to int16 first, on the dense path and by the 2:4 int16 kernel
+    # alike (docs/numerics.md).
+    if cpu_int8.w8_rounds_x(x, 0):
         x = cpu_int8.round_x_int16(x).to(dtype)
     close(got, llmkern.sparse24_w8_matmul(x, values, meta, w_scale, bias, **REF), dtype)
+
+
+# The int16 row kernel (AVX2, up to W8_INT16_ROWS rows): K with a partial last step (K % 8 == 4),
+# partial 4-step groups (K % 32), more than one 128-column x block, N off the 4-row tile.
+INT16_SHAPES = [(1, 1, 4), (1, 5, 36), (2, 7, 100), (3, 9, 132), (4, 33, 260), (1, 130, 2052),
+                (2, 6, 4100), (1, 64, 2048), (4, 3, 32)]  # fmt: skip
+
+
+def _kernel_w8(x, values, meta, w_scale, bias=None):
+    """The 2:4 kernels themselves (the op would take the dense path at these rows on AVX2)."""
+    return torch.ops.llmkern_C.sparse24_matmul(x, values, meta, w_scale, bias)
+
+
+@pytest.mark.parametrize("m,n,k", INT16_SHAPES)
+@pytest.mark.parametrize("dtype", list(TOL))
+def test_w8_int16_row_kernel_matches_reference(cpu_isa, m, n, k, dtype):
+    values, meta = llmkern.compress_24(random_24(n, k, torch.int8))
+    x = (torch.randn(m, k) * torch.logspace(-2, 2, k)).to(dtype)  # blocks of different scales
+    w_scale, bias = torch.rand(n) * 0.02, torch.randn(n)
+    got = _kernel_w8(x, values, meta, w_scale, bias)
+    assert got.dtype == dtype and got.shape == (m, n)
+    xr = cpu_int8.round_x_int16(x).to(dtype) if cpu_int8.w8_rounds_x(x, 0) else x
+    close(got, llmkern.sparse24_w8_matmul(xr, values, meta, w_scale, bias, **REF), dtype)
+
+
+def test_w8_int16_row_kernel_rounds_exactly_where_predicted(cpu_isa):
+    """Up to W8_INT16_ROWS rows the AVX2 2:4 kernel computes on round_x_int16(x) (as the dense
+    kernel does), one row more it does not. Each block holds one large value whose weights are
+    pruned, so rounding moves the output by ~1e-3 relative, far beyond the comparison's."""
+    n, k = 24, 300
+    w_q = random_24(n, k, torch.int8)
+    w_q[:, :: cpu_int8.W8_X_BLOCK] = 0
+    values, meta = llmkern.compress_24(w_q)
+    w_scale = torch.rand(n) * 0.02
+    for m in (1, cpu_int8.W8_INT16_ROWS, cpu_int8.W8_INT16_ROWS + 1):
+        x = torch.randn(m, k)
+        x[:, :: cpu_int8.W8_X_BLOCK] = 500.0
+        rounds = cpu_isa == "avx2" and m <= cpu_int8.W8_INT16_ROWS
+        assert cpu_int8.w8_rounds_x(x, 0) == rounds
+        got = _kernel_w8(x, values, meta, w_scale)
+        exact = llmkern.sparse24_w8_matmul(x, values, meta, w_scale, **REF)
+        rounded = llmkern.sparse24_w8_matmul(
+            cpu_int8.round_x_int16(x), values, meta, w_scale, **REF
+        )
+        torch.testing.assert_close(got, rounded if rounds else exact, rtol=1e-5, atol=1e-5)
+        with pytest.raises(AssertionError):
+            torch.testing.assert_close(got, exact if rounds else rounded, rtol=1e-5, atol=1e-5)
+
+
+def test_w8_int16_row_kernel_extreme_values(cpu_isa):
+    """Every kept weight -128 and |x| rounding to 32767: the largest int32 block sums."""
+    n, k = 6, 4100
+    w_q = llmkern.prune_24(torch.full((n, k), -128, dtype=torch.int8), torch.rand(n, k))
+    values, meta = llmkern.compress_24(w_q)
+    x = torch.where(torch.rand(1, k) < 0.5, -1.0, 1.0) * (1 - 2.0**-17)
+    x[0, 4] = 0.0
+    got = _kernel_w8(x, values, meta, torch.ones(n))
+    xr = cpu_int8.round_x_int16(x) if cpu_int8.w8_rounds_x(x, 0) else x
+    if cpu_int8.w8_rounds_x(x, 0):
+        assert (cpu_int8.round_x_int16(x).abs().amax() * 2.0**15).item() == 32767
+    torch.testing.assert_close(
+        got, llmkern.sparse24_w8_matmul(xr, values, meta, torch.ones(n), **REF), rtol=1e-6, atol=0
+    )
+
+
+@pytest.mark.parametrize("case", ["nan", "inf"])
+def test_w8_int16_row_kernel_leaves_non_finite_x_to_float(cpu_isa, case):
+    """x the int16 rounding cannot carry runs the float kernel, which multiplies kept weights
+    only: the NaN/inf reaches exactly the outputs whose row keeps that column."""
+    values, meta = llmkern.compress_24(random_24(6, 64, torch.int8))
+    kept = s24.decompress_24_ref(torch.ones_like(values), meta, 64).bool()
+    x = torch.randn(1, 64)
+    x[0, 21] = float(case)
+    got = _kernel_w8(x, values, meta, torch.rand(6) + 0.1)
+    assert torch.equal(~torch.isfinite(got[0]), kept[:, 21])
 
 
 def test_non_contiguous_inputs(cpu_isa):
