@@ -5,12 +5,12 @@
 // Kernel picks x per kept value; AVX2 has no two-source permute, so each half chunk (4 groups:
 // 16 x columns, 8 kept values) picks from two x vectors with one index vector and blends: float
 // lanes with in-lane vpermilps from lane-arranged x (FloatLanes::load_x), int lanes with vpermd
-// from the low and high 8 columns.
+// from the low and high 8 columns. Int16Planes: int8 values against x rounded to int16, the
+// weight-only path at decode-sized x (w8_int16_rows_avx2).
 #pragma GCC target("avx2,fma,f16c")
 #include <immintrin.h>
 
 #include <algorithm>
-#include <array>
 #include <cstdint>
 #include <cstring>
 
@@ -301,15 +301,14 @@ struct SpreadKernel {
   }
 };
 
-
 // Int8 values against x rounded to int16 per kW8XBlock columns (the rounding of
 // int8::round_x_int16_avx2, as the dense weight-only kernel at few rows), for decode-sized x:
 // the float kernels convert every weight to fp32, which costs more than reading it. x comes as
 // two byte planes (low and high bytes of the int16 values), so that one 16-byte source spans
 // the 16 columns of two steps. Per 4 steps of a row (16 values, one 32-bit meta load):
-//  - the meta bytes become a vpshufb control of 2 steps per 128-bit lane (column of each kept
-//    value within its 16: a 2-bit field picked per byte by a fixed shuffle, masked and mapped
-//    by a 16-entry table, plus the group's offset);
+//  - the meta bytes become a vpshufb control of 2 steps per 128-bit lane (the column of each
+//    kept value within its 16: the meta dword shifted by 0, 2, 4 and 6 bits per dword, its
+//    2-bit field picked per byte by a fixed shuffle and masked, plus the group's offset);
 //  - that control picks the low and the high bytes of x, interleaved into int16;
 //  - vpmaddwd multiplies them by the sign-extended values into int32 lanes, exact over a block
 //    (8 products of |x| <= 32767, |v| <= 128 a lane), scaled into fp32 once a block.
