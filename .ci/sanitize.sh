@@ -50,7 +50,7 @@ export LLMKERN_PROPERTY_EXAMPLES="${LLMKERN_PROPERTY_EXAMPLES:-25}"
 log="$work/sanitize-pytest.log"
 set +e
 python -m pytest tests -q -p no:cacheprovider -m "not gpu and not slow" \
-  -k "cpu or scalar or avx2 or avx512" "$@" 2>&1 | tee "$log"
+  -k "cpu or scalar or avx2 or avx512 or amx" "$@" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
 if grep -qE "AddressSanitizer|LeakSanitizer|runtime error:|UndefinedBehaviorSanitizer" "$log"; then

@@ -37,7 +37,7 @@ PYBIND11_MODULE(_C, m) {
         llmkern::set_active_isa(name ? name->c_str() : "");
       },
       pybind11::arg("name"),
-      "Switch the CPU kernels to ISA path `name` (scalar, avx2, avx512, avx512_vnni; at most "
+      "Switch the CPU kernels to ISA path `name` (scalar, avx2, avx512, avx512_vnni, amx; at most "
       "detected_isa()); '' or None goes back to the default (detected, lowered by "
       "LLMKERN_CPU_ISA), chosen again at next use. ValueError for a name this CPU cannot run.");
   m.def("has_avx512_bf16", &llmkern::has_avx512_bf16);

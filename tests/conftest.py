@@ -30,7 +30,7 @@ if os.environ.get("CI"):
 from llmkern import _ext  # noqa: E402
 from tests import ddp as _ddp  # noqa: E402
 
-ISA_ORDER = ("scalar", "avx2", "avx512", "avx512_vnni")
+ISA_ORDER = ("scalar", "avx2", "avx512", "avx512_vnni", "amx")
 
 
 def supported_isas() -> list[str]:

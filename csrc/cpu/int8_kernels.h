@@ -2,7 +2,7 @@
 // int8 weight-only GEMM, on weights pre-packed once into the layouts described below.
 //
 // This header has no torch and no intrinsics: it is shared by the ISA-specific kernel files
-// (int8_{scalar,avx2,avx512,avx512_vnni}.cpp) and by the torch glue (int8_ops.cpp), which
+// (int8_{scalar,avx2,avx512,avx512_vnni,amx}.cpp) and by the torch glue (int8_ops.cpp), which
 // picks the variant at run time and parallelises over output tiles.
 #pragma once
 
@@ -194,5 +194,7 @@ LLMKERN_INT8_DECLARE(avx512)
 // The VNNI variant differs only in the W8A8 inner product (quantisation and weight-only are
 // the AVX-512 ones).
 void w8a8_tile_avx512_vnni(const W8a8Args& args, int64_t m0, int64_t m1, int64_t p0, int64_t p1);
+// The AMX variant reads the VNNI activations and panels with tile instructions.
+void w8a8_tile_amx(const W8a8Args& args, int64_t m0, int64_t m1, int64_t p0, int64_t p1);
 
 }  // namespace llmkern::int8

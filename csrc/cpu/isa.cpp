@@ -1,5 +1,11 @@
 #include "cpu/isa.h"
 
+#include <cpuid.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -16,9 +22,24 @@ std::atomic<int> g_active{kUnset};
 
 // The Isa called `name`, or -1 when no ISA has that name.
 int isa_of(const char* name) {
-  for (int i = 0; i <= static_cast<int>(Isa::Avx512Vnni); ++i)
+  for (int i = 0; i <= static_cast<int>(Isa::Amx); ++i)
     if (std::strcmp(name, isa_name(static_cast<Isa>(i))) == 0) return i;
   return -1;
+}
+
+// AMX-TILE and AMX-INT8 (cpuid leaf 7: edx bits 24, 25), and the kernel's permission to use tile
+// data in this process (Linux >= 5.16: arch_prctl ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA;
+// without it the first tile instruction faults).
+bool amx_int8_granted() {
+  unsigned eax, ebx, ecx, edx;
+  if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) || !(edx & (1u << 24)) || !(edx & (1u << 25)))
+    return false;
+#if defined(__linux__)
+  constexpr long kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;
+#endif
 }
 
 // detected_isa(), lowered by LLMKERN_CPU_ISA when set.
@@ -29,7 +50,7 @@ Isa default_isa() {
   const int want = isa_of(env);
   if (want < 0)
     throw std::invalid_argument(std::string("LLMKERN_CPU_ISA=") + env +
-                                " is unknown; expected scalar, avx2, avx512 or avx512_vnni");
+                                " is unknown; expected scalar, avx2, avx512, avx512_vnni or amx");
   if (static_cast<Isa>(want) > best)
     throw std::invalid_argument(std::string("LLMKERN_CPU_ISA=") + env +
                                 " is not supported by this CPU (best: " + isa_name(best) + ")");
@@ -54,7 +75,9 @@ Isa detected_isa() {
     const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") &&
                         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
                         __builtin_cpu_supports("avx512dq");
-    if (avx512 && __builtin_cpu_supports("avx512vnni")) return Isa::Avx512Vnni;
+    const bool vnni = avx512 && __builtin_cpu_supports("avx512vnni");
+    if (vnni && amx_int8_granted()) return Isa::Amx;
+    if (vnni) return Isa::Avx512Vnni;
     if (avx512) return Isa::Avx512;
     if (avx2) return Isa::Avx2;
     return Isa::Scalar;
@@ -68,6 +91,7 @@ const char* isa_name(Isa isa) {
     case Isa::Avx2: return "avx2";
     case Isa::Avx512: return "avx512";
     case Isa::Avx512Vnni: return "avx512_vnni";
+    case Isa::Amx: return "amx";
   }
   return "unknown";
 }

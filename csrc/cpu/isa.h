@@ -8,13 +8,14 @@
 
 namespace llmkern {
 
-enum class Isa : int { Scalar = 0, Avx2 = 1, Avx512 = 2, Avx512Vnni = 3 };
+enum class Isa : int { Scalar = 0, Avx2 = 1, Avx512 = 2, Avx512Vnni = 3, Amx = 4 };
 
-// Best ISA this CPU (and OS) supports, from cpuid.
+// Best ISA this CPU (and OS) supports, from cpuid. Amx is AVX-512 VNNI plus AMX-INT8 tiles, which
+// Linux hands out per process on request (arch_prctl): detection makes that request.
 Isa detected_isa();
 
 // The ISA the kernels run: chosen once, at first use, as detected_isa() lowered by the
-// environment variable LLMKERN_CPU_ISA (scalar | avx2 | avx512 | avx512_vnni), then kept in an
+// environment variable LLMKERN_CPU_ISA (scalar | avx2 | avx512 | avx512_vnni | amx), then kept in an
 // atomic (a kernel call reads it without touching the environment). Throws
 // std::invalid_argument for an unknown name or an ISA the CPU lacks.
 Isa active_isa();

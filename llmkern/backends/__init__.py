@@ -369,8 +369,9 @@ class Prepared:
         self._forms.clear()
 
     def built(self) -> list:
-        """The forms built so far (what the kernels read in place of the weight)."""
-        return [form for _, form in self._forms.values()]
+        """The forms built so far (what the kernels read in place of the weight; a form built as
+        None stands for "the weight itself")."""
+        return [form for _, form in self._forms.values() if form is not None]
 
     def __len__(self) -> int:
         return len(self._forms)

@@ -97,10 +97,26 @@ def _decompressed(values, meta):
     return decompress_24_ref(values, meta, 2 * values.shape[1])
 
 
+def _has_bf16_subnormal(t: torch.Tensor) -> bool:
+    """torch's bf16 CPU GEMM (oneDNN with AVX512_BF16 or AMX) reads subnormal inputs as zero
+    (seen on an Intel Xeon with AMX from 5 rows): a bf16 product holding one keeps the 2:4
+    kernel, which multiplies them exactly."""
+    if t.dtype != torch.bfloat16:
+        return False
+    return bool(((t != 0) & (t.abs() < torch.finfo(t.dtype).tiny)).any())
+
+
+def _dense_weight(values, meta):
+    """The dense weight for torch's GEMM, or None where that GEMM would change it."""
+    w = _decompressed(values, meta)
+    return None if _has_bf16_subnormal(w) else w
+
+
 def sparse24_matmul_cpu(x, values, meta, bias, prepared=None):
-    if _goes_dense(x, None, prepared):
-        w = _dense_form(prepared, "dense", (values, meta), lambda: _decompressed(values, meta))
-        return F.linear(x, w, None if bias is None else bias.to(x.dtype))
+    if _goes_dense(x, None, prepared) and not _has_bf16_subnormal(x):
+        w = _dense_form(prepared, "dense", (values, meta), lambda: _dense_weight(values, meta))
+        if w is not None:
+            return F.linear(x, w, None if bias is None else bias.to(x.dtype))
     return torch.ops.llmkern_C.sparse24_matmul(
         x, values.contiguous(), meta.contiguous(), None, bias
     )

@@ -79,13 +79,14 @@ def test_w8a8_int32_accumulation_exact(cpu_isa, m, k, n):
     assert torch.equal(out, ops.int_matmul_ref(x_q, w_q).float())
 
 
-def test_w8a8_int32_extremes_at_max_k(cpu_isa):
+@pytest.mark.parametrize("m", [2, 18])  # the VNNI and the AMX kernel (whose u8 sums wrap too)
+def test_w8a8_int32_extremes_at_max_k(cpu_isa, m):
     k = ops.MAX_K_W8A8  # |acc| = 127 * 128 * 2**17 < 2**31: the largest sum the check allows
-    x_q = torch.full((2, k), -127, dtype=torch.int8)
-    x_q[1] = 127
+    x_q = torch.full((m, k), -127, dtype=torch.int8)
+    x_q[1::2] = 127
     w_q = torch.full((17, k), -128, dtype=torch.int8)
-    out = ops.w8a8_matmul(x_q, w_q, torch.ones(2), torch.ones(17), **CPU)
-    want = torch.tensor([[127.0 * 128 * k], [-127.0 * 128 * k]]).expand(2, 17)
+    out = ops.w8a8_matmul(x_q, w_q, torch.ones(m), torch.ones(17), **CPU)
+    want = torch.tensor([[127.0 * 128 * k], [-127.0 * 128 * k]]).repeat(m // 2, 17)
     assert torch.equal(out, want)
 
 
@@ -102,6 +103,18 @@ def test_w8a8_few_rows_exact(cpu_isa, m, min_weight):
     w_q[:, :8] = torch.tensor([127, -127] * 4, dtype=torch.int8)
     if min_weight:
         w_q[n // 2, k // 2] = -128
+    out = ops.w8a8_matmul(x_q, w_q, torch.ones(m), torch.ones(n), **CPU)
+    assert torch.equal(out, ops.int_matmul_ref(x_q, w_q).float())
+
+
+@pytest.mark.parametrize("m", [8, 16, 17, 32, 33, 47, 64, 193])
+@pytest.mark.parametrize("k,n", [(4, 16), (64, 48), (200, 64), (1024, 80)])
+def test_w8a8_row_tiles_exact(cpu_isa, m, k, n):
+    # From 8 rows AMX multiplies 16-row x 64-k tiles: row counts around 16 / 32 (and one row
+    # past a 192-row block), K below, at and past 64 (the k % 64 tail runs with vpdpbusd), and
+    # 1, 3, 4 and 5 channel vectors of 16 per panel.
+    x_q = torch.randint(-128, 128, (m, k), dtype=torch.int8)
+    w_q = torch.randint(-128, 128, (n, k), dtype=torch.int8)
     out = ops.w8a8_matmul(x_q, w_q, torch.ones(m), torch.ones(n), **CPU)
     assert torch.equal(out, ops.int_matmul_ref(x_q, w_q).float())
 

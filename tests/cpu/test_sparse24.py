@@ -5,6 +5,7 @@ import torch
 
 import llmkern
 from llmkern.cpu import int8 as cpu_int8
+from llmkern.nn import Sparse24Linear
 from llmkern.ops import sparse24 as s24
 from tests.ops.test_sparse24_format import random_24
 
@@ -40,6 +41,25 @@ def test_float_matmul_matches_reference(cpu_isa, m, n, k, dtype):
     got = llmkern.sparse24_matmul(x, values, meta, bias, **CPU)
     assert got.dtype == dtype and got.shape == (m, n)
     close(got, llmkern.sparse24_matmul(x, values, meta, bias, **REF), dtype)
+
+
+@pytest.mark.parametrize("subnormal_in", ["x", "w"])
+def test_bf16_subnormals_are_multiplied_not_flushed(cpu_isa, subnormal_in):
+    # From 5 rows AVX-512 machines hand bf16 products to torch's dense GEMM, which reads
+    # subnormal inputs as zero; calls holding one must keep the exact 2:4 kernel.
+    tiny = torch.finfo(torch.bfloat16).tiny
+    w = random_24(16, 64, torch.bfloat16)
+    x = torch.randn(8, 64).bfloat16()
+    if subnormal_in == "x":
+        x, w = (x * tiny / 8).bfloat16(), (w * 2**20).bfloat16()
+    else:
+        x, w = (x * 2**20).bfloat16(), (w * tiny / 8).bfloat16()
+    assert ((x.abs() < tiny) & (x != 0)).any() or ((w.abs() < tiny) & (w != 0)).any()
+    values, meta = llmkern.compress_24(w)
+    module = Sparse24Linear.from_weight(w)
+    want = (x.double() @ w.double().T).float()
+    for got in (llmkern.sparse24_matmul(x, values, meta, None, **CPU), module(x)):
+        torch.testing.assert_close(got.float(), want, rtol=1e-2, atol=0)
 
 
 @pytest.mark.parametrize("m,n,k", SHAPES)

@@ -107,7 +107,7 @@ def test_run_follows_the_environment_and_per_call_rules(needs_ext, monkeypatch):
 def test_cpu_isa_detection_and_override(needs_ext, monkeypatch):
     c = _ext._C
     best = c.detected_isa()
-    assert best in ("scalar", "avx2", "avx512", "avx512_vnni")
+    assert best in ("scalar", "avx2", "avx512", "avx512_vnni", "amx")
     try:
         # LLMKERN_CPU_ISA is read once, at first use: changing it later changes nothing until
         # set_isa(None) asks for the default again.
@@ -138,7 +138,7 @@ def test_cpu_isa_detection_and_override(needs_ext, monkeypatch):
 
 def test_set_isa_rejects_names_this_cpu_cannot_run(needs_ext):
     c = _ext._C
-    allowed = ("scalar", "avx2", "avx512", "avx512_vnni")
+    allowed = ("scalar", "avx2", "avx512", "avx512_vnni", "amx")
     supported = allowed[: allowed.index(c.detected_isa()) + 1]
     try:
         with pytest.raises(ValueError, match=r"'sse9' is unknown; choose from scalar"):
@@ -160,8 +160,12 @@ def test_cpu_isa_matches_proc_cpuinfo(needs_ext):
         flags = open("/proc/cpuinfo").read()
     except OSError:
         pytest.skip("no /proc/cpuinfo")
-    expect_vnni = " avx512_vnni" in flags and " avx512bw" in flags
-    assert (_ext._C.detected_isa() == "avx512_vnni") == expect_vnni
+    vnni = " avx512_vnni" in flags and " avx512bw" in flags
+    # Linux lists the amx flags only where it can hand tile data to a process.
+    amx = vnni and " amx_tile" in flags and " amx_int8" in flags
+    detected = _ext._C.detected_isa()
+    assert (detected == "amx") == amx
+    assert (detected == "avx512_vnni") == (vnni and not amx)
 
 
 def test_info_command_reports_this_machine():

@@ -20,6 +20,7 @@ from tests.strategies import (
     dim,
     gen,
     int8_tensor,
+    interpreted_bf16_subnormals,
     lay,
     layout,
     matmul_bound,
@@ -150,6 +151,7 @@ def sparse24_body(data, backend, small):
     vals = lay(vals, layout(data, "values_layout"))
     meta = lay(meta, layout(data, "meta_layout"))
     bias = maybe_bias(data, g, n)
+    interpreted_bf16_subnormals(backend, x, w, bias)
     out = llmkern.sparse24_matmul(x, vals, meta, bias, **with_backend(backend))
     if backend == "reference":
         want = x.double() @ w.double().T + (bias.double()[None, :] if bias is not None else 0)
