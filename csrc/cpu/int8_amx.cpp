@@ -84,10 +84,6 @@ void tile_sums(const W8a8Args& a, const uint8_t* x, const int8_t* panel, int64_t
   if (TwoRows && TwoCols) _tile_stored(3, &s.v[kTileRows][16], ld);
 }
 
-inline void dpbusd(__m512i& acc, __m512i a, __m512i b) {
-  asm("vpdpbusd %[b], %[a], %[acc]" : [acc] "+v"(acc) : [a] "v"(a), [b] "v"(b));
-}
-
 // Rows [m, m + rows) x vectors [v0, v0 + nv) of panel p: tiles over the first kfull bytes of k,
 // vpdpbusd over the rest, then the epilogue.
 void block(const W8a8Args& a, int64_t m, int rows, int64_t p, int64_t width, int64_t v0, int nv) {

@@ -1,6 +1,6 @@
-// AVX-512 helpers shared by int8_avx512.cpp and int8_avx512_vnni.cpp. Include only from files
-// compiled under an AVX-512 `#pragma GCC target`; everything here has internal linkage so each
-// file keeps its own copy compiled for its own target.
+// AVX-512 helpers shared by int8_avx512.cpp, int8_avx512_vnni.cpp and int8_amx.cpp. Include only
+// from files compiled under an AVX-512 `#pragma GCC target`; everything here has internal linkage
+// so each file keeps its own copy compiled for its own target.
 #pragma once
 
 #include <immintrin.h>
@@ -73,6 +73,13 @@ inline void w8a8_epilogue16(const W8a8Args& a, int64_t m, int64_t n0, __m512i ac
   v = _mm512_mul_round_ps(v, _mm512_maskz_loadu_ps(mask, a.w_scale + n0), kRne);
   if (a.bias) v = _mm512_add_round_ps(v, _mm512_maskz_loadu_ps(mask, a.bias + n0), kRne);
   store16(a.out, a.out_dtype, m * a.ld_out + n0, v, mask);
+}
+
+// acc += dot4(a as u8, b as s8) per int32 lane (AVX-512 VNNI: call only from files compiled for
+// it). Inline asm ties the accumulator to one register: GCC 12 copies the intrinsic's
+// destination around and spills a 6 x 4 accumulator tile.
+inline void dpbusd(__m512i& acc, __m512i a, __m512i b) {
+  asm("vpdpbusd %[b], %[a], %[acc]" : [acc] "+v"(acc) : [a] "v"(a), [b] "v"(b));
 }
 
 }  // namespace

@@ -14,12 +14,6 @@
 namespace llmkern::int8 {
 namespace {
 
-// acc += dot4(a as u8, b as s8) per int32 lane. Inline asm ties the accumulator to one register:
-// GCC 12 copies the intrinsic's destination around and spills a 6 x 4 accumulator tile.
-inline void dpbusd(__m512i& acc, __m512i a, __m512i b) {
-  asm("vpdpbusd %[b], %[a], %[acc]" : [acc] "+v"(acc) : [a] "v"(a), [b] "v"(b));
-}
-
 // Rows [m, m + MR) x vectors [v0, v0 + NV) of panel p, over the whole K.
 template <int MR, int NV>
 struct W8a8Vnni {

@@ -15,8 +15,8 @@ enum class Isa : int { Scalar = 0, Avx2 = 1, Avx512 = 2, Avx512Vnni = 3, Amx = 4
 Isa detected_isa();
 
 // The ISA the kernels run: chosen once, at first use, as detected_isa() lowered by the
-// environment variable LLMKERN_CPU_ISA (scalar | avx2 | avx512 | avx512_vnni | amx), then kept in an
-// atomic (a kernel call reads it without touching the environment). Throws
+// environment variable LLMKERN_CPU_ISA (scalar | avx2 | avx512 | avx512_vnni | amx), then kept
+// in an atomic (a kernel call reads it without touching the environment). Throws
 // std::invalid_argument for an unknown name or an ISA the CPU lacks.
 Isa active_isa();
 
