@@ -82,5 +82,11 @@ inline void dpbusd(__m512i& acc, __m512i a, __m512i b) {
   asm("vpdpbusd %[b], %[a], %[acc]" : [acc] "+v"(acc) : [a] "v"(a), [b] "v"(b));
 }
 
+// acc += a.lo * b.lo + a.hi * b.hi per int32 lane of int16 pairs (AVX-512 VNNI vpdpwssd, which
+// wraps rather than saturates), register-tied as dpbusd.
+inline void dpwssd(__m512i& acc, __m512i a, __m512i b) {
+  asm("vpdpwssd %[b], %[a], %[acc]" : [acc] "+v"(acc) : [a] "v"(a), [b] "v"(b));
+}
+
 }  // namespace
 }  // namespace llmkern::int8

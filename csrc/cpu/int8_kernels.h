@@ -124,6 +124,8 @@ constexpr int64_t kMaxXRows = 8;
 constexpr int64_t kW8XBlock = 128;
 // Rows of x up to which the AVX2 weight-only kernels (dense and 2:4) round x to int16.
 constexpr int64_t kW8Int16Rows = 4;
+// The same on AVX-512 VNNI (dense weight-only only; its 2:4 kernels keep float x).
+constexpr int64_t kW8Int16RowsVnni = 8;
 inline int64_t x_block_rows(int64_t m) { return m < kMaxXRows ? m : kMaxXRows; }
 struct W8Args {
   const float* x;
@@ -194,6 +196,8 @@ LLMKERN_INT8_DECLARE(avx512)
 // The VNNI variant differs only in the W8A8 inner product (quantisation and weight-only are
 // the AVX-512 ones).
 void w8a8_tile_avx512_vnni(const W8a8Args& args, int64_t m0, int64_t m1, int64_t p0, int64_t p1);
+// Weight-only on int16 x (W8Args::xq) with vpdpwssd, rows up to kW8Int16RowsVnni.
+void w8_int16_tile_avx512_vnni(const W8Args& args, int64_t m0, int64_t m1, int64_t p0, int64_t p1);
 // The AMX variant reads the VNNI activations and panels with tile instructions.
 void w8a8_tile_amx(const W8a8Args& args, int64_t m0, int64_t m1, int64_t p0, int64_t p1);
 

@@ -71,6 +71,8 @@ void w8_tile(Isa isa, const W8Args& a, int64_t m0, int64_t m1, int64_t p) {
   switch (isa) {
     case Isa::Amx:
     case Isa::Avx512Vnni:
+      if (a.xq) return w8_int16_tile_avx512_vnni(a, m0, m1, p, p + 1);
+      return w8_tile_avx512(a, m0, m1, p, p + 1);
     case Isa::Avx512: return w8_tile_avx512(a, m0, m1, p, p + 1);
     case Isa::Avx2: return w8_tile_avx2(a, m0, m1, p, p + 1);
     case Isa::Scalar: return w8_tile_scalar(a, m0, m1, p, p + 1);
@@ -264,10 +266,12 @@ at::Tensor w8a8_linear_op(const at::Tensor& x, const at::Tensor& packed, const a
   return w8a8_run(isa, act, scale, w_scale, bias, packed, h, x.scalar_type());
 }
 
-// Whether AVX2 weight-only rounds x to int16 (W8Int16): few rows, one scale per channel or scale
-// groups of whole x blocks (a block's int32 sums then share one weight scale).
-bool w8_int16_fits(const PackedHeader& h, int64_t m) {
-  return m <= kW8Int16Rows && (h.groups == 1 || h.group_size % kW8XBlock == 0);
+// Whether weight-only rounds x to int16 (AVX2 W8Int16, AVX-512 VNNI W8Int16Vnni): few rows, one
+// scale per channel or scale groups of whole x blocks (a block's int32 sums then share one
+// weight scale).
+bool w8_int16_fits(Isa isa, const PackedHeader& h, int64_t m) {
+  const int64_t rows = isa == Isa::Avx2 ? kW8Int16Rows : isa >= Isa::Avx512Vnni ? kW8Int16RowsVnni : 0;
+  return m <= rows && (h.groups == 1 || h.group_size % kW8XBlock == 0);
 }
 
 // `packed`: the weight from int8_pack_w8, which holds the scales: w_scale and group_size are only
@@ -303,7 +307,7 @@ at::Tensor w8_linear_op(const at::Tensor& x, const at::Tensor& packed, const at:
            out.data_ptr(),
            dtype_of(x.scalar_type()),
            h.n};
-  if (isa == Isa::Avx2 && w8_int16_fits(h, m)) {
+  if (w8_int16_fits(isa, h, m)) {
     const int64_t ld = round_up(k, 2), blocks = (k + kW8XBlock - 1) / kW8XBlock;
     const at::Tensor xc = x.contiguous();
     at::Tensor xq = at::empty({m * ld}, x.options().dtype(at::kShort));

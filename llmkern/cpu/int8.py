@@ -10,7 +10,7 @@ modules prepare it once, see llmkern.backends.prepare); the canonical ``w8a8_mat
 Kernel choice by shape: weight-only calls with more than :data:`W8_GEMM_ROWS` rows of x are
 compute-bound, and torch's GEMM on the weight dequantised for the call beats the weight-only
 kernel (fp32 FMA) there. At the other end, decode-sized calls (:data:`W8_INT16_ROWS`) on the
-AVX2 kernels round x to int16 (:func:`round_x_int16`), see docs/numerics.md.
+AVX2 and AVX-512 VNNI kernels round x to int16 (:func:`round_x_int16`), see docs/numerics.md.
 """
 
 from __future__ import annotations
@@ -41,25 +41,32 @@ W8_GEMM_ROWS = {
 
 
 # Weight-only calls with at most this many rows (scales per channel or per multiple of
-# W8_X_BLOCK columns) on the AVX2 kernels multiply int16 x by the int8 weights (vpmaddwd)
-# instead of converting every weight to fp32: 1.2-1.8x at M = 1-2 and 1.0-1.3x at M = 3-4 on
-# AMD Zen 1, where the convert has one port. x is rounded per W8_X_BLOCK columns first
-# (round_x_int16). Mirrors kW8Int16Rows and kW8XBlock in csrc/cpu (tests/cpu/test_int8.py
-# checks the boundary).
-W8_INT16_ROWS = 4
+# W8_X_BLOCK columns) multiply int16 x by the int8 weights instead of converting every weight to
+# fp32, per active ISA path: AVX2 vpmaddwd, 1.2-1.8x at M = 1-2 and 1.0-1.3x at M = 3-4 on AMD
+# Zen 1, where the convert has one port; AVX-512 VNNI vpdpwssd (AMX machines too), see
+# csrc/cpu/int8_avx512_vnni.cpp. x is rounded per W8_X_BLOCK columns first (round_x_int16).
+# The 2:4 weight-only kernel rounds on AVX2 only (SPARSE24_W8_INT16_ROWS). Mirrors kW8Int16Rows,
+# kW8Int16RowsVnni and kW8XBlock in csrc/cpu (tests/cpu/test_int8.py checks the boundary).
+W8_INT16_ROWS = {"avx2": 4, "avx512_vnni": 8, "amx": 8}
+SPARSE24_W8_INT16_ROWS = {"avx2": 4}
 W8_X_BLOCK = 128
 
 
-def w8_rounds_x(x: torch.Tensor, group_size: int) -> bool:
-    """Whether the cpu weight-only kernels round this ``x`` to int16 (and so follow
-    :func:`round_x_int16`): AVX2 kernels, one scale per channel or scale groups of whole
-    W8_X_BLOCK blocks, at most W8_INT16_ROWS rows, and every block finite with absmax 0 or at
-    least 2^-100 (else the fp32 kernels run)."""
-    if not _ext.available() or _ext._C.active_isa() != "avx2":
+def w8_int16_rows(sparse24: bool = False) -> int:
+    """Rows up to which the active ISA path's weight-only kernels (the 2:4 ones with
+    ``sparse24``) round x to int16; 0: never."""
+    isa = _ext._C.active_isa() if _ext.available() else "scalar"
+    return (SPARSE24_W8_INT16_ROWS if sparse24 else W8_INT16_ROWS).get(isa, 0)
+
+
+def w8_rounds_x(x: torch.Tensor, group_size: int, sparse24: bool = False) -> bool:
+    """Whether the cpu weight-only kernels (the 2:4 kernel with ``sparse24``) round this ``x``
+    to int16 (and so follow :func:`round_x_int16`): at most :func:`w8_int16_rows` rows, one
+    scale per channel or scale groups of whole W8_X_BLOCK blocks, and every block finite with
+    absmax 0 or at least 2^-100 (else the fp32 kernels run)."""
+    if x.shape[0] > w8_int16_rows(sparse24):
         return False
     if 0 < group_size < x.shape[1] and group_size % W8_X_BLOCK:  # groups split x blocks
-        return False
-    if x.shape[0] > W8_INT16_ROWS:
         return False
     absmax = _blocks(x.float()).abs().amax(-1)
     return bool(torch.isfinite(absmax).all() and ((absmax == 0) | (absmax >= 2.0**-100)).all())

@@ -181,7 +181,8 @@ def test_w8a8_linear_static_scale_saturates_beyond_int32(cpu_isa):
 
 
 def _w8_want(x, w_q, w_scale, b, group_size):
-    """The reference on x as the kernels see it: rounded to int16 at few rows on AVX2."""
+    """The reference on x as the kernels see it: rounded to int16 at few rows (AVX2, AVX-512
+    VNNI)."""
     xr = cpu_int8.round_x_int16(x).to(x.dtype) if cpu_int8.w8_rounds_x(x, group_size) else x
     return ops.w8_matmul_ref(xr, w_q, w_scale, b, group_size)
 
@@ -218,18 +219,21 @@ def test_w8_linear_packed_and_noncontiguous(cpu_isa, group_size):
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("group_size", [0, 128, 64])
 def test_w8_int16_rounding_rows(cpu_isa, dtype, group_size):
-    """Up to W8_INT16_ROWS rows the AVX2 weight-only kernel computes on round_x_int16(x), one
-    row more it does not, and no other ISA rounds, nor scale groups that split a block: csrc
-    and llmkern.cpu.int8 agree. Each block holds one large value whose weights are 0, so
-    rounding moves the output by ~1e-3 relative, far beyond the comparison's 1e-5."""
+    """Up to W8_INT16_ROWS[isa] rows the AVX2 and AVX-512 VNNI weight-only kernels compute on
+    round_x_int16(x), one row more they do not, and no other ISA rounds, nor scale groups that
+    split a block: csrc and llmkern.cpu.int8 agree. Each block holds one large value whose
+    weights are 0, so rounding moves the output by ~1e-3 relative, far beyond the comparison's
+    1e-5."""
     k, n = 300, 24
     w_q, w_scale = ops.quantize_weight(torch.randn(n, k), group_size)
     w_q[:, :: cpu_int8.W8_X_BLOCK] = 0
-    for m in (1, cpu_int8.W8_INT16_ROWS, cpu_int8.W8_INT16_ROWS + 1):
+    limit = cpu_int8.W8_INT16_ROWS.get(cpu_isa, 0)
+    assert cpu_int8.w8_int16_rows() == limit
+    for m in sorted({1, max(limit, 1), limit + 1}):
         x = torch.randn(m, k)
         x[:, :: cpu_int8.W8_X_BLOCK] = 500.0
         x = x.to(dtype)
-        rounds = cpu_isa == "avx2" and m <= cpu_int8.W8_INT16_ROWS and group_size != 64
+        rounds = m <= limit and group_size != 64
         assert cpu_int8.w8_rounds_x(x, group_size) == rounds
         out = ops.w8_matmul(x, w_q, w_scale, None, group_size, **CPU)
         exact = ops.w8_matmul_ref(x, w_q, w_scale, None, group_size)
@@ -238,6 +242,19 @@ def test_w8_int16_rounding_rows(cpu_isa, dtype, group_size):
         _assert_w8_close(out, rounded if rounds else exact)
         with pytest.raises(AssertionError):
             _assert_w8_close(out, exact if rounds else rounded)
+
+
+@pytest.mark.parametrize("m", [1, 3, 8])
+def test_w8_int16_extreme_values(cpu_isa, m):
+    """Every weight -128 and |x| rounding to 32767: the largest int32 block sums (128 * 128 *
+    32767 < 2^31), over several blocks, a partial one, odd K and a 48-channel last panel."""
+    n, k = 112, 4101
+    w_q = torch.full((n, k), -128, dtype=torch.int8)
+    x = torch.where(torch.rand(m, k) < 0.5, -1.0, 1.0) * (1 - 2.0**-17)
+    out = ops.w8_matmul(x, w_q, torch.ones(n), None, 0, **CPU)
+    if cpu_int8.w8_rounds_x(x, 0):
+        assert (cpu_int8.round_x_int16(x).abs().amax() * 2.0**15).item() == 32767
+    torch.testing.assert_close(out, _w8_want(x, w_q, torch.ones(n), None, 0), rtol=1e-6, atol=0)
 
 
 def test_w8_int16_rounding_rule():

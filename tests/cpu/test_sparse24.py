@@ -101,12 +101,12 @@ def test_w8_weight_only_matches_reference(cpu_isa, m, n, k, dtype):
     assert got.dtype == dtype
     # Few rows may be rounded to int16 first, on the dense path and by the 2:4 int16 kernel
     # alike (docs/numerics.md).
-    if cpu_int8.w8_rounds_x(x, 0):
+    if cpu_int8.w8_rounds_x(x, 0, sparse24=True):
         x = cpu_int8.round_x_int16(x).to(dtype)
     close(got, llmkern.sparse24_w8_matmul(x, values, meta, w_scale, bias, **REF), dtype)
 
 
-# The int16 row kernel (AVX2, up to W8_INT16_ROWS rows): K with a partial last step (K % 8 == 4),
+# The int16 row kernel (AVX2, up to SPARSE24_W8_INT16_ROWS rows): K with a partial last step (K % 8 == 4),
 # partial 4-step groups (K % 32), more than one 128-column x block, N off the 4-row tile.
 INT16_SHAPES = [(1, 1, 4), (1, 5, 36), (2, 7, 100), (3, 9, 132), (4, 33, 260), (1, 130, 2052),
                 (2, 6, 4100), (1, 64, 2048), (4, 3, 32)]  # fmt: skip
@@ -125,12 +125,12 @@ def test_w8_int16_row_kernel_matches_reference(cpu_isa, m, n, k, dtype):
     w_scale, bias = torch.rand(n) * 0.02, torch.randn(n)
     got = _kernel_w8(x, values, meta, w_scale, bias)
     assert got.dtype == dtype and got.shape == (m, n)
-    xr = cpu_int8.round_x_int16(x).to(dtype) if cpu_int8.w8_rounds_x(x, 0) else x
+    xr = cpu_int8.round_x_int16(x).to(dtype) if cpu_int8.w8_rounds_x(x, 0, sparse24=True) else x
     close(got, llmkern.sparse24_w8_matmul(xr, values, meta, w_scale, bias, **REF), dtype)
 
 
 def test_w8_int16_row_kernel_rounds_exactly_where_predicted(cpu_isa):
-    """Up to W8_INT16_ROWS rows the AVX2 2:4 kernel computes on round_x_int16(x) (as the dense
+    """Up to SPARSE24_W8_INT16_ROWS rows the AVX2 2:4 kernel computes on round_x_int16(x) (as the dense
     kernel does), one row more it does not. Each block holds one large value whose weights are
     pruned, so rounding moves the output by ~1e-3 relative, far beyond the comparison's."""
     n, k = 24, 300
@@ -138,11 +138,12 @@ def test_w8_int16_row_kernel_rounds_exactly_where_predicted(cpu_isa):
     w_q[:, :: cpu_int8.W8_X_BLOCK] = 0
     values, meta = llmkern.compress_24(w_q)
     w_scale = torch.rand(n) * 0.02
-    for m in (1, cpu_int8.W8_INT16_ROWS, cpu_int8.W8_INT16_ROWS + 1):
+    rows = cpu_int8.SPARSE24_W8_INT16_ROWS["avx2"]
+    for m in (1, rows, rows + 1):
         x = torch.randn(m, k)
         x[:, :: cpu_int8.W8_X_BLOCK] = 500.0
-        rounds = cpu_isa == "avx2" and m <= cpu_int8.W8_INT16_ROWS
-        assert cpu_int8.w8_rounds_x(x, 0) == rounds
+        rounds = cpu_isa == "avx2" and m <= rows
+        assert cpu_int8.w8_rounds_x(x, 0, sparse24=True) == rounds
         got = _kernel_w8(x, values, meta, w_scale)
         exact = llmkern.sparse24_w8_matmul(x, values, meta, w_scale, **REF)
         rounded = llmkern.sparse24_w8_matmul(
@@ -161,8 +162,8 @@ def test_w8_int16_row_kernel_extreme_values(cpu_isa):
     x = torch.where(torch.rand(1, k) < 0.5, -1.0, 1.0) * (1 - 2.0**-17)
     x[0, 4] = 0.0
     got = _kernel_w8(x, values, meta, torch.ones(n))
-    xr = cpu_int8.round_x_int16(x) if cpu_int8.w8_rounds_x(x, 0) else x
-    if cpu_int8.w8_rounds_x(x, 0):
+    xr = cpu_int8.round_x_int16(x) if cpu_int8.w8_rounds_x(x, 0, sparse24=True) else x
+    if cpu_int8.w8_rounds_x(x, 0, sparse24=True):
         assert (cpu_int8.round_x_int16(x).abs().amax() * 2.0**15).item() == 32767
     torch.testing.assert_close(
         got, llmkern.sparse24_w8_matmul(xr, values, meta, torch.ones(n), **REF), rtol=1e-6, atol=0
