@@ -41,6 +41,7 @@ PYBIND11_MODULE(_C, m) {
       "detected_isa()); '' or None goes back to the default (detected, lowered by "
       "LLMKERN_CPU_ISA), chosen again at next use. ValueError for a name this CPU cannot run.");
   m.def("has_avx512_bf16", &llmkern::has_avx512_bf16);
+  m.def("has_avx512_vnni_vbmi", &llmkern::has_avx512_vnni_vbmi);
   m.def("built_with_cuda", &built_with_cuda);
   m.def("parallel_threads", &parallel_threads);
 }

@@ -120,6 +120,11 @@ void set_active_isa(const char* name) {
   g_active.store(want);
 }
 
+bool has_avx512_vnni_vbmi() {
+  __builtin_cpu_init();
+  return active_isa() >= Isa::Avx512Vnni && __builtin_cpu_supports("avx512vbmi");
+}
+
 bool has_avx512_bf16() {
   __builtin_cpu_init();
   return active_isa() >= Isa::Avx512 && __builtin_cpu_supports("avx512bf16");

@@ -29,6 +29,10 @@ void set_active_isa(const char* name);
 // is at least Avx512.
 bool has_avx512_bf16();
 
+// True when the active ISA is at least Avx512Vnni and the CPU has AVX512_VBMI (vpermi2b,
+// vpmultishiftqb), which the VNNI 2:4 kernels need.
+bool has_avx512_vnni_vbmi();
+
 const char* isa_name(Isa isa);
 
 }  // namespace llmkern

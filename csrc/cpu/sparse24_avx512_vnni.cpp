@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "cpu/int8_avx512_common.h"
 #include "cpu/sparse24_driver.h"
 
 namespace llmkern::sparse24 {
@@ -119,7 +120,94 @@ struct VnniKernel {
   }
 };
 
+// Weight-only 2:4 on x rounded to int16 (Args::x_scale, int8::round_x_int16_avx2), as the
+// dense weight-only kernel does at few rows: a chunk of 128 x columns is one kW8XBlock block.
+// The chunk's 64 byte indices (chunk_index) widen to two vectors of 32 word indices, vpermi2w
+// picks each kept value's x from the two registers holding its half of the chunk (the index's
+// low 6 bits), vpdpwssd multiplies it with the sign-extended values in pairs into exact int32,
+// scaled into float once a chunk.
+struct Int16Vnni {
+  static constexpr int kMaxM = 2;  // 32 zmm: NR*MR int32 and float sums, 4*MR x
+
+  template <int NR, int MR>
+  static inline void step(__m512 (&sum)[NR][MR], const int16_t* const (&x)[MR], const float (&scale)[MR],
+                          int64_t c, const int8_t* const (&v)[NR], const uint8_t* const (&mc)[NR]) {
+    __m512i xs[MR][4];
+    for (int i = 0; i < MR; ++i)
+      for (int q = 0; q < 4; ++q) xs[i][q] = _mm512_loadu_si512(x[i] + 128 * c + 32 * q);
+    for (int r = 0; r < NR; ++r) {
+      const __m512i idx = chunk_index(mc[r]);
+      const __m512i lo_idx = _mm512_cvtepu8_epi16(_mm512_castsi512_si256(idx));
+      const __m512i hi_idx = _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64(idx, 1));
+      const __m512i w = _mm512_loadu_si512(v[r]);
+      const __m512i w_lo = _mm512_cvtepi8_epi16(_mm512_castsi512_si256(w));
+      const __m512i w_hi = _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(w, 1));
+      for (int i = 0; i < MR; ++i) {
+        __m512i acc = _mm512_setzero_si512();
+        int8::dpwssd(acc, _mm512_permutex2var_epi16(xs[i][0], lo_idx, xs[i][1]), w_lo);
+        int8::dpwssd(acc, _mm512_permutex2var_epi16(xs[i][2], hi_idx, xs[i][3]), w_hi);
+        sum[r][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(scale[i]), sum[r][i]);
+      }
+    }
+  }
+
+  template <int NR, int MR>
+  static void tile(const Args& a, int64_t n0, int64_t m0) {
+    const int64_t half = a.k / 2, mbytes = meta_bytes(a.k), groups = a.k / 4;
+    const int64_t full = groups / kChunkGroups, rem = groups % kChunkGroups;
+    const int64_t blocks = full + (rem ? 1 : 0);
+    const int8_t* vrow[NR];
+    const uint8_t* mrow[NR];
+    for (int r = 0; r < NR; ++r) {
+      vrow[r] = static_cast<const int8_t*>(a.values) + (n0 + r) * half;
+      mrow[r] = a.meta + (n0 + r) * mbytes;
+    }
+    const int16_t* x[MR];
+    for (int i = 0; i < MR; ++i) x[i] = static_cast<const int16_t*>(a.x) + (m0 + i) * a.ldx;
+    __m512 sum[NR][MR];
+    for (int r = 0; r < NR; ++r)
+      for (int i = 0; i < MR; ++i) sum[r][i] = _mm512_setzero_ps();
+    const bool ahead = m0 == 0 && n0 + 2 * NR <= a.n;  // see sparse24_avx512.cpp
+    if (ahead)
+      for (int64_t b = 0; b < NR * mbytes; b += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(mrow[0] + NR * mbytes + b), _MM_HINT_T0);
+    float scale[MR];
+    for (int64_t c = 0; c < full; ++c) {
+      const int8_t* v[NR];
+      const uint8_t* mc[NR];
+      for (int r = 0; r < NR; ++r) {
+        v[r] = vrow[r] + 64 * c;
+        mc[r] = mrow[r] + 16 * c;
+        if (ahead) _mm_prefetch(reinterpret_cast<const char*>(v[r] + NR * half), _MM_HINT_T0);
+      }
+      for (int i = 0; i < MR; ++i) scale[i] = a.x_scale[(m0 + i) * blocks + c];
+      step<NR, MR>(sum, x, scale, c, v, mc);
+    }
+    if (rem) {  // last partial chunk from zero-filled copies (zero values, x padding)
+      alignas(64) int8_t vbuf[NR][64] = {};
+      alignas(16) uint8_t mbuf[NR][16] = {};
+      const int8_t* v[NR];
+      const uint8_t* mc[NR];
+      for (int r = 0; r < NR; ++r) {
+        std::memcpy(vbuf[r], vrow[r] + 64 * full, 2 * rem);
+        std::memcpy(mbuf[r], mrow[r] + 16 * full, (rem + 1) / 2);
+        v[r] = vbuf[r];
+        mc[r] = mbuf[r];
+      }
+      for (int i = 0; i < MR; ++i) scale[i] = a.x_scale[(m0 + i) * blocks + full];
+      step<NR, MR>(sum, x, scale, full, v, mc);
+    }
+    float* raw = static_cast<float*>(a.raw);
+    for (int r = 0; r < NR; ++r)
+      for (int i = 0; i < MR; ++i) raw[(m0 + i) * a.ldr + n0 + r] = _mm512_reduce_add_ps(sum[r][i]);
+  }
+};
+
 }  // namespace
+
+void w8_int16_rows_avx512_vnni(const Args& a, int64_t n0, int64_t n1) {
+  run_rows<Int16Vnni>(a, n0, n1);
+}
 
 void int_rows_avx512_vnni(const Args& a, int64_t n0, int64_t n1) { run_rows<VnniKernel>(a, n0, n1); }
 

@@ -118,27 +118,38 @@ at::Tensor padded_x_i8(const at::Tensor& x) {
 }
 
 // Float x [M, K] rounded to int16 as the dense weight-only kernel does at few rows
-// (int8::round_x_int16_avx2), as the byte planes of w8_int16_rows_avx2: row i's low bytes in
-// row 2 i of a uint8 [2 M, round_up(K, kKPad)], its high bytes in row 2 i + 1, zero past K;
-// and the block scales [M, ceil(K / kW8XBlock)]. Nothing when a block is not finite or too
-// small to scale (the float kernels take the call then).
-std::optional<std::pair<at::Tensor, at::Tensor>> x_int16_planes(const at::Tensor& x) {
+// (int8::round_x_int16_avx2): int16 [M, round_up(K, kKPad)], zero past K, and the block scales
+// [M, ceil(K / kW8XBlock)]. Nothing when a block is not finite or too small to scale (the float
+// kernels take the call then).
+std::optional<std::pair<at::Tensor, at::Tensor>> x_int16_rows(const at::Tensor& x) {
   using int8::DType;
   const DType dt = x.scalar_type() == at::kFloat      ? DType::F32
                    : x.scalar_type() == at::kBFloat16 ? DType::BF16
                                                       : DType::F16;
   const int64_t m = x.size(0), k = x.size(1), kp = round_up(k, kKPad);
   const at::Tensor xc = x.contiguous();
-  std::vector<int16_t> q(m * kp);
+  at::Tensor q = at::empty({m, kp}, x.options().dtype(at::kShort));
   at::Tensor scale = at::empty({m, (k + int8::kW8XBlock - 1) / int8::kW8XBlock},
                                x.options().dtype(at::kFloat));
-  if (!int8::round_x_int16_avx2(xc.data_ptr(), dt, k, m, k, q.data(), kp, scale.data_ptr<float>()))
+  if (!int8::round_x_int16_avx2(xc.data_ptr(), dt, k, m, k, q.data_ptr<int16_t>(), kp,
+                                scale.data_ptr<float>()))
     return std::nullopt;
+  return std::make_pair(q, scale);
+}
+
+// The same as the byte planes of w8_int16_rows_avx2: row i's low bytes in row 2 i of a uint8
+// [2 M, round_up(K, kKPad)], its high bytes in row 2 i + 1.
+std::optional<std::pair<at::Tensor, at::Tensor>> x_int16_planes(const at::Tensor& x) {
+  const auto rounded = x_int16_rows(x);
+  if (!rounded) return std::nullopt;
+  const auto& [q, scale] = *rounded;
+  const int64_t m = q.size(0), kp = q.size(1);
+  const int16_t* qp = q.data_ptr<int16_t>();
   at::Tensor planes = at::empty({2 * m, kp}, x.options().dtype(at::kByte));
   uint8_t* p = planes.data_ptr<uint8_t>();
   for (int64_t i = 0; i < m; ++i)
     for (int64_t j = 0; j < kp; ++j) {
-      const auto u = static_cast<uint16_t>(q[i * kp + j]);
+      const auto u = static_cast<uint16_t>(qp[i * kp + j]);
       p[2 * i * kp + j] = static_cast<uint8_t>(u);
       p[(2 * i + 1) * kp + j] = static_cast<uint8_t>(u >> 8);
     }
@@ -202,11 +213,6 @@ ValueType value_type(at::ScalarType t) {
     case at::kChar: return ValueType::I8;
     default: TORCH_CHECK(false, "unsupported 2:4 value dtype ", t);
   }
-}
-
-bool has_vbmi() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512vbmi");
 }
 
 // Enough weight rows per task that threading pays (about 64K multiply-adds).
@@ -297,6 +303,19 @@ at::Tensor sparse24_matmul(const at::Tensor& x, const at::Tensor& values, const 
       return out;
     }
   }
+  if (vt == ValueType::I8 && has_avx512_vnni_vbmi() && m <= int8::kW8Int16RowsVnni) {
+    if (const auto rounded = x_int16_rows(x)) {
+      const auto& [q, xscale] = *rounded;
+      Args a{q.data_ptr(), m, q.size(1), values.data_ptr(), meta.data_ptr<uint8_t>(), k,
+             raw.data_ptr(), n, n};
+      a.x_scale = xscale.data_ptr<float>();
+      parallel_rows(n, m, k, [&](int64_t n0, int64_t n1) {
+        w8_int16_rows_avx512_vnni(a, n0, n1);
+        epilogue(n0, n1, 0, m);
+      });
+      return out;
+    }
+  }
   const auto [xs, x_finite] = padded_x_f32(x);
   const Args a{xs.data_ptr(), m, xs.size(1), values.data_ptr(), meta.data_ptr<uint8_t>(), k,
                raw.data_ptr(), n, n, x_finite};
@@ -338,7 +357,7 @@ at::Tensor sparse24_w8a8_matmul(const at::Tensor& x_q, const at::Tensor& values,
   const at::Tensor xs = padded_x_i8(x_q);
   const Args a{xs.data_ptr(), m, xs.size(1), values.data_ptr(), meta.data_ptr<uint8_t>(), k,
                acc.data_ptr(), n, n};
-  auto kernel = isa >= Isa::Avx512Vnni && has_vbmi() ? int_rows_avx512_vnni
+  auto kernel = has_avx512_vnni_vbmi() ? int_rows_avx512_vnni
                 : isa >= Isa::Avx512                 ? int_rows_avx512
                 : isa == Isa::Avx2                   ? int_rows_avx2
                                                      : int_rows_scalar;

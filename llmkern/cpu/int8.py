@@ -45,18 +45,22 @@ W8_GEMM_ROWS = {
 # fp32, per active ISA path: AVX2 vpmaddwd, 1.2-1.8x at M = 1-2 and 1.0-1.3x at M = 3-4 on AMD
 # Zen 1, where the convert has one port; AVX-512 VNNI vpdpwssd (AMX machines too), see
 # csrc/cpu/int8_avx512_vnni.cpp. x is rounded per W8_X_BLOCK columns first (round_x_int16).
-# The 2:4 weight-only kernel rounds on AVX2 only (SPARSE24_W8_INT16_ROWS). Mirrors kW8Int16Rows,
-# kW8Int16RowsVnni and kW8XBlock in csrc/cpu (tests/cpu/test_int8.py checks the boundary).
+# The 2:4 weight-only kernels round the same on AVX2 and, where the CPU has AVX512_VBMI too, on
+# AVX-512 VNNI. Mirrors kW8Int16Rows, kW8Int16RowsVnni and kW8XBlock in csrc/cpu
+# (tests/cpu/test_int8.py and test_sparse24.py check the boundary).
 W8_INT16_ROWS = {"avx2": 4, "avx512_vnni": 8, "amx": 8}
-SPARSE24_W8_INT16_ROWS = {"avx2": 4}
 W8_X_BLOCK = 128
 
 
 def w8_int16_rows(sparse24: bool = False) -> int:
     """Rows up to which the active ISA path's weight-only kernels (the 2:4 ones with
     ``sparse24``) round x to int16; 0: never."""
-    isa = _ext._C.active_isa() if _ext.available() else "scalar"
-    return (SPARSE24_W8_INT16_ROWS if sparse24 else W8_INT16_ROWS).get(isa, 0)
+    if not _ext.available():
+        return 0
+    isa = _ext._C.active_isa()
+    if sparse24 and isa != "avx2" and not _ext._C.has_avx512_vnni_vbmi():
+        return 0
+    return W8_INT16_ROWS.get(isa, 0)
 
 
 def w8_rounds_x(x: torch.Tensor, group_size: int, sparse24: bool = False) -> bool:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from llmkern.backends import register, weight_key
 from llmkern.cpu import isa_family
+from llmkern.cpu.int8 import w8_int16_rows
 from llmkern.ops.sparse24 import decompress_24_ref
 
 # Rows of x (first, last; None: no end) for which the dense path beats the 2:4 kernels on CPU, per
@@ -66,6 +67,14 @@ DENSE_ROWS = {
 }
 
 
+# W8_INT16_DENSE: on AVX-512 VNNI (and AMX) machines the dense weight-only kernel multiplies
+# int16 x with vpdpwssd up to llmkern.cpu.int8.W8_INT16_ROWS rows, and from 2 rows it beats the
+# 2:4 int16 row kernel, whose index and x-pick work is per x row: the 2:4 module is 0.73-0.80x
+# the dense int8 module at M = 2 and 0.47-0.52x at M = 4-8 on 4096x4096, 2048x5632 and
+# 5632x2048 (Intel Xeon with AMX, 2 threads, hot weights). At M = 1 the 2:4 kernel reads 0.63x
+# the bytes and is 0.89-0.98x hot; in Llama-shaped decode (bench_decode) 2:4+w8 is 1.2-1.4x w8.
+
+
 def runs_dense(rows: int, form: str | None, dtype: torch.dtype, max_rows: int | None = -1) -> bool:
     """Whether ``rows`` rows of finite x take the dense path for weight form ``form`` (None,
     "w8", "w8a8") and x dtype on this machine's ISA. ``max_rows`` is a module's own setting (the
@@ -74,6 +83,8 @@ def runs_dense(rows: int, form: str | None, dtype: torch.dtype, max_rows: int | 
         return False
     if max_rows != -1:
         return rows > max_rows
+    if form == "w8" and isa_family() == "avx512" and 1 < rows <= w8_int16_rows():
+        return True  # see W8_INT16_DENSE
     band = DENSE_ROWS[isa_family()].get((form, None if form == "w8a8" else dtype))
     return band is not None and band[0] <= rows and (band[1] is None or rows <= band[1])
 

@@ -106,7 +106,7 @@ def test_w8_weight_only_matches_reference(cpu_isa, m, n, k, dtype):
     close(got, llmkern.sparse24_w8_matmul(x, values, meta, w_scale, bias, **REF), dtype)
 
 
-# The int16 row kernel (AVX2, up to SPARSE24_W8_INT16_ROWS rows): K with a partial last step (K % 8 == 4),
+# The int16 row kernels (AVX2, AVX-512 VNNI + VBMI; up to w8_int16_rows(sparse24=True) rows): K with a partial last step (K % 8 == 4),
 # partial 4-step groups (K % 32), more than one 128-column x block, N off the 4-row tile.
 INT16_SHAPES = [(1, 1, 4), (1, 5, 36), (2, 7, 100), (3, 9, 132), (4, 33, 260), (1, 130, 2052),
                 (2, 6, 4100), (1, 64, 2048), (4, 3, 32)]  # fmt: skip
@@ -130,19 +130,21 @@ def test_w8_int16_row_kernel_matches_reference(cpu_isa, m, n, k, dtype):
 
 
 def test_w8_int16_row_kernel_rounds_exactly_where_predicted(cpu_isa):
-    """Up to SPARSE24_W8_INT16_ROWS rows the AVX2 2:4 kernel computes on round_x_int16(x) (as the dense
-    kernel does), one row more it does not. Each block holds one large value whose weights are
-    pruned, so rounding moves the output by ~1e-3 relative, far beyond the comparison's."""
+    """Up to w8_int16_rows(sparse24=True) rows the AVX2 and AVX-512 VNNI 2:4 kernels compute
+    on round_x_int16(x) (as the dense kernels do), one row more they do not. Each block holds
+    one large value whose weights are pruned, so rounding moves the output by ~1e-3 relative,
+    far beyond the comparison's."""
     n, k = 24, 300
     w_q = random_24(n, k, torch.int8)
     w_q[:, :: cpu_int8.W8_X_BLOCK] = 0
     values, meta = llmkern.compress_24(w_q)
     w_scale = torch.rand(n) * 0.02
-    rows = cpu_int8.SPARSE24_W8_INT16_ROWS["avx2"]
-    for m in (1, rows, rows + 1):
+    limit = cpu_int8.w8_int16_rows(sparse24=True)
+    assert limit in (0, cpu_int8.W8_INT16_ROWS.get(cpu_isa))
+    for m in sorted({1, max(limit, 1), limit + 1}):
         x = torch.randn(m, k)
         x[:, :: cpu_int8.W8_X_BLOCK] = 500.0
-        rounds = cpu_isa == "avx2" and m <= rows
+        rounds = m <= limit
         assert cpu_int8.w8_rounds_x(x, 0, sparse24=True) == rounds
         got = _kernel_w8(x, values, meta, w_scale)
         exact = llmkern.sparse24_w8_matmul(x, values, meta, w_scale, **REF)
