@@ -16,10 +16,11 @@ constexpr int64_t kRowBlock = 192;
 // Below this many multiply-adds per thread, waking another thread costs more than it saves.
 constexpr int64_t kMacsPerTask = 1 << 20;
 // W8A8 calls with at least this many rows take the AMX tiles. Fewer rows are bound by reading
-// the weights, and a tile multiply costs the same for 1 row as for 16: the VNNI kernel was
-// 1.0-1.3x faster at M = 1-4 on 4096x4096, 384x384, 384x1536, 1536x384 (Intel Xeon with AMX,
-// 2 threads), AMX 1.07-1.23x faster from M = 8.
-constexpr int64_t kAmxRows = 8;
+// the weights, and a tile multiply costs the same for 1 row as for 16. Intel Xeon with AMX, 2
+// threads, weights rotated through 960 MB (as in decode): AMX / VNNI 0.81-0.88x at M = 1,
+// 0.90-0.98x at M = 2, 1.03-1.14x at M = 4, 1.23-1.36x at M = 8 on 2048x2048, 2048x5632,
+// 5632x2048 and 4096x4096 (with hot weights VNNI still led at M = 4 on 4096x4096, 1.1x).
+constexpr int64_t kAmxRows = 4;
 
 DType dtype_of(at::ScalarType t) {
   switch (t) {

@@ -107,10 +107,10 @@ def test_w8a8_few_rows_exact(cpu_isa, m, min_weight):
     assert torch.equal(out, ops.int_matmul_ref(x_q, w_q).float())
 
 
-@pytest.mark.parametrize("m", [8, 16, 17, 32, 33, 47, 64, 193])
+@pytest.mark.parametrize("m", [4, 8, 16, 17, 32, 33, 47, 64, 193])
 @pytest.mark.parametrize("k,n", [(4, 16), (64, 48), (200, 64), (1024, 80)])
 def test_w8a8_row_tiles_exact(cpu_isa, m, k, n):
-    # From 8 rows AMX multiplies 16-row x 64-k tiles: row counts around 16 / 32 (and one row
+    # From 4 rows AMX multiplies 16-row x 64-k tiles: row counts around 16 / 32 (and one row
     # past a 192-row block), K below, at and past 64 (the k % 64 tail runs with vpdpbusd), and
     # 1, 3, 4 and 5 channel vectors of 16 per panel.
     x_q = torch.randint(-128, 128, (m, k), dtype=torch.int8)
