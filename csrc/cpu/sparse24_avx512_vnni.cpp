@@ -13,7 +13,6 @@
 #include <cstdint>
 #include <cstring>
 
-#include "cpu/int8_avx512_common.h"
 #include "cpu/sparse24_driver.h"
 
 namespace llmkern::sparse24 {
@@ -122,31 +121,38 @@ struct VnniKernel {
 
 // Weight-only 2:4 on x rounded to int16 (Args::x_scale, int8::round_x_int16_avx2), as the
 // dense weight-only kernel does at few rows: a chunk of 128 x columns is one kW8XBlock block.
-// The chunk's 64 byte indices (chunk_index) widen to two vectors of 32 word indices, vpermi2w
-// picks each kept value's x from the two registers holding its half of the chunk (the index's
-// low 6 bits), vpdpwssd multiplies it with the sign-extended values in pairs into exact int32,
-// scaled into float once a chunk.
+// x comes as its two byte planes (as for AVX2), so the chunk's byte indices (chunk_index) pick
+// each kept value's low and high byte with one vpermi2b each, and vpdpbusd multiplies them by
+// the values: the low byte is unsigned already, the high byte is flipped to unsigned (+128) and
+// 128 * sum(values) removed, per 4-value lane. lo + 256 * hi is exact in int32 per lane and
+// chunk; it is scaled into float once a chunk.
 struct Int16Vnni {
-  static constexpr int kMaxM = 2;  // 32 zmm: NR*MR int32 and float sums, 4*MR x
+  static constexpr int kMaxM = 2;  // 32 zmm: NR*MR float sums, 4*MR x planes, temporaries
 
   template <int NR, int MR>
-  static inline void step(__m512 (&sum)[NR][MR], const int16_t* const (&x)[MR], const float (&scale)[MR],
-                          int64_t c, const int8_t* const (&v)[NR], const uint8_t* const (&mc)[NR]) {
-    __m512i xs[MR][4];
-    for (int i = 0; i < MR; ++i)
-      for (int q = 0; q < 4; ++q) xs[i][q] = _mm512_loadu_si512(x[i] + 128 * c + 32 * q);
+  static inline void step(__m512 (&sum)[NR][MR], const uint8_t* const (&x)[MR], int64_t ldx,
+                          const float (&scale)[MR], int64_t c, const int8_t* const (&v)[NR],
+                          const uint8_t* const (&mc)[NR]) {
+    const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+    const __m512i ones = _mm512_set1_epi8(1);
+    __m512i lo_a[MR], lo_b[MR], hi_a[MR], hi_b[MR];
+    for (int i = 0; i < MR; ++i) {
+      lo_a[i] = _mm512_loadu_si512(x[i] + 128 * c);
+      lo_b[i] = _mm512_loadu_si512(x[i] + 128 * c + 64);
+      hi_a[i] = _mm512_xor_si512(_mm512_loadu_si512(x[i] + ldx + 128 * c), flip);
+      hi_b[i] = _mm512_xor_si512(_mm512_loadu_si512(x[i] + ldx + 128 * c + 64), flip);
+    }
     for (int r = 0; r < NR; ++r) {
       const __m512i idx = chunk_index(mc[r]);
-      const __m512i lo_idx = _mm512_cvtepu8_epi16(_mm512_castsi512_si256(idx));
-      const __m512i hi_idx = _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64(idx, 1));
       const __m512i w = _mm512_loadu_si512(v[r]);
-      const __m512i w_lo = _mm512_cvtepi8_epi16(_mm512_castsi512_si256(w));
-      const __m512i w_hi = _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(w, 1));
+      const __m512i corr = _mm512_slli_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, w), 7);
       for (int i = 0; i < MR; ++i) {
-        __m512i acc = _mm512_setzero_si512();
-        int8::dpwssd(acc, _mm512_permutex2var_epi16(xs[i][0], lo_idx, xs[i][1]), w_lo);
-        int8::dpwssd(acc, _mm512_permutex2var_epi16(xs[i][2], hi_idx, xs[i][3]), w_hi);
-        sum[r][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(scale[i]), sum[r][i]);
+        const __m512i lo = _mm512_dpbusd_epi32(_mm512_setzero_si512(),
+                                               _mm512_permutex2var_epi8(lo_a[i], idx, lo_b[i]), w);
+        const __m512i hi = _mm512_dpbusd_epi32(_mm512_setzero_si512(),
+                                               _mm512_permutex2var_epi8(hi_a[i], idx, hi_b[i]), w);
+        const __m512i total = _mm512_add_epi32(lo, _mm512_slli_epi32(_mm512_sub_epi32(hi, corr), 8));
+        sum[r][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total), _mm512_set1_ps(scale[i]), sum[r][i]);
       }
     }
   }
@@ -162,8 +168,8 @@ struct Int16Vnni {
       vrow[r] = static_cast<const int8_t*>(a.values) + (n0 + r) * half;
       mrow[r] = a.meta + (n0 + r) * mbytes;
     }
-    const int16_t* x[MR];
-    for (int i = 0; i < MR; ++i) x[i] = static_cast<const int16_t*>(a.x) + (m0 + i) * a.ldx;
+    const uint8_t* x[MR];  // low-byte plane; the high bytes follow ldx on
+    for (int i = 0; i < MR; ++i) x[i] = static_cast<const uint8_t*>(a.x) + (m0 + i) * 2 * a.ldx;
     __m512 sum[NR][MR];
     for (int r = 0; r < NR; ++r)
       for (int i = 0; i < MR; ++i) sum[r][i] = _mm512_setzero_ps();
@@ -181,7 +187,7 @@ struct Int16Vnni {
         if (ahead) _mm_prefetch(reinterpret_cast<const char*>(v[r] + NR * half), _MM_HINT_T0);
       }
       for (int i = 0; i < MR; ++i) scale[i] = a.x_scale[(m0 + i) * blocks + c];
-      step<NR, MR>(sum, x, scale, c, v, mc);
+      step<NR, MR>(sum, x, a.ldx, scale, c, v, mc);
     }
     if (rem) {  // last partial chunk from zero-filled copies (zero values, x padding)
       alignas(64) int8_t vbuf[NR][64] = {};
@@ -195,7 +201,7 @@ struct Int16Vnni {
         mc[r] = mbuf[r];
       }
       for (int i = 0; i < MR; ++i) scale[i] = a.x_scale[(m0 + i) * blocks + full];
-      step<NR, MR>(sum, x, scale, full, v, mc);
+      step<NR, MR>(sum, x, a.ldx, scale, full, v, mc);
     }
     float* raw = static_cast<float*>(a.raw);
     for (int r = 0; r < NR; ++r)

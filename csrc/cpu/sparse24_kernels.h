@@ -32,10 +32,9 @@ struct Args {
   int64_t ldr;
   int64_t n;             // rows of the weight (prefetching never goes past them)
   bool x_finite = false;  // float kernels: no NaN/inf in x, so pruned zeros may be multiplied
-  // w8_int16_rows_*: x is int16, row i's columns [128 b, 128 b + 128) scaled by
-  // x_scale[i * ceil(k / 128) + b] (int8::round_x_int16_avx2, kW8XBlock columns); as plain rows
-  // [m, ldx] for AVX-512 VNNI, as two byte planes for AVX2 (row i's low bytes at x + 2 i ldx, its
-  // high bytes ldx on).
+  // w8_int16_rows_*: x is int16 as two byte planes, row i's low bytes at x + 2 i ldx and high
+  // bytes ldx on; its columns [128 b, 128 b + 128) scaled by x_scale[i * ceil(k / 128) + b]
+  // (int8::round_x_int16_avx2, kW8XBlock columns).
   const float* x_scale = nullptr;
 };
 
@@ -56,8 +55,7 @@ void int_rows_avx512_vnni(const Args& a, int64_t n0, int64_t n1);  // needs AVX5
 // x_scale * (exact int32 sum of the block), in fp32. What the dense weight-only kernel does at
 // few rows on AVX2 (int8::kW8Int16Rows), for the same numerics.
 void w8_int16_rows_avx2(const Args& a, int64_t n0, int64_t n1);
-// The same on AVX-512 VNNI + VBMI with x as plain int16 rows ([m, ldx]), up to
-// int8::kW8Int16RowsVnni rows.
+// The same on AVX-512 VNNI + VBMI, up to int8::kW8Int16RowsVnni rows.
 void w8_int16_rows_avx512_vnni(const Args& a, int64_t n0, int64_t n1);
 
 // Column kernels, for many x rows (compute-bound): x transposed, so that one vector holds 8 rows

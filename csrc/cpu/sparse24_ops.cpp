@@ -118,38 +118,27 @@ at::Tensor padded_x_i8(const at::Tensor& x) {
 }
 
 // Float x [M, K] rounded to int16 as the dense weight-only kernel does at few rows
-// (int8::round_x_int16_avx2): int16 [M, round_up(K, kKPad)], zero past K, and the block scales
-// [M, ceil(K / kW8XBlock)]. Nothing when a block is not finite or too small to scale (the float
-// kernels take the call then).
-std::optional<std::pair<at::Tensor, at::Tensor>> x_int16_rows(const at::Tensor& x) {
+// (int8::round_x_int16_avx2), as the byte planes of the w8_int16_rows_* kernels: row i's low
+// bytes in row 2 i of a uint8 [2 M, round_up(K, kKPad)], its high bytes in row 2 i + 1, zero past
+// K; and the block scales [M, ceil(K / kW8XBlock)]. Nothing when a block is not finite or too
+// small to scale (the float kernels take the call then).
+std::optional<std::pair<at::Tensor, at::Tensor>> x_int16_planes(const at::Tensor& x) {
   using int8::DType;
   const DType dt = x.scalar_type() == at::kFloat      ? DType::F32
                    : x.scalar_type() == at::kBFloat16 ? DType::BF16
                                                       : DType::F16;
   const int64_t m = x.size(0), k = x.size(1), kp = round_up(k, kKPad);
   const at::Tensor xc = x.contiguous();
-  at::Tensor q = at::empty({m, kp}, x.options().dtype(at::kShort));
+  std::vector<int16_t> q(m * kp);
   at::Tensor scale = at::empty({m, (k + int8::kW8XBlock - 1) / int8::kW8XBlock},
                                x.options().dtype(at::kFloat));
-  if (!int8::round_x_int16_avx2(xc.data_ptr(), dt, k, m, k, q.data_ptr<int16_t>(), kp,
-                                scale.data_ptr<float>()))
+  if (!int8::round_x_int16_avx2(xc.data_ptr(), dt, k, m, k, q.data(), kp, scale.data_ptr<float>()))
     return std::nullopt;
-  return std::make_pair(q, scale);
-}
-
-// The same as the byte planes of w8_int16_rows_avx2: row i's low bytes in row 2 i of a uint8
-// [2 M, round_up(K, kKPad)], its high bytes in row 2 i + 1.
-std::optional<std::pair<at::Tensor, at::Tensor>> x_int16_planes(const at::Tensor& x) {
-  const auto rounded = x_int16_rows(x);
-  if (!rounded) return std::nullopt;
-  const auto& [q, scale] = *rounded;
-  const int64_t m = q.size(0), kp = q.size(1);
-  const int16_t* qp = q.data_ptr<int16_t>();
   at::Tensor planes = at::empty({2 * m, kp}, x.options().dtype(at::kByte));
   uint8_t* p = planes.data_ptr<uint8_t>();
   for (int64_t i = 0; i < m; ++i)
     for (int64_t j = 0; j < kp; ++j) {
-      const auto u = static_cast<uint16_t>(qp[i * kp + j]);
+      const auto u = static_cast<uint16_t>(q[i * kp + j]);
       p[2 * i * kp + j] = static_cast<uint8_t>(u);
       p[(2 * i + 1) * kp + j] = static_cast<uint8_t>(u >> 8);
     }
@@ -290,27 +279,18 @@ at::Tensor sparse24_matmul(const at::Tensor& x, const at::Tensor& values, const 
   };
   if (ran_columns(x, values, meta, raw.data_ptr(), columns, epilogue)) return out;
   const Isa isa = active_isa();
-  if (vt == ValueType::I8 && isa == Isa::Avx2 && m <= int8::kW8Int16Rows) {
+  // int8 values at few rows: x rounded to int16, as the dense weight-only kernels do.
+  const bool avx2_int16 = isa == Isa::Avx2 && m <= int8::kW8Int16Rows;
+  const bool vnni_int16 = has_avx512_vnni_vbmi() && m <= int8::kW8Int16RowsVnni;
+  if (vt == ValueType::I8 && (avx2_int16 || vnni_int16)) {
     if (const auto rounded = x_int16_planes(x)) {
       const auto& [planes, xscale] = *rounded;
       Args a{planes.data_ptr(), m, planes.size(1), values.data_ptr(), meta.data_ptr<uint8_t>(), k,
              raw.data_ptr(), n, n};
       a.x_scale = xscale.data_ptr<float>();
+      const auto kernel = avx2_int16 ? w8_int16_rows_avx2 : w8_int16_rows_avx512_vnni;
       parallel_rows(n, m, k, [&](int64_t n0, int64_t n1) {
-        w8_int16_rows_avx2(a, n0, n1);
-        epilogue(n0, n1, 0, m);
-      });
-      return out;
-    }
-  }
-  if (vt == ValueType::I8 && has_avx512_vnni_vbmi() && m <= int8::kW8Int16RowsVnni) {
-    if (const auto rounded = x_int16_rows(x)) {
-      const auto& [q, xscale] = *rounded;
-      Args a{q.data_ptr(), m, q.size(1), values.data_ptr(), meta.data_ptr<uint8_t>(), k,
-             raw.data_ptr(), n, n};
-      a.x_scale = xscale.data_ptr<float>();
-      parallel_rows(n, m, k, [&](int64_t n0, int64_t n1) {
-        w8_int16_rows_avx512_vnni(a, n0, n1);
+        kernel(a, n0, n1);
         epilogue(n0, n1, 0, m);
       });
       return out;
@@ -358,9 +338,9 @@ at::Tensor sparse24_w8a8_matmul(const at::Tensor& x_q, const at::Tensor& values,
   const Args a{xs.data_ptr(), m, xs.size(1), values.data_ptr(), meta.data_ptr<uint8_t>(), k,
                acc.data_ptr(), n, n};
   auto kernel = has_avx512_vnni_vbmi() ? int_rows_avx512_vnni
-                : isa >= Isa::Avx512                 ? int_rows_avx512
-                : isa == Isa::Avx2                   ? int_rows_avx2
-                                                     : int_rows_scalar;
+                : isa >= Isa::Avx512    ? int_rows_avx512
+                : isa == Isa::Avx2      ? int_rows_avx2
+                                        : int_rows_scalar;
   parallel_rows(n, m, k, [&](int64_t n0, int64_t n1) {
     kernel(a, n0, n1);
     epilogue(n0, n1, 0, m);

@@ -69,10 +69,10 @@ DENSE_ROWS = {
 
 # W8_INT16_DENSE: on AVX-512 VNNI (and AMX) machines the dense weight-only kernel multiplies
 # int16 x with vpdpwssd up to llmkern.cpu.int8.W8_INT16_ROWS rows, and from 2 rows it beats the
-# 2:4 int16 row kernel, whose index and x-pick work is per x row: the 2:4 module is 0.73-0.80x
-# the dense int8 module at M = 2 and 0.47-0.52x at M = 4-8 on 4096x4096, 2048x5632 and
-# 5632x2048 (Intel Xeon with AMX, 2 threads, hot weights). At M = 1 the 2:4 kernel reads 0.63x
-# the bytes and is 0.89-0.98x hot; in Llama-shaped decode (bench_decode) 2:4+w8 is 1.2-1.4x w8.
+# 2:4 int16 row kernel, whose index and x-pick work is per x row: the 2:4 kernel is 0.74-0.77x
+# the dense int8 module at M = 2 and 0.43-0.57x at M = 3-8 on 4096x4096 and 2048x5632 (Intel
+# Xeon with AMX, 2 threads, hot weights). At M = 1 it reads 0.63x the bytes and is 0.96-1.14x
+# hot.
 
 
 def runs_dense(rows: int, form: str | None, dtype: torch.dtype, max_rows: int | None = -1) -> bool:
