@@ -124,8 +124,10 @@ constexpr int64_t kMaxXRows = 8;
 constexpr int64_t kW8XBlock = 128;
 // Rows of x up to which the AVX2 weight-only kernels (dense and 2:4) round x to int16.
 constexpr int64_t kW8Int16Rows = 4;
-// The same on AVX-512 VNNI (dense weight-only only; its 2:4 kernels keep float x).
-constexpr int64_t kW8Int16RowsVnni = 8;
+// The same on AVX-512 VNNI (and VBMI for the 2:4 kernel): every row count up to where the
+// weight-only op hands fp32 calls to torch's GEMM (llmkern.cpu.int8.W8_GEMM_ROWS), as vpdpwssd
+// on int16 x was 1.5-1.8x the fp32 FMA kernel at every M from 8 to 256 (Intel Xeon with AMX).
+constexpr int64_t kW8Int16RowsVnni = 1024;
 inline int64_t x_block_rows(int64_t m) { return m < kMaxXRows ? m : kMaxXRows; }
 struct W8Args {
   const float* x;

@@ -221,12 +221,14 @@ def test_w8_linear_packed_and_noncontiguous(cpu_isa, group_size):
 def test_w8_int16_rounding_rows(cpu_isa, dtype, group_size):
     """Up to W8_INT16_ROWS[isa] rows the AVX2 and AVX-512 VNNI weight-only kernels compute on
     round_x_int16(x), one row more they do not, and no other ISA rounds, nor scale groups that
-    split a block: csrc and llmkern.cpu.int8 agree. Each block holds one large value whose
-    weights are 0, so rounding moves the output by ~1e-3 relative, far beyond the comparison's
-    1e-5."""
+    split a block: csrc and llmkern.cpu.int8 agree (the kernel is called directly: the op hands
+    many rows to torch's GEMM first, and w8_rounds_x knows it). Each block holds one large
+    value whose weights are 0, so rounding moves the output by ~1e-3 relative, far beyond the
+    comparison's 1e-5."""
     k, n = 300, 24
     w_q, w_scale = ops.quantize_weight(torch.randn(n, k), group_size)
     w_q[:, :: cpu_int8.W8_X_BLOCK] = 0
+    packed = cpu_int8.pack_w8(w_q, w_scale, group_size)
     limit = cpu_int8.W8_INT16_ROWS.get(cpu_isa, 0)
     assert cpu_int8.w8_int16_rows() == limit
     for m in sorted({1, max(limit, 1), limit + 1}):
@@ -234,8 +236,9 @@ def test_w8_int16_rounding_rows(cpu_isa, dtype, group_size):
         x[:, :: cpu_int8.W8_X_BLOCK] = 500.0
         x = x.to(dtype)
         rounds = m <= limit and group_size != 64
-        assert cpu_int8.w8_rounds_x(x, group_size) == rounds
-        out = ops.w8_matmul(x, w_q, w_scale, None, group_size, **CPU)
+        if not cpu_int8.w8_uses_gemm(x):
+            assert cpu_int8.w8_rounds_x(x, group_size) == rounds
+        out = torch.ops.llmkern_C.int8_w8_linear(x, packed, w_scale, None, group_size)
         exact = ops.w8_matmul_ref(x, w_q, w_scale, None, group_size)
         xr = cpu_int8.round_x_int16(x).to(dtype)
         rounded = ops.w8_matmul_ref(xr, w_q, w_scale, None, group_size)
