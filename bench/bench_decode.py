@@ -143,11 +143,12 @@ def _nbytes(*tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
 
 
-def linear_weight_bytes(model: nn.Module) -> int:
+def linear_weight_bytes(model: nn.Module, dtype: torch.dtype) -> int:
     """Bytes of the linear layers' weights (scales, 2:4 metadata, bias included) in the form the
-    decode step reads: llmkern's int8 modules keep a packed copy next to the canonical ``qweight``
-    and read only the packed one; a 2:4 module on its dense path reads its dense form. Call it
-    after the decode (those forms are built on first use)."""
+    decode step (one row of ``dtype`` x) reads: llmkern's int8 modules keep a packed copy next to
+    the canonical ``qweight`` and read only the packed one; a 2:4 module on its dense path at
+    one row reads its dense form. Call it after the decode (those forms are built on first use;
+    the prefill may build a dense form that the one-row steps do not read)."""
     total = 0
     for m in model.modules():
         if type(m) is nn.Linear:
@@ -155,9 +156,10 @@ def linear_weight_bytes(model: nn.Module) -> int:
         elif isinstance(m, Int8Linear | Int8WeightOnlyLinear):
             total += _nbytes(m.qweight if m._packed is None else m._packed, m.weight_scale, m.bias)
         elif isinstance(m, Sparse24Linear):
-            # A module that took the dense path (DENSE_ROWS) built a dense form on first use
-            # and read only that; the compressed weight was not read.
-            total += _nbytes(*(m._prepared.built() or [m.values, m.meta]), m.w_scale, m.bias)
+            # On the dense path (DENSE_ROWS) at one row the module reads only the dense form it
+            # built on first use, not the compressed weight.
+            dense = m.runs_dense(1, dtype) and m._prepared.built()
+            total += _nbytes(*(dense or [m.values, m.meta]), m.w_scale, m.bias)
         elif isinstance(m, B.TorchInt8PackLinear):
             total += _nbytes(m.weight_int8, m.scales, m.bias)
         elif isinstance(m, torch.ao.nn.quantized.dynamic.Linear):
@@ -293,7 +295,7 @@ def main(argv=None) -> int:
         ref = results.get(v.reference) if v.reference != v.name else None
         res = results[v.name] = decode(model, prompt_ids, size[-1], ref)
         match, cos, flag = check(res, results[v.reference])
-        nbytes = linear_weight_bytes(model)
+        nbytes = linear_weight_bytes(model, v.dtype)
         floor = B.floor_ms(nbytes, bw)
         del model
         extra = {"tokens_per_s": round(1e3 / res["ms"], 2), "weight_bytes": nbytes,
