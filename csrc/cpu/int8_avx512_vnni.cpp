@@ -53,7 +53,8 @@ struct W8a8Vnni {
 // block holds |sum| < 2^29 exactly), scaled into float once a block. One unpack pair interleaves
 // rows k and k + 1 of a whole 64-channel panel row; widened, vectors 0-3 then hold channels
 // {0-7, 16-23}, {32-39, 48-55}, {8-15, 24-31}, {40-47, 56-63}, put back in order once a block.
-// Per weight that is a quarter of the float kernel's convert, multiply and FMA work at M = 1.
+// Against the fp32 kernel (W8Kernel, int8 -> fp32 convert, scale, FMA per weight) on 4096x4096,
+// Intel Xeon with AMX, 2 threads: 1.2x at M = 1, 1.4-1.9x at M = 2-4, 1.5-1.8x at M = 8-256.
 template <int MR, int NV>
 struct W8Int16Vnni {
   static void run(const W8Args& a, int64_t m, int64_t p, int64_t width, int64_t /*v0: 0*/) {

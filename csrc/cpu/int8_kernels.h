@@ -126,7 +126,7 @@ constexpr int64_t kW8XBlock = 128;
 constexpr int64_t kW8Int16Rows = 4;
 // The same on AVX-512 VNNI (and VBMI for the 2:4 kernel): every row count up to where the
 // weight-only op hands fp32 calls to torch's GEMM (llmkern.cpu.int8.W8_GEMM_ROWS), as vpdpwssd
-// on int16 x was 1.5-1.8x the fp32 FMA kernel at every M from 8 to 256 (Intel Xeon with AMX).
+// on int16 x beat the fp32 FMA kernel at every M measured (int8_avx512_vnni.cpp).
 constexpr int64_t kW8Int16RowsVnni = 1024;
 inline int64_t x_block_rows(int64_t m) { return m < kMaxXRows ? m : kMaxXRows; }
 struct W8Args {

@@ -80,7 +80,7 @@ void w8_tile(Isa isa, const W8Args& a, int64_t m0, int64_t m1, int64_t p) {
     case Isa::Amx:
     case Isa::Avx512Vnni:
       if (a.xq) return w8_int16_tile_avx512_vnni(a, m0, m1, p, p + 1);
-      return w8_tile_avx512(a, m0, m1, p, p + 1);
+      [[fallthrough]];
     case Isa::Avx512: return w8_tile_avx512(a, m0, m1, p, p + 1);
     case Isa::Avx2: return w8_tile_avx2(a, m0, m1, p, p + 1);
     case Isa::Scalar: return w8_tile_scalar(a, m0, m1, p, p + 1);
@@ -277,9 +277,9 @@ at::Tensor w8a8_linear_op(const at::Tensor& x, const at::Tensor& packed, const a
   return w8a8_run(isa, act, scale, w_scale, bias, packed, h, x.scalar_type());
 }
 
-// Whether weight-only rounds x to int16 (AVX2 W8Int16, AVX-512 VNNI W8Int16Vnni): few rows, one
-// scale per channel or scale groups of whole x blocks (a block's int32 sums then share one
-// weight scale).
+// Whether weight-only rounds x to int16 (AVX2 W8Int16 up to kW8Int16Rows rows, AVX-512 VNNI
+// W8Int16Vnni up to kW8Int16RowsVnni): one scale per channel or scale groups of whole x blocks
+// (a block's int32 sums then share one weight scale).
 bool w8_int16_fits(Isa isa, const PackedHeader& h, int64_t m) {
   const int64_t rows = isa == Isa::Avx2 ? kW8Int16Rows : isa >= Isa::Avx512Vnni ? kW8Int16RowsVnni : 0;
   return m <= rows && (h.groups == 1 || h.group_size % kW8XBlock == 0);

@@ -41,6 +41,47 @@ inline __m512i chunk_index(const uint8_t* meta) {
   return _mm512_ternarylogic_epi32(pos, _mm512_set1_epi8(3), _mm512_load_si512(kTables.base), 0xEA);
 }
 
+// Calls step(c, v, mc) for every chunk c of weight rows [n0, n0 + NR): v[r] its 64 kept int8
+// values, mc[r] its 16 meta bytes; K's last partial chunk comes from zero-filled copies (zero
+// values, pointing at x padding). With m0 == 0 the next tile's rows are fetched one tile ahead
+// (see sparse24_avx512.cpp).
+template <int NR, class Step>
+inline void for_each_chunk(const Args& a, int64_t n0, int64_t m0, const Step& step) {
+  const int64_t half = a.k / 2, mbytes = meta_bytes(a.k), groups = a.k / 4;
+  const int64_t full = groups / kChunkGroups, rem = groups % kChunkGroups;
+  const int8_t* vrow[NR];
+  const uint8_t* mrow[NR];
+  for (int r = 0; r < NR; ++r) {
+    vrow[r] = static_cast<const int8_t*>(a.values) + (n0 + r) * half;
+    mrow[r] = a.meta + (n0 + r) * mbytes;
+  }
+  const bool ahead = m0 == 0 && n0 + 2 * NR <= a.n;
+  if (ahead)
+    for (int64_t b = 0; b < NR * mbytes; b += 64)
+      _mm_prefetch(reinterpret_cast<const char*>(mrow[0] + NR * mbytes + b), _MM_HINT_T0);
+  const int8_t* v[NR];
+  const uint8_t* mc[NR];
+  for (int64_t c = 0; c < full; ++c) {
+    for (int r = 0; r < NR; ++r) {
+      v[r] = vrow[r] + 64 * c;
+      mc[r] = mrow[r] + 16 * c;
+      if (ahead) _mm_prefetch(reinterpret_cast<const char*>(v[r] + NR * half), _MM_HINT_T0);
+    }
+    step(c, v, mc);
+  }
+  if (rem) {
+    alignas(64) int8_t vbuf[NR][64] = {};
+    alignas(16) uint8_t mbuf[NR][16] = {};
+    for (int r = 0; r < NR; ++r) {
+      std::memcpy(vbuf[r], vrow[r] + 64 * full, 2 * rem);
+      std::memcpy(mbuf[r], mrow[r] + 16 * full, (rem + 1) / 2);
+      v[r] = vbuf[r];
+      mc[r] = mbuf[r];
+    }
+    step(full, v, mc);
+  }
+}
+
 struct VnniKernel {
   static constexpr int kMaxM = 3;  // 32 zmm: NR*MR accumulators, 2*MR x, NR weight sums
 
@@ -65,14 +106,6 @@ struct VnniKernel {
 
   template <int NR, int MR>
   static void tile(const Args& a, int64_t n0, int64_t m0) {
-    const int64_t half = a.k / 2, mbytes = meta_bytes(a.k), groups = a.k / 4;
-    const int64_t full = groups / kChunkGroups, rem = groups % kChunkGroups;
-    const int8_t* vrow[NR];
-    const uint8_t* mrow[NR];
-    for (int r = 0; r < NR; ++r) {
-      vrow[r] = static_cast<const int8_t*>(a.values) + (n0 + r) * half;
-      mrow[r] = a.meta + (n0 + r) * mbytes;
-    }
     const int8_t* x[MR];
     for (int i = 0; i < MR; ++i) x[i] = static_cast<const int8_t*>(a.x) + (m0 + i) * a.ldx;
     __m512i acc[NR][MR], wsum[NR];
@@ -80,34 +113,9 @@ struct VnniKernel {
       wsum[r] = _mm512_setzero_si512();
       for (int i = 0; i < MR; ++i) acc[r][i] = _mm512_setzero_si512();
     }
-    // Fetch the next tile's rows one tile ahead (see sparse24_avx512.cpp).
-    const bool ahead = m0 == 0 && n0 + 2 * NR <= a.n;
-    if (ahead)
-      for (int64_t b = 0; b < NR * mbytes; b += 64)
-        _mm_prefetch(reinterpret_cast<const char*>(mrow[0] + NR * mbytes + b), _MM_HINT_T0);
-    for (int64_t c = 0; c < full; ++c) {
-      const int8_t* v[NR];
-      const uint8_t* mc[NR];
-      for (int r = 0; r < NR; ++r) {
-        v[r] = vrow[r] + 64 * c;
-        mc[r] = mrow[r] + 16 * c;
-        if (ahead) _mm_prefetch(reinterpret_cast<const char*>(v[r] + NR * half), _MM_HINT_T0);
-      }
+    for_each_chunk<NR>(a, n0, m0, [&](int64_t c, const auto& v, const auto& mc) {
       step<NR, MR>(acc, wsum, x, c, v, mc);
-    }
-    if (rem) {  // last partial chunk from zero-filled copies (zero values, x padding)
-      alignas(64) int8_t vbuf[NR][64] = {};
-      alignas(16) uint8_t mbuf[NR][16] = {};
-      const int8_t* v[NR];
-      const uint8_t* mc[NR];
-      for (int r = 0; r < NR; ++r) {
-        std::memcpy(vbuf[r], vrow[r] + 64 * full, 2 * rem);
-        std::memcpy(mbuf[r], mrow[r] + 16 * full, (rem + 1) / 2);
-        v[r] = vbuf[r];
-        mc[r] = mbuf[r];
-      }
-      step<NR, MR>(acc, wsum, x, full, v, mc);
-    }
+    });
     int32_t* raw = static_cast<int32_t*>(a.raw);
     for (int r = 0; r < NR; ++r) {
       // Wrapping int32 arithmetic, as in the accumulators: exact whenever the true sum fits.
@@ -159,50 +167,17 @@ struct Int16Vnni {
 
   template <int NR, int MR>
   static void tile(const Args& a, int64_t n0, int64_t m0) {
-    const int64_t half = a.k / 2, mbytes = meta_bytes(a.k), groups = a.k / 4;
-    const int64_t full = groups / kChunkGroups, rem = groups % kChunkGroups;
-    const int64_t blocks = full + (rem ? 1 : 0);
-    const int8_t* vrow[NR];
-    const uint8_t* mrow[NR];
-    for (int r = 0; r < NR; ++r) {
-      vrow[r] = static_cast<const int8_t*>(a.values) + (n0 + r) * half;
-      mrow[r] = a.meta + (n0 + r) * mbytes;
-    }
+    const int64_t blocks = (a.k + 4 * kChunkGroups - 1) / (4 * kChunkGroups);  // = chunks
     const uint8_t* x[MR];  // low-byte plane; the high bytes follow ldx on
     for (int i = 0; i < MR; ++i) x[i] = static_cast<const uint8_t*>(a.x) + (m0 + i) * 2 * a.ldx;
     __m512 sum[NR][MR];
     for (int r = 0; r < NR; ++r)
       for (int i = 0; i < MR; ++i) sum[r][i] = _mm512_setzero_ps();
-    const bool ahead = m0 == 0 && n0 + 2 * NR <= a.n;  // see sparse24_avx512.cpp
-    if (ahead)
-      for (int64_t b = 0; b < NR * mbytes; b += 64)
-        _mm_prefetch(reinterpret_cast<const char*>(mrow[0] + NR * mbytes + b), _MM_HINT_T0);
-    float scale[MR];
-    for (int64_t c = 0; c < full; ++c) {
-      const int8_t* v[NR];
-      const uint8_t* mc[NR];
-      for (int r = 0; r < NR; ++r) {
-        v[r] = vrow[r] + 64 * c;
-        mc[r] = mrow[r] + 16 * c;
-        if (ahead) _mm_prefetch(reinterpret_cast<const char*>(v[r] + NR * half), _MM_HINT_T0);
-      }
+    for_each_chunk<NR>(a, n0, m0, [&](int64_t c, const auto& v, const auto& mc) {
+      float scale[MR];
       for (int i = 0; i < MR; ++i) scale[i] = a.x_scale[(m0 + i) * blocks + c];
       step<NR, MR>(sum, x, a.ldx, scale, c, v, mc);
-    }
-    if (rem) {  // last partial chunk from zero-filled copies (zero values, x padding)
-      alignas(64) int8_t vbuf[NR][64] = {};
-      alignas(16) uint8_t mbuf[NR][16] = {};
-      const int8_t* v[NR];
-      const uint8_t* mc[NR];
-      for (int r = 0; r < NR; ++r) {
-        std::memcpy(vbuf[r], vrow[r] + 64 * full, 2 * rem);
-        std::memcpy(mbuf[r], mrow[r] + 16 * full, (rem + 1) / 2);
-        v[r] = vbuf[r];
-        mc[r] = mbuf[r];
-      }
-      for (int i = 0; i < MR; ++i) scale[i] = a.x_scale[(m0 + i) * blocks + full];
-      step<NR, MR>(sum, x, a.ldx, scale, full, v, mc);
-    }
+    });
     float* raw = static_cast<float*>(a.raw);
     for (int r = 0; r < NR; ++r)
       for (int i = 0; i < MR; ++i) raw[(m0 + i) * a.ldr + n0 + r] = _mm512_reduce_add_ps(sum[r][i]);

@@ -24,7 +24,6 @@ import torch.nn.functional as F
 
 from llmkern.backends import register, weight_key
 from llmkern.cpu import isa_family
-from llmkern.cpu.int8 import w8_int16_rows
 from llmkern.ops.sparse24 import decompress_24_ref
 
 # Rows of x (first, last; None: no end) for which the dense path beats the 2:4 kernels on CPU, per
@@ -34,15 +33,19 @@ DENSE_ROWS = {
     # AMD EPYC with AVX-512, on 4096x4096 and MiniLM's 384x1536 and 1536x384: fp32 2:4 vs
     # torch's fp32 GEMM 1.0-1.14x at M = 64, 0.81-0.95x at M = 128 on all three; bf16 2:4 vs
     # oneDNN's bf16 GEMM wins at M <= 4 (torch's bf16 path is slow there) and is 0.8-1.0x at
-    # M = 8; int8 weight-only 2:4 beat llmkern's dense int8 kernel up to M = 8-16 (parity at
-    # 64); W8A8 2:4 up to M = 4 (0.9x at 8). (The AVX2 column kernel was not measured there.)
+    # M = 8; W8A8 2:4 up to M = 4 (0.9x at 8). (The AVX2 column kernel was not measured there.)
+    # Int8 weight-only: since the dense kernel multiplies int16 x with vpdpwssd (AVX-512 VNNI,
+    # which every AVX-512 machine measured here has), the 2:4 int16 row kernel, whose index and
+    # x-pick work is per x row, is 0.74-0.77x the dense int8 module at M = 2 and 0.43-0.57x at
+    # M = 3-8 on 4096x4096 and 2048x5632 (Intel Xeon with AMX, 2 threads, hot weights); at M = 1
+    # it reads 0.63x the bytes and is 0.96-1.14x hot, 1.24-1.48x with weights from memory.
     "avx512": {
         (None, torch.float32): (65, None),
         (None, torch.bfloat16): (5, None),
         (None, torch.float16): (1025, None),  # torch's fp16 CPU GEMM: 2:4 3.0-3.7x at M = 16-256
-        ("w8", torch.float32): (17, None),
-        ("w8", torch.bfloat16): (17, None),
-        ("w8", torch.float16): (17, None),
+        ("w8", torch.float32): (2, None),
+        ("w8", torch.bfloat16): (2, None),
+        ("w8", torch.float16): (2, None),
         ("w8a8", None): (5, None),
     },
     # AMD EPYC Zen 1 (AVX2, no AVX-512). Float 2:4 never goes dense: bench/bench_sparse24.py
@@ -67,14 +70,6 @@ DENSE_ROWS = {
 }
 
 
-# W8_INT16_DENSE: on AVX-512 VNNI (and AMX) machines the dense weight-only kernel multiplies
-# int16 x with vpdpwssd up to llmkern.cpu.int8.W8_INT16_ROWS rows, and from 2 rows it beats the
-# 2:4 int16 row kernel, whose index and x-pick work is per x row: the 2:4 kernel is 0.74-0.77x
-# the dense int8 module at M = 2 and 0.43-0.57x at M = 3-8 on 4096x4096 and 2048x5632 (Intel
-# Xeon with AMX, 2 threads, hot weights). At M = 1 it reads 0.63x the bytes and is 0.96-1.14x
-# hot.
-
-
 def runs_dense(rows: int, form: str | None, dtype: torch.dtype, max_rows: int | None = -1) -> bool:
     """Whether ``rows`` rows of finite x take the dense path for weight form ``form`` (None,
     "w8", "w8a8") and x dtype on this machine's ISA. ``max_rows`` is a module's own setting (the
@@ -83,8 +78,6 @@ def runs_dense(rows: int, form: str | None, dtype: torch.dtype, max_rows: int | 
         return False
     if max_rows != -1:
         return rows > max_rows
-    if form == "w8" and isa_family() == "avx512" and 1 < rows <= w8_int16_rows():
-        return True  # see W8_INT16_DENSE
     band = DENSE_ROWS[isa_family()].get((form, None if form == "w8a8" else dtype))
     return band is not None and band[0] <= rows and (band[1] is None or rows <= band[1])
 
