@@ -307,7 +307,7 @@ struct W8Kernel {
   static void dot(const W8Args& a, const int8_t* b, const float* x, int64_t k0, int64_t k1,
                   int64_t width, __m256 (&acc)[MR][2 * NV]) {
     for (int64_t k = k0; k < k1; ++k) {
-      _mm_prefetch(reinterpret_cast<const char*>(b + (k + 16) * width), _MM_HINT_T0);
+      prefetch_w8_row(b, k, width);
       __m256 wv[2 * NV];
       _Pragma("GCC unroll 32")
       for (int v = 0; v < 2 * NV; ++v)
@@ -350,8 +350,8 @@ struct W8Int16 {
         for (int v = 0; v < 2 * NV; ++v) part[r][v] = _mm256_setzero_si256();
       int64_t k = k0;
       for (; k + 1 < k1; k += 2) {
-        _mm_prefetch(reinterpret_cast<const char*>(b + (k + 16) * width), _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(b + (k + 17) * width), _MM_HINT_T0);
+        prefetch_w8_row(b, k, width);
+        prefetch_w8_row(b, k + 1, width);
         pair(xq, b + k * width, b + (k + 1) * width, k, part);
       }
       if (k < k1) {  // odd K: the last column pairs with a zero weight row (x there is 0)

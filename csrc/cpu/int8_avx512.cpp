@@ -121,6 +121,7 @@ struct W8Kernel {
       for (int v = 0; v < NV; ++v) sv[v] = _mm512_loadu_ps(s + g * width + v * 16);
       const int64_t k_end = std::min(a.k, (g + 1) * a.group_size);
       for (int64_t k = g * a.group_size; k < k_end; ++k) {
+        prefetch_w8_row(b, k, width);
         __m512 wv[NV];
         _Pragma("GCC unroll 32")
         for (int v = 0; v < NV; ++v) {

@@ -74,8 +74,8 @@ struct W8Int16Vnni {
         _Pragma("GCC unroll 4")
         for (int v = 0; v < 4; ++v) part[r][v] = _mm512_setzero_si512();
       for (int64_t k = k0; k < k1; k += 2) {
-        _mm_prefetch(reinterpret_cast<const char*>(b + (k + 16) * width), _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(b + (k + 17) * width), _MM_HINT_T0);
+        prefetch_w8_row(b, k, width);
+        prefetch_w8_row(b, k + 1, width);
         const __m512i r0 = _mm512_maskz_loadu_epi8(wmask, b + k * width);
         // Odd K: the last column pairs with a zero weight row (x there is 0).
         const __m512i r1 = k + 1 < k1 ? _mm512_maskz_loadu_epi8(wmask, b + (k + 1) * width)

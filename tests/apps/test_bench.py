@@ -151,5 +151,24 @@ def test_with_speedups_across_dtypes():
 
 def test_floor_and_read_bandwidth():
     assert B.floor_ms(2 * 10**9, 20.0) == pytest.approx(100.0)
-    bw = B.read_bandwidth_gbs(nbytes=0, reps=2)  # at least 8x the last-level cache is read
+    bw = B.read_bandwidth_gbs(nbytes=0, reps=2, buffers=1)  # 4x the last-level cache is read
     assert math.isfinite(bw) and bw > 0.1
+
+
+def test_stream_or_reads_every_byte():
+    from llmkern import _ext
+
+    buf = torch.zeros(3 * 64 * 2**10 + 5, dtype=torch.uint8)  # several tasks and a ragged tail
+    assert _ext._C.stream_or(buf.data_ptr(), buf.numel()) == 0
+    for where, value in [(0, 0x01), (64 * 2**10 + 7, 0x80), (buf.numel() - 1, 0x10)]:
+        buf.zero_()
+        buf[where] = value
+        word = value << (8 * (where % 8)) if where < buf.numel() // 64 * 64 else value
+        assert _ext._C.stream_or(buf.data_ptr(), buf.numel()) == word
+
+
+def test_llc_bytes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("LLMKERN_LLC_MB", "12")
+    assert B.llc_bytes() == 12 * 2**20
+    monkeypatch.delenv("LLMKERN_LLC_MB")
+    assert 0 < B.llc_bytes() <= B.LLC_CAP_BYTES
