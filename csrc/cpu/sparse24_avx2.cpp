@@ -129,19 +129,16 @@ struct Kernel {
     for (int r = 0; r < NR; ++r)
       for (int i = 0; i < MR; ++i) acc[r][i] = L::zero();
 
-    // Fetch the next tile's rows one tile ahead (see the AVX-512 variant).
-    const bool ahead = m0 == 0 && n0 + 2 * NR <= a.n;
-    if (ahead)
-      for (int64_t b = 0; b < NR * mbytes; b += 64)
-        _mm_prefetch(reinterpret_cast<const char*>(mrow[0] + NR * mbytes + b), _MM_HINT_T0);
+    // The tiles ahead, their meta blocks at the start (TilePrefetch).
+    const TilePrefetch ahead(a, n0, m0, NR);
+    ahead.meta(mrow[0], NR * mbytes);
     for (int64_t c = 0; c < full; ++c) {
       const S* v[NR];
       uint32_t mw[NR];
       for (int r = 0; r < NR; ++r) {
         v[r] = vrow[r] + 16 * c;
         std::memcpy(&mw[r], mrow[r] + 4 * c, 4);
-        if (ahead && (16 * c * sizeof(S)) % 64 == 0)
-          _mm_prefetch(reinterpret_cast<const char*>(v[r] + NR * half), _MM_HINT_T0);
+        if ((16 * c * sizeof(S)) % 64 == 0) ahead(v[r], NR * half * int64_t{sizeof(S)});
       }
       step<NR, MR>(acc, x, c, v, mw);
     }
@@ -271,14 +268,11 @@ struct SpreadKernel {
         for (int i = 0; i < MR; ++i) acc[r][i][u % kAcc] = _mm256_fmadd_ps(w, xs[i], acc[r][i][u % kAcc]);
       }
     };
-    // The next tile's rows, one tile ahead (rows are short streams for the hardware
-    // prefetchers), by the first x rows only.
-    const bool ahead = m0 == 0 && n0 + 2 * NR <= a.n;
+    const TilePrefetch ahead(a, n0, m0, NR);  // the tiles ahead
     for (int64_t l = 0; l < loads; ++l) {
       __m256i src[NR];
       for (int r = 0; r < NR; ++r) {
-        if (ahead && (P::kLoad * l) % 64 == 0)
-          _mm_prefetch(reinterpret_cast<const char*>(v[r] + NR * row_bytes + P::kLoad * l), _MM_HINT_T0);
+        if ((P::kLoad * l) % 64 == 0) ahead(v[r] + P::kLoad * l, NR * row_bytes);
         src[r] = P::source(v[r] + P::kLoad * l);
       }
       for (int u = 0; u < kSteps; ++u) step(src, l * kSteps + u, u);
@@ -366,16 +360,13 @@ struct Int16Planes {
     __m256 sum[NR][MR];
     for (auto& per_row : sum)
       for (auto& s : per_row) s = _mm256_setzero_ps();
-    const bool ahead = m0 == 0 && n0 + 2 * NR <= a.n;
+    const TilePrefetch ahead(a, n0, m0, NR);
     for (int64_t blk = 0; blk < blocks; ++blk) {
       const int64_t g0 = blk * kBlockGroups, g1 = std::min(groups, g0 + kBlockGroups);
-      // The next tile's rows, one tile ahead (rows are short streams for the hardware
-      // prefetchers), by the first x rows only.
-      if (ahead)
-        for (int r = NR; r < 2 * NR; ++r) {
-          _mm_prefetch(reinterpret_cast<const char*>(v + r * half + 16 * g0), _MM_HINT_T0);
-          _mm_prefetch(reinterpret_cast<const char*>(mt + r * mbytes + 4 * g0), _MM_HINT_T0);
-        }
+      for (int r = 0; r < NR; ++r) {  // the tiles ahead
+        ahead(v + r * half + 16 * g0, NR * half);
+        ahead(mt + r * mbytes + 4 * g0, NR * mbytes);
+      }
       __m256i acc[NR][MR];
       for (auto& per_row : acc)
         for (auto& s : per_row) s = _mm256_setzero_si256();

@@ -123,21 +123,16 @@ struct Kernel {
     for (int r = 0; r < NR; ++r)
       for (int i = 0; i < MR; ++i) acc[r][i] = L::zero();
 
-    // Rows are short streams (K/2 values each), too short for the hardware prefetchers to ramp
-    // up at M = 1: fetch the same columns of the next tile's rows one tile ahead (the rows are
-    // consecutive in memory, so that is NR rows further on), its meta block at the start.
-    const bool ahead = m0 == 0 && n0 + 2 * NR <= a.n;
-    if (ahead)
-      for (int64_t b = 0; b < NR * mbytes; b += 64)
-        _mm_prefetch(reinterpret_cast<const char*>(mrow[0] + NR * mbytes + b), _MM_HINT_T0);
+    // The tiles ahead, their meta blocks at the start (TilePrefetch).
+    const TilePrefetch ahead(a, n0, m0, NR);
+    ahead.meta(mrow[0], NR * mbytes);
     for (int64_t c = 0; c < full; ++c) {
       const S* v[NR];
       uint32_t mw[NR];
       for (int r = 0; r < NR; ++r) {
         v[r] = vrow[r] + 16 * c;
         std::memcpy(&mw[r], mrow[r] + 4 * c, 4);
-        if (ahead && (16 * c * sizeof(S)) % 64 == 0)
-          _mm_prefetch(reinterpret_cast<const char*>(v[r] + NR * half), _MM_HINT_T0);
+        if ((16 * c * sizeof(S)) % 64 == 0) ahead(v[r], NR * half * int64_t{sizeof(S)});
       }
       step<NR, MR>(acc, x, c, v, mw);
     }

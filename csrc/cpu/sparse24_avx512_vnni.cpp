@@ -43,8 +43,7 @@ inline __m512i chunk_index(const uint8_t* meta) {
 
 // Calls step(c, v, mc) for every chunk c of weight rows [n0, n0 + NR): v[r] its 64 kept int8
 // values, mc[r] its 16 meta bytes; K's last partial chunk comes from zero-filled copies (zero
-// values, pointing at x padding). With m0 == 0 the next tile's rows are fetched one tile ahead
-// (see sparse24_avx512.cpp).
+// values, pointing at x padding). With m0 == 0 the tiles ahead are fetched (TilePrefetch).
 template <int NR, class Step>
 inline void for_each_chunk(const Args& a, int64_t n0, int64_t m0, const Step& step) {
   const int64_t half = a.k / 2, mbytes = meta_bytes(a.k), groups = a.k / 4;
@@ -55,17 +54,15 @@ inline void for_each_chunk(const Args& a, int64_t n0, int64_t m0, const Step& st
     vrow[r] = static_cast<const int8_t*>(a.values) + (n0 + r) * half;
     mrow[r] = a.meta + (n0 + r) * mbytes;
   }
-  const bool ahead = m0 == 0 && n0 + 2 * NR <= a.n;
-  if (ahead)
-    for (int64_t b = 0; b < NR * mbytes; b += 64)
-      _mm_prefetch(reinterpret_cast<const char*>(mrow[0] + NR * mbytes + b), _MM_HINT_T0);
+  const TilePrefetch ahead(a, n0, m0, NR);
+  ahead.meta(mrow[0], NR * mbytes);
   const int8_t* v[NR];
   const uint8_t* mc[NR];
   for (int64_t c = 0; c < full; ++c) {
     for (int r = 0; r < NR; ++r) {
       v[r] = vrow[r] + 64 * c;
       mc[r] = mrow[r] + 16 * c;
-      if (ahead) _mm_prefetch(reinterpret_cast<const char*>(v[r] + NR * half), _MM_HINT_T0);
+      ahead(v[r], NR * half);
     }
     step(c, v, mc);
   }
