@@ -9,8 +9,9 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
-#include <xmmintrin.h>
 #include <utility>
+
+#include <xmmintrin.h>
 
 namespace llmkern::int8 {
 

@@ -117,12 +117,7 @@ struct Kernel {
   static void tile(const Args& a, int64_t n0, int64_t m0) {
     const int64_t half = a.k / 2, mbytes = meta_bytes(a.k), groups = a.k / 4;
     const int64_t full = groups / kChunkGroups, rem = groups % kChunkGroups;
-    const S* vrow[NR];
-    const uint8_t* mrow[NR];
-    for (int r = 0; r < NR; ++r) {
-      vrow[r] = static_cast<const S*>(a.values) + (n0 + r) * half;
-      mrow[r] = a.meta + (n0 + r) * mbytes;
-    }
+    const TileRows<S, NR> rows(a, n0);
     const X* x[MR];
     for (int i = 0; i < MR; ++i) x[i] = static_cast<const X*>(a.x) + (m0 + i) * a.ldx;
     Vec acc[NR][MR];
@@ -131,13 +126,13 @@ struct Kernel {
 
     // The tiles ahead, their meta blocks at the start (TilePrefetch).
     const TilePrefetch ahead(a, n0, m0, NR);
-    ahead.meta(mrow[0], NR * mbytes);
+    ahead.meta(rows.meta[0], NR * mbytes);
     for (int64_t c = 0; c < full; ++c) {
       const S* v[NR];
       uint32_t mw[NR];
       for (int r = 0; r < NR; ++r) {
-        v[r] = vrow[r] + 16 * c;
-        std::memcpy(&mw[r], mrow[r] + 4 * c, 4);
+        v[r] = rows.values[r] + 16 * c;
+        std::memcpy(&mw[r], rows.meta[r] + 4 * c, 4);
         if ((16 * c * sizeof(S)) % 64 == 0) ahead(v[r], NR * half * int64_t{sizeof(S)});
       }
       step<NR, MR>(acc, x, c, v, mw);
@@ -147,8 +142,8 @@ struct Kernel {
       const S* v[NR];
       uint32_t mw[NR] = {};
       for (int r = 0; r < NR; ++r) {
-        std::memcpy(buf[r], vrow[r] + 16 * full, 2 * rem * sizeof(S));
-        std::memcpy(&mw[r], mrow[r] + 4 * full, (rem + 1) / 2);
+        std::memcpy(buf[r], rows.values[r] + 16 * full, 2 * rem * sizeof(S));
+        std::memcpy(&mw[r], rows.meta[r] + 4 * full, (rem + 1) / 2);
         v[r] = buf[r];
       }
       step<NR, MR>(acc, x, full, v, mw);

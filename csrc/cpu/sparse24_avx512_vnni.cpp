@@ -48,20 +48,15 @@ template <int NR, class Step>
 inline void for_each_chunk(const Args& a, int64_t n0, int64_t m0, const Step& step) {
   const int64_t half = a.k / 2, mbytes = meta_bytes(a.k), groups = a.k / 4;
   const int64_t full = groups / kChunkGroups, rem = groups % kChunkGroups;
-  const int8_t* vrow[NR];
-  const uint8_t* mrow[NR];
-  for (int r = 0; r < NR; ++r) {
-    vrow[r] = static_cast<const int8_t*>(a.values) + (n0 + r) * half;
-    mrow[r] = a.meta + (n0 + r) * mbytes;
-  }
+  const TileRows<int8_t, NR> rows(a, n0);
   const TilePrefetch ahead(a, n0, m0, NR);
-  ahead.meta(mrow[0], NR * mbytes);
+  ahead.meta(rows.meta[0], NR * mbytes);
   const int8_t* v[NR];
   const uint8_t* mc[NR];
   for (int64_t c = 0; c < full; ++c) {
     for (int r = 0; r < NR; ++r) {
-      v[r] = vrow[r] + 64 * c;
-      mc[r] = mrow[r] + 16 * c;
+      v[r] = rows.values[r] + 64 * c;
+      mc[r] = rows.meta[r] + 16 * c;
       ahead(v[r], NR * half);
     }
     step(c, v, mc);
@@ -70,8 +65,8 @@ inline void for_each_chunk(const Args& a, int64_t n0, int64_t m0, const Step& st
     alignas(64) int8_t vbuf[NR][64] = {};
     alignas(16) uint8_t mbuf[NR][16] = {};
     for (int r = 0; r < NR; ++r) {
-      std::memcpy(vbuf[r], vrow[r] + 64 * full, 2 * rem);
-      std::memcpy(mbuf[r], mrow[r] + 16 * full, (rem + 1) / 2);
+      std::memcpy(vbuf[r], rows.values[r] + 64 * full, 2 * rem);
+      std::memcpy(mbuf[r], rows.meta[r] + 16 * full, (rem + 1) / 2);
       v[r] = vbuf[r];
       mc[r] = mbuf[r];
     }

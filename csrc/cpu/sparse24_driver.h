@@ -11,6 +11,19 @@
 
 namespace llmkern::sparse24 {
 
+// Rows [n0, n0 + NR) of the weight as the row kernels walk them: their values (type S) and meta.
+template <class S, int NR>
+struct TileRows {
+  const S* values[NR];
+  const uint8_t* meta[NR];
+  TileRows(const Args& a, int64_t n0) {
+    for (int r = 0; r < NR; ++r) {
+      values[r] = static_cast<const S*>(a.values) + (n0 + r) * (a.k / 2);
+      meta[r] = a.meta + (n0 + r) * meta_bytes(a.k);
+    }
+  }
+};
+
 // Rows are short streams (K/2 values and K/8 meta bytes each), too short for the hardware
 // prefetchers to ramp up at M = 1. The first x rows of a tile fetch the bytes at the same offset
 // of the next tile's rows into L1 (rows are consecutive, so that is one tile's bytes further on)

@@ -158,9 +158,10 @@ def test_floor_and_read_bandwidth():
 def test_stream_or_reads_every_byte():
     from llmkern import _ext
 
-    buf = torch.zeros(3 * 64 * 2**10 + 5, dtype=torch.uint8)  # several tasks and a ragged tail
+    # 3 MB: more than one task of 2^14 lines on torch's threads, and a ragged tail
+    buf = torch.zeros(3 * 2**20 + 5, dtype=torch.uint8)
     assert _ext._C.stream_or(buf.data_ptr(), buf.numel()) == 0
-    for where, value in [(0, 0x01), (64 * 2**10 + 7, 0x80), (buf.numel() - 1, 0x10)]:
+    for where, value in [(0, 0x01), (2 * 2**20 + 7, 0x80), (buf.numel() - 1, 0x10)]:
         buf.zero_()
         buf[where] = value
         word = value << (8 * (where % 8)) if where < buf.numel() // 64 * 64 else value
