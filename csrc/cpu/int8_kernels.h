@@ -159,6 +159,11 @@ struct W8Args {
   const int16_t* xq = nullptr;
   const float* xq_scale = nullptr;
   int64_t xq_ld = 0;
+  // The AMX kernel's bytes of xq, or null: xq = 256 hi + lo + 128 (hi, lo signed) in rows 2r
+  // (hi) and 2r + 1 (lo), x_bytes_ld apart (a multiple of 64, valid up to K), rows of x padded
+  // to a multiple of amx_w8_x_rows(m).
+  const int8_t* x_bytes = nullptr;
+  int64_t x_bytes_ld = 0;
 };
 
 // Micro-kernel table: entry (mr - 1) * MaxNV + (nv - 1) is Kernel<mr, nv>::run.
@@ -213,5 +218,13 @@ void w8a8_tile_avx512_vnni(const W8a8Args& args, int64_t m0, int64_t m1, int64_t
 void w8_int16_tile_avx512_vnni(const W8Args& args, int64_t m0, int64_t m1, int64_t p0, int64_t p1);
 // The AMX variant reads the VNNI activations and panels with tile instructions.
 void w8a8_tile_amx(const W8a8Args& args, int64_t m0, int64_t m1, int64_t p0, int64_t p1);
+// Weight-only on W8Args::x_bytes with AMX tiles: the same int32 block sums as
+// w8_int16_tile_avx512_vnni, so the same results to the bit.
+void w8_int16_tile_amx(const W8Args& args, int64_t m0, int64_t m1, int64_t p0, int64_t p1);
+// Rows of x per tile of that kernel (two byte rows each), and for a call of m rows.
+constexpr int64_t kAmxW8XRows = 8;
+inline int64_t amx_w8_x_rows(int64_t m) { return m < kAmxW8XRows ? m : kAmxW8XRows; }
+// xq (rows ld_q apart) as W8Args::x_bytes: m rows of k values into dst (2 m rows, ld apart).
+void split_x_bytes_amx(const int16_t* xq, int64_t ld_q, int64_t m, int64_t k, int8_t* dst, int64_t ld);
 
 }  // namespace llmkern::int8

@@ -43,9 +43,11 @@ W8_GEMM_ROWS = {
 # Weight-only calls with at most this many rows (scales per channel or per multiple of
 # W8_X_BLOCK columns) multiply int16 x by the int8 weights instead of converting every weight to
 # fp32, per active ISA path: AVX2 vpmaddwd, 1.2-1.8x at M = 1-2 and 1.0-1.3x at M = 3-4 on AMD
-# Zen 1, where the convert has one port; AVX-512 VNNI vpdpwssd (AMX machines too), 1.2x at
-# M = 1 and 1.4-1.9x at M = 2-256 on an Intel Xeon, so there at every M the kernel takes
-# (W8_GEMM_ROWS). x is rounded per W8_X_BLOCK columns first (round_x_int16). The 2:4
+# Zen 1, where the convert has one port; AVX-512 VNNI vpdpwssd, 1.2x at M = 1 and 1.4-1.9x at
+# M = 2-256 on an Intel Xeon, so there at every M the kernel takes (W8_GEMM_ROWS); on AMX
+# machines from M = 3 the same int16 products run on AMX tiles, to the bit (1.4x vpdpwssd at
+# M = 8 from DRAM, 2-3x at M = 32-1024). x is rounded per W8_X_BLOCK columns first
+# (round_x_int16). The 2:4
 # weight-only kernels round the same on AVX2 and, where the CPU has AVX512_VBMI too, on AVX-512
 # VNNI. Mirrors kW8Int16Rows, kW8Int16RowsVnni and kW8XBlock in csrc/cpu (tests/cpu/test_int8.py
 # and test_sparse24.py check the boundary).

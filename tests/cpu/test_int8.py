@@ -14,6 +14,7 @@ import torch
 
 from llmkern.cpu import int8 as cpu_int8
 from llmkern.ops import int8 as ops
+from tests.conftest import supported_isas
 
 CPU = {"backend": "cpu"}
 FLOATS = [torch.float32, torch.bfloat16, torch.float16]
@@ -258,6 +259,40 @@ def test_w8_int16_extreme_values(cpu_isa, m):
     if cpu_int8.w8_rounds_x(x, 0):
         assert (cpu_int8.round_x_int16(x).abs().amax() * 2.0**15).item() == 32767
     torch.testing.assert_close(out, _w8_want(x, w_q, torch.ones(n), None, 0), rtol=1e-6, atol=0)
+
+
+@pytest.mark.skipif("amx" not in supported_isas(), reason="needs AMX-INT8 tiles")
+@pytest.mark.parametrize("m", [2, 3, 5, 8, 9, 16, 23, 200, 385])
+@pytest.mark.parametrize(
+    "k,n,group_size", [(4101, 112, 0), (300, 24, 256), (1000, 77, 128), (64, 200, 0)]
+)
+def test_w8_amx_tiles_match_vpdpwssd_to_the_bit(m, k, n, group_size):
+    """The AMX weight-only kernel (from kAmxW8Rows rows) splits int16 x into two signed bytes
+    and must give the vpdpwssd kernel's int32 block sums, so the same outputs to the bit: row
+    tiles of 8 (and chunks of 192) with ragged ends, K ending mid-step, narrow last panels,
+    grouped scales, and x spanning the int16 range (every value rounds to +-32767 in some rows)."""
+    from llmkern import _ext
+
+    g = torch.Generator().manual_seed(m * 7 + k)
+    w_q = torch.randint(-128, 128, (n, k), dtype=torch.int8, generator=g)
+    shape = (n,) if group_size == 0 else (n, -(-k // group_size))
+    w_scale = torch.rand(shape, generator=g) + 0.01
+    packed = cpu_int8.pack_w8(w_q, w_scale, group_size)
+    x = torch.randn(m, k, generator=g) * torch.logspace(-2, 2, m)[:, None]
+    x[::3] = torch.where(x[::3] < 0, -1.0, 1.0)  # absmax rows: q = +-32767 throughout
+    b = torch.randn(n, generator=g)
+    outs = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        xd = x.to(dtype)
+        for isa in ("amx", "avx512_vnni"):
+            _ext._C.set_isa(isa)
+            try:
+                outs[isa] = torch.ops.llmkern_C.int8_w8_linear(xd, packed, w_scale, b, group_size)
+            finally:
+                _ext._C.set_isa(None)
+        assert torch.equal(outs["amx"], outs["avx512_vnni"])
+        want = ops.w8_matmul_ref(cpu_int8.round_x_int16(xd).to(dtype), w_q, w_scale, b, group_size)
+        _assert_w8_close(outs["amx"], want)
 
 
 def test_w8_int16_rounding_rule():
