@@ -236,7 +236,7 @@ void w8_panel_rows(const W8Args& a, int64_t m0, int64_t m1, int64_t p, int x_row
     for (int v = 0; v < 4; ++v) ws[v] = _mm512_maskz_loadu_ps(tail_mask(width - 16 * v), gs + 16 * v);
     to_tile_order(ws, ws_tile);
     for (int64_t m = m0; m < m1; m += x_rows) {
-      const int8_t* xb = a.x_bytes + 2 * m * a.x_bytes_ld + k0;
+      const int8_t* xb = a.x_bytes + ((m / x_rows) * a.x_bytes_steps + k0 / kTileBytes) * 2 * x_rows * kTileBytes;
       // The next block's weights are interleaved in quarters between this block's multiplies
       // (with the first row tile), so the shuffles run while the tile unit works. Only the
       // last block can have fewer than kBlockSteps steps.
@@ -247,7 +247,7 @@ void w8_panel_rows(const W8Args& a, int64_t m0, int64_t m1, int64_t p, int x_row
       _tile_zero(2);
       _tile_zero(3);
       for (int st = 0; st < steps; ++st) {
-        _tile_loadd(4, xb + st * kTileBytes, a.x_bytes_ld);
+        _tile_loadd(4, xb + st * 2 * x_rows * kTileBytes, kTileBytes);
         _tile_loadd(5, now.w[st][0], kTileBytes);
         _tile_loadd(6, now.w[st][1], kTileBytes);
         _tile_dpbssd(0, 4, 5);
@@ -293,19 +293,34 @@ void w8_panel_rows(const W8Args& a, int64_t m0, int64_t m1, int64_t p, int x_row
 
 }  // namespace
 
-void split_x_bytes_amx(const int16_t* xq, int64_t ld_q, int64_t m, int64_t k, int8_t* dst, int64_t ld) {
+void split_x_bytes_amx(const int16_t* xq, int64_t ld_q, int64_t m, int64_t k, int64_t t0, int64_t t1,
+                       int8_t* dst) {
+  static_assert(kAmxW8Step == kTileBytes, "a k step is one tile row");
+  const int64_t rows = amx_w8_x_rows(m), steps = (k + kTileBytes - 1) / kTileBytes;
   const __m512i bias = _mm512_set1_epi16(128);
-  for (int64_t r = 0; r < m; ++r) {
-    int8_t* hi = dst + 2 * r * ld;
-    int8_t* lo = hi + ld;
-    for (int64_t c = 0; c < k; c += 32) {
-      const __mmask32 mask = k - c >= 32 ? ~0u : (1u << (k - c)) - 1;
-      const __m512i q = _mm512_maskz_loadu_epi16(mask, xq + r * ld_q + c);
-      // lo = (q & 255) - 128 as a byte is (q & 255) ^ 0x80, the low byte of q - 128.
-      _mm256_mask_storeu_epi8(hi + c, mask, _mm512_cvtepi16_epi8(_mm512_srai_epi16(q, 8)));
-      _mm256_mask_storeu_epi8(lo + c, mask, _mm512_cvtepi16_epi8(_mm512_sub_epi16(q, bias)));
+  for (int64_t t = t0; t < t1; ++t)
+    for (int64_t s = 0; s < steps; ++s) {
+      int8_t* tile = dst + (t * steps + s) * 2 * rows * kTileBytes;
+      for (int64_t r = 0; r < rows; ++r) {
+        int8_t* hi = tile + 2 * r * kTileBytes;
+        int8_t* lo = hi + kTileBytes;
+        const int64_t row = t * rows + r;
+        if (row >= m) {
+          std::memset(hi, 0, 2 * kTileBytes);
+          continue;
+        }
+        for (int64_t half = 0; half < 2; ++half) {
+          const int64_t c = s * kTileBytes + 32 * half, left = std::max<int64_t>(0, k - c);
+          const __mmask32 mask = left >= 32 ? ~0u : (1u << left) - 1;
+          const __m512i q = _mm512_maskz_loadu_epi16(mask, xq + row * ld_q + c);
+          // The low byte of q - 128 is lo = (q & 255) - 128, as q = 256 (q >> 8) + lo + 128.
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(hi + 32 * half),
+                              _mm512_cvtepi16_epi8(_mm512_srai_epi16(q, 8)));
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(lo + 32 * half),
+                              _mm512_cvtepi16_epi8(_mm512_sub_epi16(q, bias)));
+        }
+      }
     }
-  }
 }
 
 void w8_int16_tile_amx(const W8Args& a, int64_t m0, int64_t m1, int64_t p0, int64_t p1) {

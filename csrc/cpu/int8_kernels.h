@@ -130,6 +130,9 @@ constexpr int64_t kW8Int16Rows = 4;
 // weight-only op hands fp32 calls to torch's GEMM (llmkern.cpu.int8.W8_GEMM_ROWS), as vpdpwssd
 // on int16 x beat the fp32 FMA kernel at every M measured (int8_avx512_vnni.cpp).
 constexpr int64_t kW8Int16RowsVnni = 1024;
+// And on AMX machines (from 3 rows on AMX tiles, kAmxW8Rows): every row count, as the tiles beat
+// torch's fp32 GEMM on the dequantised weight at every M measured.
+constexpr int64_t kW8Int16RowsAmx = INT64_MAX;
 inline int64_t x_block_rows(int64_t m) { return m < kMaxXRows ? m : kMaxXRows; }
 
 // The weight-only kernels stream each panel once, one row of `width` bytes per k. Row k + 16
@@ -159,11 +162,11 @@ struct W8Args {
   const int16_t* xq = nullptr;
   const float* xq_scale = nullptr;
   int64_t xq_ld = 0;
-  // The AMX kernel's bytes of xq, or null: xq = 256 hi + lo + 128 (hi, lo signed) in rows 2r
-  // (hi) and 2r + 1 (lo), x_bytes_ld apart (a multiple of 64, valid up to K), rows of x padded
-  // to a multiple of amx_w8_x_rows(m).
+  // The AMX kernel's bytes of xq, or null: xq = 256 hi + lo + 128 (hi, lo signed), as tiles
+  // (split_x_bytes_amx) of amx_w8_x_rows(m) rows of x by kAmxW8Step columns, x_bytes_steps of
+  // them per row tile.
   const int8_t* x_bytes = nullptr;
-  int64_t x_bytes_ld = 0;
+  int64_t x_bytes_steps = 0;
 };
 
 // Micro-kernel table: entry (mr - 1) * MaxNV + (nv - 1) is Kernel<mr, nv>::run.
@@ -224,7 +227,13 @@ void w8_int16_tile_amx(const W8Args& args, int64_t m0, int64_t m1, int64_t p0, i
 // Rows of x per tile of that kernel (two byte rows each), and for a call of m rows.
 constexpr int64_t kAmxW8XRows = 8;
 inline int64_t amx_w8_x_rows(int64_t m) { return m < kAmxW8XRows ? m : kAmxW8XRows; }
-// xq (rows ld_q apart) as W8Args::x_bytes: m rows of k values into dst (2 m rows, ld apart).
-void split_x_bytes_amx(const int16_t* xq, int64_t ld_q, int64_t m, int64_t k, int8_t* dst, int64_t ld);
+// Columns per k step of that kernel (64 bytes per tile row).
+constexpr int64_t kAmxW8Step = 64;
+// Row tiles [t0, t1) of xq (m x k, rows ld_q apart) as W8Args::x_bytes in dst: tile t, step s at
+// dst + (t * steps + s) * 2 * rows * kAmxW8Step holds rows 2r (hi) and 2r + 1 (lo) of x row
+// t * rows + r, columns [s * kAmxW8Step, (s + 1) * kAmxW8Step) (rows past m are 0; columns past k
+// are any value: the weights there are 0).
+void split_x_bytes_amx(const int16_t* xq, int64_t ld_q, int64_t m, int64_t k, int64_t t0, int64_t t1,
+                       int8_t* dst);
 
 }  // namespace llmkern::int8

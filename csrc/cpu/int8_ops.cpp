@@ -1,6 +1,7 @@
 // Torch glue of the INT8 CPU kernels: validates internal invariants (Python already checked the
 // user's arguments), checks packed weights against their header, prepares activations in the
 // format of the active ISA, picks the kernel variant and parallelises over output tiles.
+#include <atomic>
 #include <cstring>
 
 #include "torch_ops.h"
@@ -287,7 +288,10 @@ at::Tensor w8a8_linear_op(const at::Tensor& x, const at::Tensor& packed, const a
 // W8Int16Vnni up to kW8Int16RowsVnni): one scale per channel or scale groups of whole x blocks
 // (a block's int32 sums then share one weight scale).
 bool w8_int16_fits(Isa isa, const PackedHeader& h, int64_t m) {
-  const int64_t rows = isa == Isa::Avx2 ? kW8Int16Rows : isa >= Isa::Avx512Vnni ? kW8Int16RowsVnni : 0;
+  const int64_t rows = isa == Isa::Avx2         ? kW8Int16Rows
+                       : isa == Isa::Amx        ? kW8Int16RowsAmx
+                       : isa == Isa::Avx512Vnni ? kW8Int16RowsVnni
+                                                : 0;
   return m <= rows && (h.groups == 1 || h.group_size % kW8XBlock == 0);
 }
 
@@ -329,20 +333,29 @@ at::Tensor w8_linear_op(const at::Tensor& x, const at::Tensor& packed, const at:
     const at::Tensor xc = x.contiguous();
     at::Tensor xq = at::empty({m * ld}, x.options().dtype(at::kShort));
     at::Tensor xs = at::empty({m * blocks}, x.options().dtype(at::kFloat));
-    const bool rounded = round_x_int16_avx2(xc.data_ptr(), dtype_of(x.scalar_type()), k, m, k,
-                                            xq.data_ptr<int16_t>(), ld, xs.data_ptr<float>());
+    const DType dt = dtype_of(x.scalar_type());
+    const char* x_bytes_in = static_cast<const char*>(xc.data_ptr());
+    std::atomic<bool> rounded{true};
+    const int64_t grain = std::max<int64_t>(1, (1 << 16) / k);
+    at::parallel_for(0, m, grain, [&](int64_t r0, int64_t r1) {
+      if (!round_x_int16_avx2(x_bytes_in + r0 * k * xc.element_size(), dt, k, r1 - r0, k,
+                              xq.data_ptr<int16_t>() + r0 * ld, ld, xs.data_ptr<float>() + r0 * blocks))
+        rounded = false;
+    });
     if (rounded) {
       a.xq = xq.data_ptr<int16_t>();
       a.xq_scale = xs.data_ptr<float>();
       a.xq_ld = ld;
       at::Tensor x_bytes;
       if (isa == Isa::Amx && m >= kAmxW8Rows) {
-        // Rows zero-padded to whole tiles, columns to whole 64-byte k steps.
-        const int64_t ld_b = round_up(k, 64), rows_b = round_up(m, amx_w8_x_rows(m));
-        x_bytes = at::zeros({2 * rows_b, ld_b}, x.options().dtype(at::kChar));
-        split_x_bytes_amx(a.xq, ld, m, k, x_bytes.data_ptr<int8_t>(), ld_b);
+        const int64_t rows = amx_w8_x_rows(m), steps = (k + kAmxW8Step - 1) / kAmxW8Step;
+        const int64_t tiles = (m + rows - 1) / rows;
+        x_bytes = at::empty({tiles * steps * 2 * rows * kAmxW8Step}, x.options().dtype(at::kChar));
+        at::parallel_for(0, tiles, std::max<int64_t>(1, grain / rows), [&](int64_t t0, int64_t t1) {
+          split_x_bytes_amx(a.xq, ld, m, k, t0, t1, x_bytes.data_ptr<int8_t>());
+        });
         a.x_bytes = x_bytes.data_ptr<int8_t>();
-        a.x_bytes_ld = ld_b;
+        a.x_bytes_steps = steps;
       }
       for_each_tile(m, h.n, h.k, [&](int64_t m0, int64_t m1, int64_t p) { w8_tile(isa, a, m0, m1, p); });
       return out;

@@ -9,11 +9,14 @@ modules prepare it once, see llmkern.backends.prepare); the canonical ``w8a8_mat
 
 Kernel choice by shape: weight-only calls with more than :data:`W8_GEMM_ROWS` rows of x are
 compute-bound, and torch's GEMM on the weight dequantised for the call beats the weight-only
-kernel (fp32 FMA) there. At the other end, decode-sized calls (:data:`W8_INT16_ROWS`) on the
-AVX2 and AVX-512 VNNI kernels round x to int16 (:func:`round_x_int16`), see docs/numerics.md.
+kernel there (except the AMX kernel for fp32 x). At the other end, decode-sized calls
+(:data:`W8_INT16_ROWS`; every call on AMX) on the AVX2, AVX-512 VNNI and AMX kernels round x to
+int16 (:func:`round_x_int16`), see docs/numerics.md.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -24,9 +27,14 @@ from llmkern.cpu import isa_family
 from llmkern.ops.int8 import dequantize_weight
 
 # Rows of x above which weight-only products run as torch's GEMM on the dequantised weight, and
-# the dtype that GEMM computes in, per ISA family (llmkern.cpu.isa_family) and x dtype; a
-# missing dtype keeps the kernel.
+# the dtype that GEMM computes in, per ISA path where measured apart (amx), else per ISA family
+# (llmkern.cpu.isa_family), and x dtype; a missing dtype keeps the kernel.
 W8_GEMM_ROWS = {
+    # Intel Xeon with AMX, 2 threads: the AMX kernel (int16 x) against torch's fp32 GEMM 1.55-3.8x
+    # at M = 1024-4096 on 4096x4096 and the MiniLM shapes, so fp32 keeps it; torch's bf16 GEMM
+    # (AMX-BF16 in oneDNN) wins from M = 512-1024 (0.3-0.6x at M = 2048-4096 on MiniLM's shapes,
+    # 1.6-8.9x at M = 256).
+    "amx": {torch.bfloat16: (256, torch.bfloat16)},
     # 2-core AVX-512 machine, K x N = 384x384, 384x1536, 1536x384 and 4096x4096: fp32 1.0-1.56x
     # faster from M = 2048 (0.93x on 4096x4096 at M = 1024), bf16 1.2-6x from M = 512. fp16
     # keeps the kernel (torch's fp16 CPU GEMM is slow). The bf16 GEMM rounds the dequantised
@@ -46,23 +54,25 @@ W8_GEMM_ROWS = {
 # Zen 1, where the convert has one port; AVX-512 VNNI vpdpwssd, 1.2x at M = 1 and 1.4-1.9x at
 # M = 2-256 on an Intel Xeon, so there at every M the kernel takes (W8_GEMM_ROWS); on AMX
 # machines from M = 3 the same int16 products run on AMX tiles, to the bit (1.4x vpdpwssd at
-# M = 8 from DRAM, 2-3x at M = 32-1024). x is rounded per W8_X_BLOCK columns first
-# (round_x_int16). The 2:4
-# weight-only kernels round the same on AVX2 and, where the CPU has AVX512_VBMI too, on AVX-512
-# VNNI. Mirrors kW8Int16Rows, kW8Int16RowsVnni and kW8XBlock in csrc/cpu (tests/cpu/test_int8.py
-# and test_sparse24.py check the boundary).
-W8_INT16_ROWS = {"avx2": 4, "avx512_vnni": 1024, "amx": 1024}
+# M = 8 from DRAM, 2-4x at M = 32-4096), at every row count (inf). x is rounded per W8_X_BLOCK
+# columns first (round_x_int16). The 2:4 weight-only kernels round the same on AVX2 and, where
+# the CPU has AVX512_VBMI too, on AVX-512 VNNI (AMX machines included). Mirrors kW8Int16Rows,
+# kW8Int16RowsVnni, kW8Int16RowsAmx and kW8XBlock in csrc/cpu (tests/cpu/test_int8.py and
+# test_sparse24.py check the boundary).
+W8_INT16_ROWS = {"avx2": 4, "avx512_vnni": 1024, "amx": math.inf}
 W8_X_BLOCK = 128
 
 
-def w8_int16_rows(sparse24: bool = False) -> int:
+def w8_int16_rows(sparse24: bool = False) -> float:
     """Rows up to which the active ISA path's weight-only kernels (the 2:4 ones with
-    ``sparse24``) round x to int16; 0: never."""
+    ``sparse24``) round x to int16; 0: never, inf: always."""
     if not _ext.available():
         return 0
     isa = _ext._C.active_isa()
-    if sparse24 and isa != "avx2" and not _ext._C.has_avx512_vnni_vbmi():
-        return 0
+    if sparse24 and isa != "avx2":
+        if not _ext._C.has_avx512_vnni_vbmi():
+            return 0
+        isa = "avx512_vnni"  # the 2:4 kernels have no AMX variant
     return W8_INT16_ROWS.get(isa, 0)
 
 
@@ -104,15 +114,21 @@ def x_rounding_bound(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return 2.0**-14 * (per_col @ w.double().abs().T)
 
 
+def w8_gemm_rules() -> dict:
+    """The W8_GEMM_ROWS entry of the active ISA path (its own, else its family's)."""
+    isa = _ext._C.active_isa() if _ext.available() else "scalar"
+    return W8_GEMM_ROWS.get(isa) or W8_GEMM_ROWS[isa_family()]
+
+
 def w8_uses_gemm(x: torch.Tensor) -> bool:
-    rule = W8_GEMM_ROWS[isa_family()].get(x.dtype)
+    rule = w8_gemm_rules().get(x.dtype)
     return rule is not None and x.shape[0] > rule[0]
 
 
 def w8_gemm(x, w_q, w_scale, group_size, bias) -> torch.Tensor:
     """``x @ dequantised(w_q)^T + bias`` with torch's GEMM in the dtype W8_GEMM_ROWS gives for
     x's dtype (x's own by default), rounded to x's dtype."""
-    rule = W8_GEMM_ROWS[isa_family()].get(x.dtype)
+    rule = w8_gemm_rules().get(x.dtype)
     dtype = x.dtype if rule is None else rule[1]
     w = dequantize_weight(w_q, w_scale, group_size).to(dtype)
     y = F.linear(x.to(dtype), w, None if bias is None else bias.to(dtype))

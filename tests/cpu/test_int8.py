@@ -9,6 +9,8 @@ rounding step of bf16 / fp16 outputs, against the reference on x as the kernel s
 to int16 at few rows on AVX2, llmkern.cpu.int8.round_x_int16).
 """
 
+import math
+
 import pytest
 import torch
 
@@ -220,19 +222,21 @@ def test_w8_linear_packed_and_noncontiguous(cpu_isa, group_size):
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("group_size", [0, 128, 64])
 def test_w8_int16_rounding_rows(cpu_isa, dtype, group_size):
-    """Up to W8_INT16_ROWS[isa] rows the AVX2 and AVX-512 VNNI weight-only kernels compute on
-    round_x_int16(x), one row more they do not, and no other ISA rounds, nor scale groups that
-    split a block: csrc and llmkern.cpu.int8 agree (the kernel is called directly: the op hands
-    many rows to torch's GEMM first, and w8_rounds_x knows it). Each block holds one large
-    value whose weights are 0, so rounding moves the output by ~1e-3 relative, far beyond the
-    comparison's 1e-5."""
+    """Up to W8_INT16_ROWS[isa] rows the AVX2, AVX-512 VNNI and AMX weight-only kernels
+    compute on round_x_int16(x), one row more they do not (AMX: at every row count, checked past
+    the VNNI limit), and no other ISA rounds, nor scale groups that split a block: csrc and
+    llmkern.cpu.int8 agree (the kernel is called directly: the op hands many rows to torch's
+    GEMM first, and w8_rounds_x knows it). Each block holds one large value whose weights are
+    0, so rounding moves the output by ~1e-3 relative, far beyond the comparison's 1e-5."""
     k, n = 300, 24
     w_q, w_scale = ops.quantize_weight(torch.randn(n, k), group_size)
     w_q[:, :: cpu_int8.W8_X_BLOCK] = 0
     packed = cpu_int8.pack_w8(w_q, w_scale, group_size)
     limit = cpu_int8.W8_INT16_ROWS.get(cpu_isa, 0)
     assert cpu_int8.w8_int16_rows() == limit
-    for m in sorted({1, max(limit, 1), limit + 1}):
+    vnni_limit = cpu_int8.W8_INT16_ROWS["avx512_vnni"]
+    rows = {1, 3, vnni_limit + 1} if limit == math.inf else {1, max(limit, 1), limit + 1}
+    for m in sorted(rows):
         x = torch.randn(m, k)
         x[:, :: cpu_int8.W8_X_BLOCK] = 500.0
         x = x.to(dtype)

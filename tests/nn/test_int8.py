@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from llmkern.cpu import int8 as cpu_int8
-from llmkern.cpu import isa_family
 from llmkern.nn import Int8Linear, Int8LinearQAT, Int8WeightOnlyLinear
 from llmkern.ops import int8 as ops
 
@@ -73,25 +72,29 @@ def test_weight_only_matches_reference(cpu_isa, dtype, group_size):
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("group_size", [0, 16])
 def test_weight_only_many_rows_use_the_gemm_path(monkeypatch, dtype, group_size):
-    """Above W8_GEMM_ROWS rows (lowered here to 4) fp32/bf16 inputs go to torch's GEMM on the
-    dequantised weight; fp16 keeps the kernel. Tolerances: fp32 sums in another order (1e-5),
-    bf16 also rounds the dequantised weight to bf16 (relative 2^-9, 2e-2 on outputs). The rule
-    is the cpu backend's, so the module and the public op compute the same thing."""
+    """Above W8_GEMM_ROWS rows (lowered here to 4) the dtypes with a rule on this ISA path
+    (fp32 and bf16; bf16 only on AMX) go to torch's GEMM on the dequantised weight; the others
+    keep the kernel. Tolerances: fp32 sums in another order (1e-5), bf16 also rounds the
+    dequantised weight to bf16 (relative 2^-9, 2e-2 on outputs). The rule is the cpu backend's,
+    so the module and the public op compute the same thing."""
     import llmkern.cpu.int8 as cpu_int8
 
-    for dt in (torch.float32, torch.bfloat16):
-        rule = cpu_int8.W8_GEMM_ROWS[isa_family()][dt]
-        monkeypatch.setitem(cpu_int8.W8_GEMM_ROWS[isa_family()], dt, (4, rule[1]))
+    rules = cpu_int8.w8_gemm_rules()
+    assert torch.bfloat16 in rules and torch.float16 not in rules
+    for dt in list(rules):
+        monkeypatch.setitem(rules, dt, (4, rules[dt][1]))
     m = Int8WeightOnlyLinear.from_float(_linear(70, 33), group_size=group_size)
     x = torch.randn(3, 5, 70).to(dtype)
     x2 = x.reshape(15, 70)
     y = m(x).reshape(15, 33)
-    want = ops.w8_matmul_ref(x2, m.qweight, m.weight_scale, m.bias, group_size)
+    # The kernel (AMX: fp32 at every row count) computes on x rounded to int16.
+    xr = cpu_int8.round_x_int16(x2).to(dtype) if cpu_int8.w8_rounds_x(x2, group_size) else x2
+    want = ops.w8_matmul_ref(xr, m.qweight, m.weight_scale, m.bias, group_size)
     tol = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2 * torch.finfo(dtype).eps}
     torch.testing.assert_close(y, want, rtol=tol[dtype], atol=tol[dtype])
     gemm = cpu_int8.w8_gemm(x2, m.qweight, m.weight_scale, group_size, m.bias)
     kernel = torch.ops.llmkern_C.int8_w8_linear(x2, m._packed, m.weight_scale, m.bias, group_size)
-    assert torch.equal(y, gemm if dtype != torch.float16 else kernel)
+    assert torch.equal(y, gemm if dtype in rules else kernel)
     assert torch.equal(ops.w8_matmul(x2, m.qweight, m.weight_scale, m.bias, group_size), y)
     kernel4 = torch.ops.llmkern_C.int8_w8_linear(
         x2[:4], m._packed, m.weight_scale, m.bias, group_size
