@@ -253,17 +253,21 @@ at::Tensor w8a8_gemm_op(const at::Tensor& x_q, const at::Tensor& packed, const a
   const int64_t ld = xq.stride(0);
   void* dst = act.data_ptr();
   at::parallel_for(0, m, std::max<int64_t>(1, (1 << 16) / kp), [&](int64_t r0, int64_t r1) {
+    // Branch-free loops over [0, k) and the zero padding, so the compiler vectorises them.
     for (int64_t r = r0; r < r1; ++r) {
       const int8_t* row = src + r * ld;
       if (fmt == ActFormat::U8) {
         uint8_t* out = static_cast<uint8_t*>(dst) + r * kp;
-        for (int64_t c = 0; c < kp; ++c) out[c] = static_cast<uint8_t>((c < k ? row[c] : 0) + 128);
+        for (int64_t c = 0; c < k; ++c) out[c] = static_cast<uint8_t>(row[c]) ^ 0x80;  // q + 128
+        for (int64_t c = k; c < kp; ++c) out[c] = 0x80;
       } else if (fmt == ActFormat::S16) {
         int16_t* out = static_cast<int16_t*>(dst) + r * kp;
-        for (int64_t c = 0; c < kp; ++c) out[c] = c < k ? row[c] : 0;
+        for (int64_t c = 0; c < k; ++c) out[c] = row[c];
+        for (int64_t c = k; c < kp; ++c) out[c] = 0;
       } else {
         int8_t* out = static_cast<int8_t*>(dst) + r * kp;
-        for (int64_t c = 0; c < kp; ++c) out[c] = c < k ? row[c] : 0;
+        std::memcpy(out, row, k);
+        std::memset(out + k, 0, kp - k);
       }
     }
   });
