@@ -38,8 +38,10 @@ DENSE_ROWS = {
     # which every AVX-512 machine measured here has), the 2:4 int16 row kernel, whose index and
     # x-pick work is per x row, is 0.74-0.77x the dense int8 module at M = 2 and 0.43-0.57x at
     # M = 3-8 on 4096x4096 and 2048x5632 (Intel Xeon with AMX, 2 threads, hot weights); at M = 1
-    # it reads 0.63x the bytes and is 0.96-1.14x hot and 0.95-1.2x with weights from DRAM (its
-    # picks cost ~12 cycles per 64 kept values; the dense kernel streams at 82-86% of bandwidth).
+    # it reads 0.63x the bytes and is 0.96-1.14x hot and 0.95-1.35x with weights from DRAM (op
+    # level, runs on different days; its picks cost ~12 cycles per 64 kept values, while the
+    # dense kernel streams at 82-100% of bandwidth). From M = 3 the dense kernel runs on AMX
+    # tiles where the CPU has them, faster still.
     "avx512": {
         (None, torch.float32): (65, None),
         (None, torch.bfloat16): (5, None),
