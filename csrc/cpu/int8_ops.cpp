@@ -289,8 +289,8 @@ at::Tensor w8a8_linear_op(const at::Tensor& x, const at::Tensor& packed, const a
 }
 
 // Whether weight-only rounds x to int16 (AVX2 W8Int16 up to kW8Int16Rows rows, AVX-512 VNNI
-// W8Int16Vnni up to kW8Int16RowsVnni): one scale per channel or scale groups of whole x blocks
-// (a block's int32 sums then share one weight scale).
+// W8Int16Vnni up to kW8Int16RowsVnni, AMX at every row count): one scale per channel or scale
+// groups of whole x blocks (a block's int32 sums then share one weight scale).
 bool w8_int16_fits(Isa isa, const PackedHeader& h, int64_t m) {
   const int64_t rows = isa == Isa::Avx2         ? kW8Int16Rows
                        : isa == Isa::Amx        ? kW8Int16RowsAmx
@@ -338,11 +338,11 @@ at::Tensor w8_linear_op(const at::Tensor& x, const at::Tensor& packed, const at:
     at::Tensor xq = at::empty({m * ld}, x.options().dtype(at::kShort));
     at::Tensor xs = at::empty({m * blocks}, x.options().dtype(at::kFloat));
     const DType dt = dtype_of(x.scalar_type());
-    const char* x_bytes_in = static_cast<const char*>(xc.data_ptr());
+    const char* x_raw = static_cast<const char*>(xc.data_ptr());
     std::atomic<bool> rounded{true};
     const int64_t grain = std::max<int64_t>(1, (1 << 16) / k);
     at::parallel_for(0, m, grain, [&](int64_t r0, int64_t r1) {
-      if (!round_x_int16_avx2(x_bytes_in + r0 * k * xc.element_size(), dt, k, r1 - r0, k,
+      if (!round_x_int16_avx2(x_raw + r0 * k * xc.element_size(), dt, k, r1 - r0, k,
                               xq.data_ptr<int16_t>() + r0 * ld, ld, xs.data_ptr<float>() + r0 * blocks))
         rounded = false;
     });
