@@ -224,6 +224,8 @@ void w8_panel_rows(const W8Args& a, int64_t m0, int64_t m1, int64_t p, int x_row
   alignas(64) float sums[kW8ChunkRows][4][16];  // tile order
   std::memset(sums, 0, (m1 - m0) * sizeof(sums[0]));
   for (int g = 0; g < 2 * kBlockSteps; ++g) interleave_quarter(panel, width, wmask, a.k, 0, g, tiles[0]);
+  __m512 ws_tile[4];  // the block's weight scales in tile order, re-read when the group changes
+  int64_t group = -1;
   for (int64_t blk = 0; blk < blocks; ++blk) {
     const int64_t k0 = blk * kW8XBlock, k1 = std::min(a.k, k0 + kW8XBlock);
     const int steps = static_cast<int>((k1 - k0 + kTileBytes - 1) / kTileBytes);
@@ -231,10 +233,13 @@ void w8_panel_rows(const W8Args& a, int64_t m0, int64_t m1, int64_t p, int x_row
     __m512i comp[4];  // 128 * sum_k w per tile column
     for (int t = 0; t < 4; ++t) comp[t] = _mm512_slli_epi32(_mm512_load_si512(now.wsum[t]), 7);
     // Scale groups are whole blocks (w8_int16_fits).
-    const float* gs = s + k0 / a.group_size * width;
-    __m512 ws[4], ws_tile[4];
-    for (int v = 0; v < 4; ++v) ws[v] = _mm512_maskz_loadu_ps(tail_mask(width - 16 * v), gs + 16 * v);
-    to_tile_order(ws, ws_tile);
+    if (k0 / a.group_size != group) {
+      group = k0 / a.group_size;
+      __m512 ws[4];
+      for (int v = 0; v < 4; ++v)
+        ws[v] = _mm512_maskz_loadu_ps(tail_mask(width - 16 * v), s + group * width + 16 * v);
+      to_tile_order(ws, ws_tile);
+    }
     for (int64_t m = m0; m < m1; m += x_rows) {
       const int8_t* xb = a.x_bytes + ((m / x_rows) * a.x_bytes_steps + k0 / kTileBytes) * 2 * x_rows * kTileBytes;
       // The next block's weights are interleaved in quarters between this block's multiplies
@@ -281,13 +286,7 @@ void w8_panel_rows(const W8Args& a, int64_t m0, int64_t m1, int64_t p, int x_row
     __m512 tile_order[4], out[4];
     for (int t = 0; t < 4; ++t) tile_order[t] = _mm512_load_ps(sums[m - m0][t]);
     to_tile_order(tile_order, out);
-    for (int v = 0; v < nvec; ++v) {
-      const int64_t n0 = p * kPanel + v * 16;
-      if (n0 >= a.n) continue;
-      const __mmask16 mask = tail_mask(a.n - n0);
-      if (a.bias) out[v] = _mm512_add_ps(out[v], _mm512_maskz_loadu_ps(mask, a.bias + n0));
-      store16(a.out, a.out_dtype, m * a.ld_out + n0, out[v], mask);
-    }
+    for (int v = 0; v < nvec; ++v) w8_epilogue16(a, m, p * kPanel + v * 16, out[v]);
   }
 }
 

@@ -139,14 +139,7 @@ struct W8Kernel {
     _Pragma("GCC unroll 32")
     for (int r = 0; r < MR; ++r)
       _Pragma("GCC unroll 32")
-      for (int v = 0; v < NV; ++v) {
-        const int64_t n0 = p * kPanel + (v0 + v) * 16;
-        if (n0 >= a.n) continue;
-        const __mmask16 mask = tail_mask(a.n - n0);
-        __m512 out = acc[r][v];
-        if (a.bias) out = _mm512_add_ps(out, _mm512_maskz_loadu_ps(mask, a.bias + n0));
-        store16(a.out, a.out_dtype, (m + r) * a.ld_out + n0, out, mask);
-      }
+      for (int v = 0; v < NV; ++v) w8_epilogue16(a, m + r, p * kPanel + (v0 + v) * 16, acc[r][v]);
   }
 };
 

@@ -75,6 +75,14 @@ inline void w8a8_epilogue16(const W8a8Args& a, int64_t m, int64_t n0, __m512i ac
   store16(a.out, a.out_dtype, m * a.ld_out + n0, v, mask);
 }
 
+// The weight-only epilogue for 16 channels from n0 of row m: v (+ bias), cast to out_dtype.
+inline void w8_epilogue16(const W8Args& a, int64_t m, int64_t n0, __m512 v) {
+  if (n0 >= a.n) return;
+  const __mmask16 mask = tail_mask(a.n - n0);
+  if (a.bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, a.bias + n0));
+  store16(a.out, a.out_dtype, m * a.ld_out + n0, v, mask);
+}
+
 // acc += dot4(a as u8, b as s8) per int32 lane (AVX-512 VNNI: call only from files compiled for
 // it). Inline asm ties the accumulator to one register: GCC 12 copies the intrinsic's
 // destination around and spills a 6 x 4 accumulator tile.

@@ -113,14 +113,7 @@ struct W8Int16Vnni {
       }
     }
     for (int r = 0; r < MR; ++r)
-      for (int v = 0; v < NV; ++v) {
-        const int64_t n0 = p * kPanel + v * 16;
-        if (n0 >= a.n) continue;
-        const __mmask16 mask = tail_mask(a.n - n0);
-        __m512 out = _mm512_load_ps(sums[r][v]);
-        if (a.bias) out = _mm512_add_ps(out, _mm512_maskz_loadu_ps(mask, a.bias + n0));
-        store16(a.out, a.out_dtype, (m + r) * a.ld_out + n0, out, mask);
-      }
+      for (int v = 0; v < NV; ++v) w8_epilogue16(a, m + r, p * kPanel + v * 16, _mm512_load_ps(sums[r][v]));
   }
 };
 
