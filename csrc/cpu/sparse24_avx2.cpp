@@ -95,6 +95,7 @@ struct IntLanes {
 template <class L>
 struct Kernel {
   static constexpr int kMaxM = 2;  // 16 ymm registers
+  static constexpr int kStreamRows = 0;
   using S = typename L::S;
   using X = typename L::X;
   using Vec = typename L::Vec;
@@ -206,6 +207,7 @@ struct I8Spread {
 template <class P>
 struct SpreadKernel {
   static constexpr int kMaxM = 2;
+  static constexpr int kStreamRows = 0;
   static constexpr int kSteps = P::kLoad / P::kSource;  // steps per source load
   using S = typename P::S;
   struct Table {
@@ -303,6 +305,7 @@ struct SpreadKernel {
 //    (8 products of |x| <= 32767, |v| <= 128 a lane), scaled into fp32 once a block.
 struct Int16Planes {
   static constexpr int kMaxM = 2;
+  static constexpr int kStreamRows = 0;
   static constexpr int64_t kBlockGroups = int8::kW8XBlock / 32;  // 4-step groups per x block
 
   struct Consts {

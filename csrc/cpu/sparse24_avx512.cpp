@@ -88,6 +88,7 @@ struct IntLanes {
 template <class L>
 struct Kernel {
   static constexpr int kMaxM = 4;
+  static constexpr int kStreamRows = 0;
   using S = typename L::S;
   using X = typename L::X;
   using Vec = typename L::Vec;

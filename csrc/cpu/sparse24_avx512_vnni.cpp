@@ -20,6 +20,18 @@ namespace {
 
 constexpr int64_t kChunkGroups = 32;
 
+// Up to kStreamRows x rows (decode) run_rows walks the weight one row at a time, so its values
+// and its meta are two plain streams, fetched this many kept values ahead into L1 and L2
+// (prefetches never fault: the last ones may point past the weight). Tiles of four rows made
+// eight interleaved streams that DRAM served more slowly: the w8 kernel alone at M = 1, weights
+// from DRAM, went from 17.5-19.7 to 24-25 GB/s on 4096x4096, 2048x5632 and 5632x2048 (Intel Xeon
+// with AMX, 2 threads; the dense w8 kernel 24-26 GB/s in the same runs), and the W8A8 kernel
+// took 0.83-0.95x the time at M = 1-2, though both are ~15% slower with hot weights, as x is
+// loaded per weight row. The float and the AVX2 kernels, which
+// do more work per byte, were slower that way (fp32 and bf16 0.6-0.9x at M = 1-4, AVX2 kernels
+// 0.7-0.97x), so they keep tiles (kStreamRows = 0).
+constexpr int64_t kStreamL1 = 1024, kStreamL2 = 8192;
+
 struct Tables {
   alignas(64) uint8_t shift[64];  // byte (q, i): bit offset of kept value 8q+i in its meta qword
   alignas(64) uint8_t base[64];   // byte j: first x column of kept value j's group, 4 * (j >> 1)
@@ -43,21 +55,32 @@ inline __m512i chunk_index(const uint8_t* meta) {
 
 // Calls step(c, v, mc) for every chunk c of weight rows [n0, n0 + NR): v[r] its 64 kept int8
 // values, mc[r] its 16 meta bytes; K's last partial chunk comes from zero-filled copies (zero
-// values, pointing at x padding). With m0 == 0 the tiles ahead are fetched (TilePrefetch).
+// values, pointing at x padding). With m0 == 0 the bytes ahead are fetched: the tiles ahead
+// (TilePrefetch), or for one row (kStreamRows) along the values and meta streams.
 template <int NR, class Step>
 inline void for_each_chunk(const Args& a, int64_t n0, int64_t m0, const Step& step) {
   const int64_t half = a.k / 2, mbytes = meta_bytes(a.k), groups = a.k / 4;
   const int64_t full = groups / kChunkGroups, rem = groups % kChunkGroups;
   const TileRows<int8_t, NR> rows(a, n0);
   const TilePrefetch ahead(a, n0, m0, NR);
-  ahead.meta(rows.meta[0], NR * mbytes);
+  if constexpr (NR > 1) ahead.meta(rows.meta[0], NR * mbytes);
   const int8_t* v[NR];
   const uint8_t* mc[NR];
   for (int64_t c = 0; c < full; ++c) {
     for (int r = 0; r < NR; ++r) {
       v[r] = rows.values[r] + 64 * c;
       mc[r] = rows.meta[r] + 16 * c;
-      ahead(v[r], NR * half);
+      if constexpr (NR > 1) ahead(v[r], NR * half);
+    }
+    if constexpr (NR == 1) {
+      if (m0 == 0) {
+        _mm_prefetch(reinterpret_cast<const char*>(v[0]) + kStreamL1, _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(v[0]) + kStreamL2, _MM_HINT_T1);
+        if (c % 4 == 0) {  // 64 meta bytes per 4 chunks
+          _mm_prefetch(reinterpret_cast<const char*>(mc[0]) + kStreamL1 / 4, _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(mc[0]) + kStreamL2 / 4, _MM_HINT_T1);
+        }
+      }
     }
     step(c, v, mc);
   }
@@ -76,6 +99,7 @@ inline void for_each_chunk(const Args& a, int64_t n0, int64_t m0, const Step& st
 
 struct VnniKernel {
   static constexpr int kMaxM = 3;  // 32 zmm: NR*MR accumulators, 2*MR x, NR weight sums
+  static constexpr int kStreamRows = kMaxM;
 
   template <int NR, int MR>
   static inline void step(__m512i (&acc)[NR][MR], __m512i (&wsum)[NR], const int8_t* const (&x)[MR],
@@ -128,6 +152,7 @@ struct VnniKernel {
 // chunk; it is scaled into float once a chunk.
 struct Int16Vnni {
   static constexpr int kMaxM = 2;  // 32 zmm: NR*MR float sums, 4*MR x planes, temporaries
+  static constexpr int kStreamRows = kMaxM;
 
   template <int NR, int MR>
   static inline void step(__m512 (&sum)[NR][MR], const uint8_t* const (&x)[MR], int64_t ldx,

@@ -1,6 +1,8 @@
 // Loop nest shared by the SIMD variants; included by each ISA translation unit after its
 // `#pragma GCC target`, so it is compiled for that ISA. A kernel class K provides
 //   static constexpr int kMaxM;               // rows of x per register tile
+//   static constexpr int kStreamRows;         // up to this many x rows, weight rows one at a time
+//                                             // (each row's values and meta then stream)
 //   template <int NR, int MR> static void tile(const Args&, int64_t n0, int64_t m0);
 // computing rows n0..n0+NR-1 of W against rows m0..m0+MR-1 of x.
 #pragma once
@@ -66,9 +68,10 @@ void run_rows(const Args& a, int64_t n0, int64_t n1) {
   for (int64_t mb = 0; mb < a.m; mb += kMBlock) {
     const int64_t me = mb + kMBlock < a.m ? mb + kMBlock : a.m;
     int64_t n = n0;
-    for (; n + 4 <= n1; n += 4)
-      for (int64_t m = mb; m < me; m += K::kMaxM)
-        tile_m<K, 4>(a, n, m, static_cast<int>(me - m < K::kMaxM ? me - m : K::kMaxM));
+    if (a.m > K::kStreamRows)  // else one row at a time
+      for (; n + 4 <= n1; n += 4)
+        for (int64_t m = mb; m < me; m += K::kMaxM)
+          tile_m<K, 4>(a, n, m, static_cast<int>(me - m < K::kMaxM ? me - m : K::kMaxM));
     for (; n < n1; ++n)
       for (int64_t m = mb; m < me; m += K::kMaxM)
         tile_m<K, 1>(a, n, m, static_cast<int>(me - m < K::kMaxM ? me - m : K::kMaxM));

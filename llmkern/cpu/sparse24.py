@@ -34,21 +34,21 @@ DENSE_ROWS = {
     # torch's fp32 GEMM 1.0-1.14x at M = 64, 0.81-0.95x at M = 128 on all three; bf16 2:4 vs
     # oneDNN's bf16 GEMM wins at M <= 4 (torch's bf16 path is slow there) and is 0.8-1.0x at
     # M = 8; W8A8 2:4 up to M = 4 (0.9x at 8). (The AVX2 column kernel was not measured there.)
-    # Int8 weight-only: since the dense kernel multiplies int16 x with vpdpwssd (AVX-512 VNNI,
-    # which every AVX-512 machine measured here has), the 2:4 int16 row kernel, whose index and
-    # x-pick work is per x row, is 0.74-0.77x the dense int8 module at M = 2 and 0.43-0.57x at
-    # M = 3-8 on 4096x4096 and 2048x5632 (Intel Xeon with AMX, 2 threads, hot weights); at M = 1
-    # it reads 0.63x the bytes and is 0.96-1.14x hot and 0.95-1.35x with weights from DRAM (op
-    # level, runs on different days; its picks cost ~12 cycles per 64 kept values, while the
-    # dense kernel streams at 82-100% of bandwidth). From M = 3 the dense kernel runs on AMX
-    # tiles where the CPU has them, faster still.
+    # Int8 weight-only: the 2:4 int16 row kernel reads 0.63x the bytes of the dense int8 kernel
+    # but picks x per kept value and per x row (~12 cycles per 64 kept values). Through the
+    # modules of a Llama-shaped model (hidden 2048, FFN 5632, LM head 32000, each module called
+    # in turn so that weights come from DRAM; Intel Xeon with AMX, 2 threads) the 2:4 module is
+    # 1.16-1.53x as fast as the dense int8 module at M = 1 (1.42x summed over a token's
+    # modules), 1.00-1.21x at M = 2 (1.16x), 0.87-1.00x at M = 3 and 0.73-0.85x at M = 4, where
+    # the dense kernel runs on AMX tiles. With hot weights the dense module wins from M = 2 (0.74-0.77x); decode
+    # reads its weights from DRAM, so the dense path starts at 3 rows.
     "avx512": {
         (None, torch.float32): (65, None),
         (None, torch.bfloat16): (5, None),
         (None, torch.float16): (1025, None),  # torch's fp16 CPU GEMM: 2:4 3.0-3.7x at M = 16-256
-        ("w8", torch.float32): (2, None),
-        ("w8", torch.bfloat16): (2, None),
-        ("w8", torch.float16): (2, None),
+        ("w8", torch.float32): (3, None),
+        ("w8", torch.bfloat16): (3, None),
+        ("w8", torch.float16): (3, None),
         ("w8a8", None): (5, None),
     },
     # AMD EPYC Zen 1 (AVX2, no AVX-512). Float 2:4 never goes dense: bench/bench_sparse24.py
