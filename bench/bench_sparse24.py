@@ -4,11 +4,11 @@ For each M (rows of x) and weight shape (K, N):
 - fp32, bf16 (and fp16 with --cases): dense ``nn.Linear`` (baseline), the raw 2:4 kernel (``2:4 kernel``), and
   ``Sparse24Linear`` with its backend selection (``2:4 module``: the 2:4 kernels, or the dense
   path for the rows in DENSE_ROWS; the ``path`` column says which ran);
-- int8 weight-only with fp32 x: llmkern's dense int8 weight-only kernel (``dense int8 w8``,
-  llmkern_C.int8_w8_linear on its packed weight: the baseline), torch's own weight-only kernel
+- int8 weight-only with fp32 x: llmkern's dense int8 weight-only module (``dense int8 w8``,
+  Int8WeightOnlyLinear: the baseline, module against module), torch's own weight-only kernel
   (``torch int8pack``: torch._weight_int8pack_mm, as torchao/gpt-fast use it; M <= 8 only, its
   fp32 path is 5-10x slower than fp32 nn.Linear beyond) and ``2:4 int8 w8`` (the module);
-- W8A8 with fp32 x: llmkern's dense W8A8 linear, torch's dynamic int8 Linear (``torch dynamic``,
+- W8A8 with fp32 x: llmkern's dense W8A8 module (Int8Linear), torch's dynamic int8 Linear (``torch dynamic``,
   FBGEMM) and the 2:4 W8A8 module.
 
 Shapes (K, N): MiniLM's 384x384, 384x1536, 1536x384 and Llama's 2048x2048, 2048x5632, 5632x2048,
@@ -31,12 +31,10 @@ import time
 
 import torch
 
-import llmkern
 from llmkern.apps import benchmark as B
-from llmkern.cpu import int8 as cpu_int8
 from llmkern.cpu import isa_family
 from llmkern.cpu.sparse24 import DENSE_ROWS
-from llmkern.nn import Sparse24Linear
+from llmkern.nn import Int8Linear, Int8WeightOnlyLinear, Sparse24Linear
 
 MINILM = ((384, 384), (384, 1536), (1536, 384))
 LLAMA = ((2048, 2048), (2048, 5632), (5632, 2048), (4096, 4096))
@@ -110,24 +108,16 @@ def int8_case(m, k, n, form, budget):
     count = copies(n * k, m)
     lins = [torch.nn.Linear(k, n, bias=False) for _ in range(count)]
     sparse = [Sparse24Linear.from_float(lin, int8=form).requires_grad_(False) for lin in lins]
-    packed = []
-    for lin in lins:
-        w_q, scale = llmkern.quantize_weight(lin.weight.detach())
-        packed.append(
-            (cpu_int8.pack_w8(w_q, scale) if form == "w8" else cpu_int8.pack_w8a8(w_q), scale)
-        )
+    # The dense modules users would swap in (each keeps a packed copy; the kernel reads only it).
+    make = Int8WeightOnlyLinear.from_float if form == "w8" else Int8Linear.from_float
+    dense_mods = [make(lin).requires_grad_(False) for lin in lins]
     x = torch.randn(m, k)
     base = f"dense int8 {form}"
-    if form == "w8":
-        dense = lambda i: torch.ops.llmkern_C.int8_w8_linear(
-            x, packed[i % count][0], packed[i % count][1], None, 0
-        )
-    else:
-        dense = lambda i: torch.ops.llmkern_C.int8_w8a8_linear(
-            x, packed[i % count][0], packed[i % count][1], None, None
-        )
+    dense = lambda i: dense_mods[i % count](x)  # noqa: E731
     fns = {base: dense}
-    dense_bytes = nbytes(packed[0][0]) + (nbytes(packed[0][1]) if form == "w8a8" else 0)
+    # What the dense kernel reads: the packed weight (w8 packs its scales into it).
+    d = dense_mods[0]
+    dense_bytes = nbytes(d._packed) + (nbytes(d.weight_scale) if form == "w8a8" else 0)
     weight = {base: dense_bytes, f"2:4 int8 {form}": sparse_bytes(sparse[0])}
     if form == "w8" and m <= DECODE_MAX_M and B.has_int8pack_mm():  # torch's slow path beyond
         torch_w8 = [B.TorchInt8PackLinear(lin) for lin in lins]
