@@ -6,7 +6,7 @@ meaningless). Default: 4 layers, hidden 2048, FFN 5632, 16 heads (4 KV heads), v
 untied LM head. Every variant is built and prefills a short prompt, then the decode steps go round
 the variants, one step of each in turn (so drift of the machine's speed hits all alike); every
 step (forward of one token + argmax) is timed alone and ms/token is each variant's median step
-after warm-up. All variants stay in memory together (about 8 GB at the default size).
+after warm-up. All variants stay in memory together (peak RSS 10 GB at the default size).
 
 Variants (every linear layer AND the LM head in the variant's form; embeddings and norms stay
 float, in the activations' dtype):
@@ -201,24 +201,22 @@ class Decoding:
         self.logits.append(out.logits[0, -1].float())
         self.tok = self.logits[-1].argmax()
 
+    def _forward(self):
+        return self.model(input_ids=self.tok.view(1, 1), past_key_values=self.cache, use_cache=True)
+
     def step(self, i: int) -> None:
         if self.ref is not None:
             self.tok = self.ref.logits[i].argmax()
         with torch.inference_mode():
             t0 = time.perf_counter()
-            out = self.model(
-                input_ids=self.tok.view(1, 1), past_key_values=self.cache, use_cache=True
-            )
+            out = self._forward()
             self.tok = out.logits[0, -1].argmax()
             self.times.append((time.perf_counter() - t0) * 1e3)
         self.logits.append(out.logits[0, -1].float())
 
     def result(self) -> dict:
         with torch.inference_mode():
-            step = lambda: self.model(
-                input_ids=self.tok.view(1, 1), past_key_values=self.cache, use_cache=True
-            )  # noqa: E731
-            mem = B.peak_mb(step, "cpu")
+            mem = B.peak_mb(self._forward, "cpu")
         logits = torch.stack(self.logits)
         return {"ms": statistics.median(self.times[WARMUP_STEPS:]), "logits": logits,
                 "tokens": logits.argmax(1), "peak_mb": mem}  # fmt: skip
@@ -300,8 +298,8 @@ def main(argv=None) -> int:
     built_s = {}
     for v in chosen:
         t0 = time.perf_counter()
-        with torch.no_grad():
-            models[v.name] = v.build(copy.deepcopy(models[v.source])) if v.name != "fp32" else base
+        with torch.no_grad():  # fp32 is the base model itself; the others start from a copy
+            models[v.name] = base if v.name == "fp32" else v.build(copy.deepcopy(models[v.source]))
         built_s[v.name] = time.perf_counter() - t0
     runs: dict[str, Decoding] = {}
     for v in chosen:
@@ -323,8 +321,8 @@ def main(argv=None) -> int:
                  "reference": v.reference, "build_s": round(built_s[v.name], 1)}  # fmt: skip
         rows.append(B.Row("decode", shape, str(v.dtype).removeprefix("torch."), v.name,
                           res["ms"], res["peak_mb"], extra=extra))  # fmt: skip
-        print(f"  {v.name:<24} {res['ms']:8.2f} ms/token  (built in {built_s[v.name]:.1f} s) {flag}",
-              flush=True)  # fmt: skip
+        print(f"  {v.name:<24} {res['ms']:8.2f} ms/token  "
+              f"(built in {built_s[v.name]:.1f} s) {flag}", flush=True)  # fmt: skip
     rows = B.with_speedups(rows, "fp32", same_dtype=False)
     for r in rows:
         r.extra["speedup_vs_bf16"] = round(results["bf16"]["ms"] / r.median_ms, 3)

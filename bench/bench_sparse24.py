@@ -8,8 +8,8 @@ For each M (rows of x) and weight shape (K, N):
   Int8WeightOnlyLinear: the baseline, module against module), torch's own weight-only kernel
   (``torch int8pack``: torch._weight_int8pack_mm, as torchao/gpt-fast use it; M <= 8 only, its
   fp32 path is 5-10x slower than fp32 nn.Linear beyond) and ``2:4 int8 w8`` (the module);
-- W8A8 with fp32 x: llmkern's dense W8A8 module (Int8Linear), torch's dynamic int8 Linear (``torch dynamic``,
-  FBGEMM) and the 2:4 W8A8 module.
+- W8A8 with fp32 x: llmkern's dense W8A8 module (Int8Linear), torch's dynamic int8 Linear
+  (``torch dynamic``, FBGEMM) and the 2:4 W8A8 module.
 
 Shapes (K, N): MiniLM's 384x384, 384x1536, 1536x384 and Llama's 2048x2048, 2048x5632, 5632x2048,
 4096x4096, each at a default subset of M = 1..4096 (``--ms``/``--shapes`` for others).
@@ -113,8 +113,7 @@ def int8_case(m, k, n, form, budget):
     dense_mods = [make(lin).requires_grad_(False) for lin in lins]
     x = torch.randn(m, k)
     base = f"dense int8 {form}"
-    dense = lambda i: dense_mods[i % count](x)  # noqa: E731
-    fns = {base: dense}
+    fns = {base: lambda i: dense_mods[i % count](x)}
     # What the dense kernel reads: the packed weight (w8 packs its scales into it).
     d = dense_mods[0]
     dense_bytes = nbytes(d._packed) + (nbytes(d.weight_scale) if form == "w8a8" else 0)

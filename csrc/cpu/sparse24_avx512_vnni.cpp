@@ -25,11 +25,11 @@ constexpr int64_t kChunkGroups = 32;
 // (prefetches never fault: the last ones may point past the weight). Tiles of four rows made
 // eight interleaved streams that DRAM served more slowly: the w8 kernel alone at M = 1, weights
 // from DRAM, went from 17.5-19.7 to 24-25 GB/s on 4096x4096, 2048x5632 and 5632x2048 (Intel Xeon
-// with AMX, 2 threads; the dense w8 kernel 24-26 GB/s in the same runs), and the W8A8 kernel
-// took 0.83-0.95x the time at M = 1-2, though both are ~15% slower with hot weights, as x is
-// loaded per weight row. The float and the AVX2 kernels, which
-// do more work per byte, were slower that way (fp32 and bf16 0.6-0.9x at M = 1-4, AVX2 kernels
-// 0.7-0.97x), so they keep tiles (kStreamRows = 0).
+// with AMX, 2 threads; a plain read of the same bytes 23.5-29 GB/s, the dense w8 kernel
+// 24-26 GB/s in the same runs), and the W8A8 kernel took 0.83-0.95x the time at M = 1-2. Both
+// are ~15% slower with hot weights, as x is loaded per weight row. The float and the AVX2
+// kernels, which do more work per byte, were slower that way (fp32 and bf16 0.6-0.9x at
+// M = 1-4, AVX2 kernels 0.7-0.97x), so they keep tiles (kStreamRows = 0).
 constexpr int64_t kStreamL1 = 1024, kStreamL2 = 8192;
 
 struct Tables {

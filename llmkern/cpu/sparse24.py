@@ -40,8 +40,8 @@ DENSE_ROWS = {
     # in turn so that weights come from DRAM; Intel Xeon with AMX, 2 threads) the 2:4 module is
     # 1.16-1.53x as fast as the dense int8 module at M = 1 (1.42x summed over a token's
     # modules), 1.00-1.21x at M = 2 (1.16x), 0.87-1.00x at M = 3 and 0.73-0.85x at M = 4, where
-    # the dense kernel runs on AMX tiles. With hot weights the dense module wins from M = 2 (0.74-0.77x); decode
-    # reads its weights from DRAM, so the dense path starts at 3 rows.
+    # the dense kernel runs on AMX tiles. With hot weights the dense module wins from M = 2
+    # (0.74-0.77x); decode reads its weights from DRAM, so the dense path starts at 3 rows.
     "avx512": {
         (None, torch.float32): (65, None),
         (None, torch.bfloat16): (5, None),
