@@ -58,22 +58,27 @@ void w8_int16_rows_avx2(const Args& a, int64_t n0, int64_t n1);
 // The same on AVX-512 VNNI + VBMI, up to int8::kW8Int16RowsVnni rows.
 void w8_int16_rows_avx512_vnni(const Args& a, int64_t n0, int64_t n1);
 
-// Column kernels, for many x rows (compute-bound): x transposed, so that one vector holds 8 rows
-// of one x column and each kept value is broadcast against it; only kept values are multiplied.
-// Tile t holds x rows [64t, 64t + 64) as xt[t * kColumnTile * k + c * w + i] = x[64t + i, c],
-// w = column_tile_width(m, t); rows past m are zero.
-constexpr int64_t kColumnTile = 64;
-// A task of the column kernels: kColumnRowBlock weight rows (sharing each x chunk while it is in
-// L1) against kColumnTileGroup x tiles (256 rows, for which the weight rows stay in L2).
-constexpr int64_t kColumnRowBlock = 64;
-constexpr int64_t kColumnTileGroup = 4;
-// Fewest x rows for which the AVX2 glue runs the column kernel rather than the row kernels (on
-// AMD Zen 1 it is 1.5-2.9x the row kernels from 16 rows, about even at 8-12).
-constexpr int64_t kColumnMinRows = 12;
-
-inline int64_t column_tile_width(int64_t m, int64_t t) {
-  return (std::min(kColumnTile, m - t * kColumnTile) + 7) / 8 * 8;
+// Column kernels, for many x rows (compute-bound): x transposed, so that one vector holds `lanes`
+// rows of one x column (8 on AVX2, 16 on AVX-512) and each kept value is broadcast against it;
+// only kept values are multiplied. A tile is 8 vectors of rows, T = column_tile_rows(lanes):
+// tile t holds x rows [T t, T t + T) as xt[t * T * k + c * w + i] = x[T t + i, c],
+// w = column_tile_width(m, t, lanes); rows past m are zero.
+inline int64_t column_tile_rows(int64_t lanes) { return 8 * lanes; }
+// Rows of tile t as stored: its x rows rounded up to whole vectors.
+inline int64_t column_tile_width(int64_t m, int64_t t, int64_t lanes) {
+  const int64_t tile = column_tile_rows(lanes);
+  return (std::min(tile, m - t * tile) + lanes - 1) / lanes * lanes;
 }
+// A task of the column kernels: kColumnRowBlock weight rows (sharing each x chunk while it is in
+// L1) against the x tiles of kColumnGroupRows rows (for which the weight rows stay in L2).
+constexpr int64_t kColumnRowBlock = 64;
+constexpr int64_t kColumnGroupRows = 256;
+// Fewest x rows for which the glue runs the column kernel rather than the row kernels. AVX2 (AMD
+// Zen 1): 1.5-2.9x the row kernels from 16 rows, about even at 8-12. AVX-512 (Intel Xeon, fp32
+// and bf16 on 2048x5632 and 384x1536): 1.0-1.1x at 16 rows (a whole 16-row vector), 1.1-1.7x
+// at 24-32, 0.8-0.9x at 12.
+constexpr int64_t kColumnMinRowsAvx2 = 12;
+constexpr int64_t kColumnMinRowsAvx512 = 16;
 
 struct ColumnArgs {
   const float* xt;  // tiles as above
@@ -86,12 +91,15 @@ struct ColumnArgs {
 };
 
 // Tile t of fp32 x [m, k] (row stride ldx, unit column stride) into d, as above.
-void column_tile_f32_avx2(const float* x, int64_t ldx, int64_t m, int64_t k, int64_t t, float* d);
+void column_tile_f32_avx2(const float* x, int64_t ldx, int64_t m, int64_t k, int64_t t,
+                          int64_t lanes, float* d);
 
 // raw[i, n] = sum_k x[i, k] * W[n, k] for rows n in [n0, n1) and the x rows i of tiles
 // [t0, t1), fp32 sums in column order (int8 values unscaled).
 void float_columns_avx2(ValueType vt, const ColumnArgs& a, int64_t n0, int64_t n1, int64_t t0,
                         int64_t t1);
+void float_columns_avx512(ValueType vt, const ColumnArgs& a, int64_t n0, int64_t n1, int64_t t0,
+                          int64_t t1);
 // Same with int8 x (as fp32 tiles) and int8 values: exact int32 sums.
 void int_columns_avx2(const ColumnArgs& a, int64_t n0, int64_t n1, int64_t t0, int64_t t1);
 

@@ -64,10 +64,10 @@ std::pair<at::Tensor, bool> padded_x_f32(const at::Tensor& x) {
 // x [M, K] (float or int8, any strides) -> the column kernels' transposed tiles
 // (sparse24_kernels.h), fp32.
 template <typename Src>
-void copy_tile_columns(const at::Tensor& x, int64_t t, float* d) {
+void copy_tile_columns(const at::Tensor& x, int64_t t, int64_t lanes, float* d) {
   const Src* p = x.data_ptr<Src>();
   const int64_t m = x.size(0), k = x.size(1), s0 = x.stride(0), s1 = x.stride(1);
-  const int64_t m0 = t * kColumnTile, w = column_tile_width(m, t);
+  const int64_t m0 = t * column_tile_rows(lanes), w = column_tile_width(m, t, lanes);
   const int64_t rows = std::min(w, m - m0);
   constexpr int64_t kBlock = 64;  // columns per pass: the written lines stay in L1
   for (int64_t c0 = 0; c0 < k; c0 += kBlock) {
@@ -79,22 +79,23 @@ void copy_tile_columns(const at::Tensor& x, int64_t t, float* d) {
   }
 }
 
-at::Tensor column_tiles_x(const at::Tensor& x) {
-  const int64_t m = x.size(0), k = x.size(1), tiles = (m + kColumnTile - 1) / kColumnTile;
-  at::Tensor out = at::empty({tiles * kColumnTile * k}, x.options().dtype(at::kFloat));
+at::Tensor column_tiles_x(const at::Tensor& x, int64_t lanes) {
+  const int64_t m = x.size(0), k = x.size(1), rows = column_tile_rows(lanes);
+  const int64_t tiles = (m + rows - 1) / rows;
+  at::Tensor out = at::empty({tiles * rows * k}, x.options().dtype(at::kFloat));
   float* o = out.data_ptr<float>();
   at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
-      float* d = o + t * kColumnTile * k;
+      float* d = o + t * rows * k;
       if (x.scalar_type() == at::kFloat && x.stride(1) == 1) {
-        column_tile_f32_avx2(x.data_ptr<float>(), x.stride(0), m, k, t, d);
+        column_tile_f32_avx2(x.data_ptr<float>(), x.stride(0), m, k, t, lanes, d);
         continue;
       }
       switch (x.scalar_type()) {
-        case at::kFloat: copy_tile_columns<float>(x, t, d); break;
-        case at::kBFloat16: copy_tile_columns<at::BFloat16>(x, t, d); break;
-        case at::kHalf: copy_tile_columns<at::Half>(x, t, d); break;
-        case at::kChar: copy_tile_columns<int8_t>(x, t, d); break;
+        case at::kFloat: copy_tile_columns<float>(x, t, lanes, d); break;
+        case at::kBFloat16: copy_tile_columns<at::BFloat16>(x, t, lanes, d); break;
+        case at::kHalf: copy_tile_columns<at::Half>(x, t, lanes, d); break;
+        case at::kChar: copy_tile_columns<int8_t>(x, t, lanes, d); break;
         default: TORCH_CHECK(false, "float or int8 x expected, got ", x.scalar_type());
       }
     }
@@ -212,31 +213,34 @@ int64_t grain_tiles(int64_t m, int64_t k) {
 
 // The column kernels' tasks (sparse24_kernels.h), x tile groups outer: fn(n0, n1, t0, t1).
 template <class Fn>
-void parallel_column_tasks(int64_t m, int64_t n, const Fn& fn) {
-  const int64_t tiles = (m + kColumnTile - 1) / kColumnTile;
+void parallel_column_tasks(int64_t m, int64_t n, int64_t lanes, const Fn& fn) {
+  const int64_t rows = column_tile_rows(lanes), tiles = (m + rows - 1) / rows;
+  const int64_t per_group = std::max<int64_t>(1, kColumnGroupRows / rows);
   const int64_t blocks = (n + kColumnRowBlock - 1) / kColumnRowBlock;
-  const int64_t groups = (tiles + kColumnTileGroup - 1) / kColumnTileGroup;
+  const int64_t groups = (tiles + per_group - 1) / per_group;
   at::parallel_for(0, groups * blocks, 1, [&](int64_t q0, int64_t q1) {
     for (int64_t q = q0; q < q1; ++q) {
-      const int64_t n0 = q % blocks * kColumnRowBlock, t0 = q / blocks * kColumnTileGroup;
-      fn(n0, std::min(n, n0 + kColumnRowBlock), t0, std::min(tiles, t0 + kColumnTileGroup));
+      const int64_t n0 = q % blocks * kColumnRowBlock, t0 = q / blocks * per_group;
+      fn(n0, std::min(n, n0 + kColumnRowBlock), t0, std::min(tiles, t0 + per_group));
     }
   });
 }
 
-// Many rows of x on AVX2: kernel(args, n0, n1, t0, t1) (a column kernel into raw) and
-// epilogue(n0, n1, first x row, end) per task; false (nothing run) otherwise.
+// Many rows of x: kernel(args, n0, n1, t0, t1) (a column kernel of `lanes` rows per vector,
+// into raw) and epilogue(n0, n1, first x row, end) per task, when m >= min_rows; false (nothing
+// run) otherwise.
 template <class Kernel, class Epilogue>
-bool ran_columns(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta, void* raw,
-                 const Kernel& kernel, const Epilogue& epilogue) {
+bool ran_columns(int64_t lanes, int64_t min_rows, const at::Tensor& x, const at::Tensor& values,
+                 const at::Tensor& meta, void* raw, const Kernel& kernel, const Epilogue& epilogue) {
   const int64_t m = x.size(0), n = values.size(0);
-  if (active_isa() != Isa::Avx2 || m < kColumnMinRows) return false;
-  const at::Tensor xt = column_tiles_x(x);
+  if (m < min_rows) return false;
+  const at::Tensor xt = column_tiles_x(x, lanes);
   const ColumnArgs a{xt.data_ptr<float>(), m, x.size(1), values.data_ptr(),
                      meta.data_ptr<uint8_t>(), raw, n};
-  parallel_column_tasks(m, n, [&](int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
+  const int64_t rows = column_tile_rows(lanes);
+  parallel_column_tasks(m, n, lanes, [&](int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
     kernel(a, n0, n1, t0, t1);
-    epilogue(n0, n1, t0 * kColumnTile, std::min(m, t1 * kColumnTile));
+    epilogue(n0, n1, t0 * rows, std::min(m, t1 * rows));
   });
   return true;
 }
@@ -274,10 +278,6 @@ at::Tensor sparse24_matmul(const at::Tensor& x, const at::Tensor& values, const 
         o.store(i * n + j, v);
       }
   };
-  auto columns = [&](const ColumnArgs& a, int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
-    float_columns_avx2(vt, a, n0, n1, t0, t1);
-  };
-  if (ran_columns(x, values, meta, raw.data_ptr(), columns, epilogue)) return out;
   const Isa isa = active_isa();
   // int8 values at few rows: x rounded to int16, as the dense weight-only kernels do.
   const bool avx2_int16 = isa == Isa::Avx2 && m <= int8::kW8Int16Rows;
@@ -296,6 +296,16 @@ at::Tensor sparse24_matmul(const at::Tensor& x, const at::Tensor& values, const 
       return out;
     }
   }
+  // Many rows: the column kernel.
+  const bool avx512 = isa >= Isa::Avx512;
+  auto columns = [&](const ColumnArgs& a, int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
+    (avx512 ? float_columns_avx512 : float_columns_avx2)(vt, a, n0, n1, t0, t1);
+  };
+  const int64_t column_rows = avx512          ? kColumnMinRowsAvx512
+                              : isa == Isa::Avx2 ? kColumnMinRowsAvx2
+                                                 : INT64_MAX;
+  if (ran_columns(avx512 ? 16 : 8, column_rows, x, values, meta, raw.data_ptr(), columns, epilogue))
+    return out;
   const auto [xs, x_finite] = padded_x_f32(x);
   const Args a{xs.data_ptr(), m, xs.size(1), values.data_ptr(), meta.data_ptr<uint8_t>(), k,
                raw.data_ptr(), n, n, x_finite};
@@ -332,8 +342,12 @@ at::Tensor sparse24_w8a8_matmul(const at::Tensor& x_q, const at::Tensor& values,
         o.store(i * n + j, v);
       }
   };
-  if (ran_columns(x_q, values, meta, acc.data_ptr(), int_columns_avx2, epilogue)) return out;
+  // Many rows on AVX2: the exact column kernel. AVX-512 keeps the int row kernels (the 2:4
+  // W8A8 module takes the dense path from 5 rows there).
   const Isa isa = active_isa();
+  const int64_t column_rows = isa == Isa::Avx2 ? kColumnMinRowsAvx2 : INT64_MAX;
+  if (ran_columns(8, column_rows, x_q, values, meta, acc.data_ptr(), int_columns_avx2, epilogue))
+    return out;
   const at::Tensor xs = padded_x_i8(x_q);
   const Args a{xs.data_ptr(), m, xs.size(1), values.data_ptr(), meta.data_ptr<uint8_t>(), k,
                acc.data_ptr(), n, n};

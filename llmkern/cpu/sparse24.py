@@ -6,9 +6,9 @@ AVX2 / scalar) is chosen in C++. compress_24 / decompress_24 have no CPU kernel:
 vectorised references are a single pass over the weight and run once per model, not per step.
 
 Kernel choice by shape: 2:4 pays off while reading the weight dominates (small batches,
-decoding), and on AVX2 also where the multiply-adds dominate (many rows): the column kernel
-(csrc/cpu/sparse24_columns_avx2.cpp) multiplies kept values only, so half the FMAs of a dense
-GEMM disappear. For the row counts in :data:`DENSE_ROWS` the dense path wins instead (torch's
+decoding), and also where the multiply-adds dominate (many rows): the column kernel
+(csrc/cpu/sparse24_columns.h, AVX2 and AVX-512) multiplies kept values only, so half the FMAs
+of a dense GEMM disappear. For the row counts in :data:`DENSE_ROWS` the dense path wins instead (torch's
 BLAS for float weights, llmkern's dense int8 kernels for int8 ones), and the kernels here
 multiply with a dense form of the weight (for finite x: see ``_goes_dense``): kept in the
 calling module's Prepared forms (built on first use, costing the dense weight's memory; a module
@@ -30,10 +30,14 @@ from llmkern.ops.sparse24 import decompress_24_ref
 # ISA family (the C++ kernels differ), weight form (None: float values) and x dtype; a missing
 # entry: never. Measured with bench/bench_sparse24.py and side-by-side op timings, 2 threads.
 DENSE_ROWS = {
-    # AMD EPYC with AVX-512, on 4096x4096 and MiniLM's 384x1536 and 1536x384: fp32 2:4 vs
-    # torch's fp32 GEMM 1.0-1.14x at M = 64, 0.81-0.95x at M = 128 on all three; bf16 2:4 vs
-    # oneDNN's bf16 GEMM wins at M <= 4 (torch's bf16 path is slow there) and is 0.8-1.0x at
-    # M = 8; W8A8 2:4 up to M = 4 (0.9x at 8). (The AVX2 column kernel was not measured there.)
+    # fp32: the AVX-512 column kernel (from 16 rows) against torch's fp32 GEMM, module against
+    # nn.Linear (Intel Xeon with AMX, 2 threads): 1.4-1.8x at M = 16-64 and 1.1-1.2x at
+    # M = 256 on 2048x5632, 5632x2048 and 4096x4096, 1.05-1.1x at M = 1024, 0.98-1.06x at
+    # M = 4096; on MiniLM's 384x1536 and 1536x384 1.0-1.35x at M = 16-256, 0.97-1.02x at
+    # M = 1024, 0.75-0.98x at M = 4096 (its output transposes grow with M x N); 384x384
+    # 0.86-1.07x at every M. So dense from 1025 rows.
+    # bf16 (AMD EPYC with AVX-512): 2:4 vs oneDNN's bf16 GEMM wins at M <= 4 (torch's bf16
+    # path is slow there) and is 0.8-1.0x at M = 8; W8A8 2:4 up to M = 4 (0.9x at 8).
     # Int8 weight-only: the 2:4 int16 row kernel reads 0.63x the bytes of the dense int8 kernel
     # but picks x per kept value and per x row (~12 cycles per 64 kept values). Through the
     # modules of a Llama-shaped model (hidden 2048, FFN 5632, LM head 32000, each module called
@@ -43,7 +47,7 @@ DENSE_ROWS = {
     # the dense kernel runs on AMX tiles. With hot weights the dense module wins from M = 2
     # (0.74-0.77x); decode reads its weights from DRAM, so the dense path starts at 3 rows.
     "avx512": {
-        (None, torch.float32): (65, None),
+        (None, torch.float32): (1025, None),
         (None, torch.bfloat16): (5, None),
         (None, torch.float16): (1025, None),  # torch's fp16 CPU GEMM: 2:4 3.0-3.7x at M = 16-256
         ("w8", torch.float32): (3, None),

@@ -141,7 +141,7 @@ def test_prune_24(data):
 
 def sparse24_body(data, backend, small):
     g = gen(data)
-    m, n = dim(data, "m", small, 80), dim(data, "n", small, 40)  # m: AVX2 column tiles
+    m, n = dim(data, "m", small, 80), dim(data, "n", small, 40)  # m: column tiles (12+ or 16+ rows)
     k = 4 * dim(data, "k/4", small, 48)
     dtype = data.draw(st.sampled_from(FLOATS), label="dtype")
     x = lay(values(g, (m, k), dtype, data.draw(st.sampled_from(RANGES), label="x_range")),
