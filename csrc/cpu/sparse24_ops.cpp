@@ -266,17 +266,23 @@ at::Tensor sparse24_matmul(const at::Tensor& x, const at::Tensor& values, const 
   const bool f32_out = x.scalar_type() == at::kFloat;
   at::Tensor raw = f32_out ? out : at::empty({m, n}, x.options().dtype(at::kFloat));
   const std::vector<float> b = vector_f32(bias, n), s = vector_f32(w_scale, n);
-  const float* r = raw.data_ptr<float>();
+  float* r = raw.data_ptr<float>();
   const Output o(out);
   auto epilogue = [&](int64_t n0, int64_t n1, int64_t i0, int64_t i1) {
-    if (f32_out && s.empty() && b.empty()) return;
-    for (int64_t i = i0; i < i1; ++i)
-      for (int64_t j = n0; j < n1; ++j) {
-        float v = r[i * n + j];
-        if (!s.empty()) v *= s[j];
-        if (!b.empty()) v += b[j];
-        o.store(i * n + j, v);
+    for (int64_t i = i0; i < i1; ++i) {
+      float* row = r + i * n;
+      // In place, one plain loop per case (so they vectorise): the scalar per-element loop
+      // this replaced took a third of a MiniLM-sized fp32 call with bias at M = 256.
+      if (!s.empty() && !b.empty()) {
+        for (int64_t j = n0; j < n1; ++j) row[j] = row[j] * s[j] + b[j];
+      } else if (!s.empty()) {
+        for (int64_t j = n0; j < n1; ++j) row[j] *= s[j];
+      } else if (!b.empty()) {
+        for (int64_t j = n0; j < n1; ++j) row[j] += b[j];
       }
+      if (!f32_out)
+        for (int64_t j = n0; j < n1; ++j) o.store(i * n + j, row[j]);
+    }
   };
   const Isa isa = active_isa();
   // int8 values at few rows: x rounded to int16, as the dense weight-only kernels do.

@@ -30,12 +30,11 @@ from llmkern.ops.sparse24 import decompress_24_ref
 # ISA family (the C++ kernels differ), weight form (None: float values) and x dtype; a missing
 # entry: never. Measured with bench/bench_sparse24.py and side-by-side op timings, 2 threads.
 DENSE_ROWS = {
-    # fp32: the AVX-512 column kernel (from 16 rows) against torch's fp32 GEMM, module against
-    # nn.Linear (Intel Xeon with AMX, 2 threads): 1.4-1.8x at M = 16-64 and 1.1-1.2x at
-    # M = 256 on 2048x5632, 5632x2048 and 4096x4096, 1.05-1.1x at M = 1024, 0.98-1.06x at
-    # M = 4096; on MiniLM's 384x1536 and 1536x384 1.0-1.35x at M = 16-256, 0.97-1.02x at
-    # M = 1024, 0.75-0.98x at M = 4096 (its output transposes grow with M x N); 384x384
-    # 0.86-1.07x at every M. So dense from 1025 rows.
+    # fp32 never goes dense: the AVX-512 column kernel (from 16 rows, the row kernels below
+    # that) against torch's fp32 GEMM, module against nn.Linear with bias (Intel Xeon with AMX, 2
+    # threads): 1.3-1.5x at M = 16-64, 1.28-1.34x at M = 256, 1.15-1.19x at M = 1024-4096 on
+    # 2048x5632 and 4096x4096; MiniLM's 384x1536 and 1536x384 0.92-1.21x at M = 16-1024,
+    # 0.98-0.99x at M = 4096; the toy 384x384 (0.1-0.4 ms a call) 0.86-1.09x.
     # bf16 (AMD EPYC with AVX-512): 2:4 vs oneDNN's bf16 GEMM wins at M <= 4 (torch's bf16
     # path is slow there) and is 0.8-1.0x at M = 8; W8A8 2:4 up to M = 4 (0.9x at 8).
     # Int8 weight-only: the 2:4 int16 row kernel reads 0.63x the bytes of the dense int8 kernel
@@ -47,9 +46,10 @@ DENSE_ROWS = {
     # the dense kernel runs on AMX tiles. With hot weights the dense module wins from M = 2
     # (0.74-0.77x); decode reads its weights from DRAM, so the dense path starts at 3 rows.
     "avx512": {
-        (None, torch.float32): (1025, None),
         (None, torch.bfloat16): (5, None),
-        (None, torch.float16): (1025, None),  # torch's fp16 CPU GEMM: 2:4 3.0-3.7x at M = 16-256
+        # torch's fp16 CPU GEMM on AMD EPYC: 2:4 3.0-3.7x at M = 16-256. (On the Intel Xeon,
+        # whose AVX512-FP16 torch uses, the column kernel is 0.64-1.17x it at M = 64-1024.)
+        (None, torch.float16): (1025, None),
         ("w8", torch.float32): (3, None),
         ("w8", torch.bfloat16): (3, None),
         ("w8", torch.float16): (3, None),
