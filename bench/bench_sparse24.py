@@ -32,8 +32,7 @@ import time
 import torch
 
 from llmkern.apps import benchmark as B
-from llmkern.cpu import isa_family
-from llmkern.cpu.sparse24 import DENSE_ROWS
+from llmkern.cpu.sparse24 import dense_rows_table
 from llmkern.nn import Int8Linear, Int8WeightOnlyLinear, Sparse24Linear
 
 MINILM = ((384, 384), (384, 1536), (1536, 384))
@@ -214,7 +213,7 @@ def main() -> None:
     print(B.header())
     print("\n".join(goals(rows)))
     meta = {"read_bandwidth_gbs": round(read_bw, 2),
-            "dense_rows": {str(k): v for k, v in DENSE_ROWS[isa_family()].items()}}  # fmt: skip
+            "dense_rows": {str(k): v for k, v in dense_rows_table().items()}}  # fmt: skip
     B.write_json(rows, args.json, meta)
 
 

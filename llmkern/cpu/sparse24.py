@@ -22,13 +22,14 @@ import math
 import torch
 import torch.nn.functional as F
 
+from llmkern import _ext
 from llmkern.backends import register, weight_key
 from llmkern.cpu import isa_family
 from llmkern.ops.sparse24 import decompress_24_ref
 
 # Rows of x (first, last; None: no end) for which the dense path beats the 2:4 kernels on CPU, per
-# ISA family (the C++ kernels differ), weight form (None: float values) and x dtype; a missing
-# entry: never. Measured with bench/bench_sparse24.py and side-by-side op timings, 2 threads.
+# ISA family (the C++ kernels differ; "amx" overrides entries of "avx512", see dense_rows_table),
+# weight form (None: float values) and x dtype; a missing entry: never. Measured with bench/bench_sparse24.py and side-by-side op timings, 2 threads.
 DENSE_ROWS = {
     # fp32 never goes dense: the AVX-512 column kernel (from 16 rows, the row kernels below
     # that) against torch's fp32 GEMM, module against nn.Linear with bias (Intel Xeon with AMX, 2
@@ -55,6 +56,13 @@ DENSE_ROWS = {
         ("w8", torch.float16): (3, None),
         ("w8a8", None): (5, None),
     },
+    # AMX machines (Intel Xeon, 2 threads), in place of the AVX-512 entries: bf16 2:4 against
+    # oneDNN's AMX bf16 GEMM, weights from DRAM, on 2048x5632, 4096x4096, 5632x2048 and
+    # 384x1536: 1.7-2.3x at M = 4, 1.26-1.41x at 5, 1.16-1.31x at 6, 1.04-1.21x at 8,
+    # 0.79-1.04x at 12, 0.55-0.81x at 16.
+    "amx": {
+        (None, torch.bfloat16): (9, None),
+    },
     # AMD EPYC Zen 1 (AVX2, no AVX-512). Float 2:4 never goes dense: bench/bench_sparse24.py
     # (2 threads, stop 21) has the module at 1.6-2.1x nn.Linear fp32 at M = 256-1024 on
     # 4096x4096, 2048x5632 and the MiniLM shapes, >= 1.0x at every M from 1, and bf16 2:4 at
@@ -77,6 +85,14 @@ DENSE_ROWS = {
 }
 
 
+def dense_rows_table() -> dict:
+    """:data:`DENSE_ROWS` of the active ISA: its family's bands, with the ISA's own entries
+    (DENSE_ROWS["amx"]) in place of the family's."""
+    table = DENSE_ROWS[isa_family()]
+    own = DENSE_ROWS.get(_ext._C.active_isa()) if _ext.available() else None
+    return {**table, **own} if own else table
+
+
 def runs_dense(rows: int, form: str | None, dtype: torch.dtype, max_rows: int | None = -1) -> bool:
     """Whether ``rows`` rows of finite x take the dense path for weight form ``form`` (None,
     "w8", "w8a8") and x dtype on this machine's ISA. ``max_rows`` is a module's own setting (the
@@ -85,7 +101,7 @@ def runs_dense(rows: int, form: str | None, dtype: torch.dtype, max_rows: int | 
         return False
     if max_rows != -1:
         return rows > max_rows
-    band = DENSE_ROWS[isa_family()].get((form, None if form == "w8a8" else dtype))
+    band = dense_rows_table().get((form, None if form == "w8a8" else dtype))
     return band is not None and band[0] <= rows and (band[1] is None or rows <= band[1])
 
 
