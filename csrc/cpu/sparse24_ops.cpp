@@ -340,13 +340,21 @@ at::Tensor sparse24_w8a8_matmul(const at::Tensor& x_q, const at::Tensor& values,
   const std::vector<float> b = vector_f32(bias, n);
   const int32_t* ap = acc.data_ptr<int32_t>();
   const Output o(out);
+  const bool f32_out = out_dtype == at::kFloat;
+  float* of = f32_out ? out.data_ptr<float>() : nullptr;
   auto epilogue = [&](int64_t n0, int64_t n1, int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i)
-      for (int64_t j = n0; j < n1; ++j) {
-        float v = static_cast<float>(ap[i * n + j]) * xsc[i] * wsc[j];
-        if (!b.empty()) v += b[j];
-        o.store(i * n + j, v);
-      }
+    std::vector<float> tmp(f32_out ? 0 : n1 - n0);
+    for (int64_t i = i0; i < i1; ++i) {
+      // Plain loops (vectorised), the products in the reference's order.
+      float* row = f32_out ? of + i * n + n0 : tmp.data();
+      const int32_t* a = ap + i * n + n0;
+      const float xi = xsc[i];
+      for (int64_t j = 0; j < n1 - n0; ++j) row[j] = static_cast<float>(a[j]) * xi * wsc[n0 + j];
+      if (!b.empty())
+        for (int64_t j = 0; j < n1 - n0; ++j) row[j] += b[n0 + j];
+      if (!f32_out)
+        for (int64_t j = 0; j < n1 - n0; ++j) o.store(i * n + n0 + j, row[j]);
+    }
   };
   // Many rows on AVX2: the exact column kernel. AVX-512 keeps the int row kernels (the 2:4
   // W8A8 module takes the dense path from 5 rows there).
