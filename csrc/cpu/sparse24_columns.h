@@ -29,9 +29,6 @@
 namespace llmkern::sparse24 {
 namespace {
 
-template <class Vec>
-constexpr int64_t kTileRows = 8 * Vec::kLanes;  // column_tile_rows
-
 constexpr int kChunkCols = 64;  // x columns per chunk: 32 kept values, 64 meta bits
 constexpr int kChunkKept = kChunkCols / 2;
 
@@ -127,8 +124,9 @@ void chunk_rows(const ColumnArgs& a, const float* xt, int64_t c0, const float* n
 constexpr int64_t kExactCols = 2048;
 // Columns per pass over a task's x tiles: the x rows of a tile group (kColumnGroupRows) over
 // this many columns, 1 MB in fp32, stay in L2 with the weight rows' share (136 KB in fp32)
-// while every weight row of the task goes over them. Divides kExactCols.
+// while every weight row of the task goes over them.
 constexpr int64_t kColumnKBlock = 1024;
+static_assert(kExactCols % kColumnKBlock == 0, "exact flushes fall at pass ends");
 
 // Columns [c_begin, c_end) (whole chunks, or up to K) of one x tile (R vectors of rows, xt)
 // against weight rows [n0, n1), into y as chunk_rows. With yi (exact int sums), y's fp32 sums
@@ -179,7 +177,8 @@ template <class Vec, int R>
 void store_tile(const ColumnArgs& a, int64_t t, int64_t n0, int64_t n1, const float* y) {
   constexpr int64_t kWidth = Vec::kLanes * R;
   float* raw = static_cast<float*>(a.raw);
-  const int64_t m0 = t * kTileRows<Vec>, rows = std::min<int64_t>(kWidth, a.m - m0);
+  const int64_t m0 = t * column_tile_rows(Vec::kLanes);
+  const int64_t rows = std::min<int64_t>(kWidth, a.m - m0);
   int64_t n = n0;
   if (rows == kWidth) {  // x rows outer: each output line is finished while it is in L1
     const int64_t n8 = n0 + (n1 - n0) / 8 * 8;
@@ -205,7 +204,7 @@ void with_vectors(int r, const F& f) {
 // kColumnRowBlock weight rows, kColumnKBlock columns at a time over all the tiles.
 template <class Vec, class V, bool Exact = false>
 void run_columns(const ColumnArgs& a, int64_t n0, int64_t n1, int64_t t0, int64_t t1) {
-  constexpr int64_t kTile = kTileRows<Vec>, kBlockSums = kColumnRowBlock * kTile;
+  constexpr int64_t kTile = column_tile_rows(Vec::kLanes), kBlockSums = kColumnRowBlock * kTile;
   // Uninitialised: every sum is written first (chunk_rows with `first`, tile_columns' flush).
   const std::unique_ptr<float[]> sums(new float[(t1 - t0) * kBlockSums]);
   const std::unique_ptr<int32_t[]> exact(new int32_t[Exact ? (t1 - t0) * kBlockSums : 1]);
@@ -220,7 +219,9 @@ void run_columns(const ColumnArgs& a, int64_t n0, int64_t n1, int64_t t0, int64_
     for (int64_t c = 0; c < a.k; c += kColumnKBlock) {
       const int64_t c_end = std::min(a.k, c + kColumnKBlock);
       for (int64_t t = t0; t < t1; ++t) {
-        const float* next = t + 1 < t1 ? tile_x(t + 1, c) : c_end < a.k ? tile_x(t0, c_end) : nullptr;
+        const float* next = t + 1 < t1    ? tile_x(t + 1, c)
+                            : c_end < a.k ? tile_x(t0, c_end)
+                                          : nullptr;
         float* y = sums.get() + (t - t0) * kBlockSums;
         int32_t* yi = Exact ? exact.get() + (t - t0) * kBlockSums : nullptr;
         with_vectors<kTile / Vec::kLanes>(vectors(t), [&](auto rc) {

@@ -8,7 +8,7 @@ namespace {
 
 struct Ymm {
   using T = __m256;
-  static constexpr int kLanes = 8;
+  static constexpr int kLanes = kColumnLanesAvx2;
   static T zero() { return _mm256_setzero_ps(); }
   static T load(const float* p) { return _mm256_loadu_ps(p); }
   static void store(float* p, T v) { _mm256_storeu_ps(p, v); }

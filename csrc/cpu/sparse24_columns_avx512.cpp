@@ -8,7 +8,7 @@ namespace {
 
 struct Zmm {
   using T = __m512;
-  static constexpr int kLanes = 16;
+  static constexpr int kLanes = kColumnLanesAvx512;
   static T zero() { return _mm512_setzero_ps(); }
   static T load(const float* p) { return _mm512_loadu_ps(p); }
   static void store(float* p, T v) { _mm512_storeu_ps(p, v); }

@@ -59,11 +59,13 @@ void w8_int16_rows_avx2(const Args& a, int64_t n0, int64_t n1);
 void w8_int16_rows_avx512_vnni(const Args& a, int64_t n0, int64_t n1);
 
 // Column kernels, for many x rows (compute-bound): x transposed, so that one vector holds `lanes`
-// rows of one x column (8 on AVX2, 16 on AVX-512) and each kept value is broadcast against it;
-// only kept values are multiplied. A tile is 8 vectors of rows, T = column_tile_rows(lanes):
-// tile t holds x rows [T t, T t + T) as xt[t * T * k + c * w + i] = x[T t + i, c],
-// w = column_tile_width(m, t, lanes); rows past m are zero.
-inline int64_t column_tile_rows(int64_t lanes) { return 8 * lanes; }
+// rows of one x column (kColumnLanesAvx2 or kColumnLanesAvx512) and each kept value is broadcast
+// against it; only kept values are multiplied. A tile is 8 vectors of rows,
+// T = column_tile_rows(lanes): tile t holds x rows [T t, T t + T) as
+// xt[t * T * k + c * w + i] = x[T t + i, c], w = column_tile_width(m, t, lanes); rows past m are
+// zero.
+constexpr int64_t kColumnLanesAvx2 = 8, kColumnLanesAvx512 = 16;
+constexpr int64_t column_tile_rows(int64_t lanes) { return 8 * lanes; }
 // Rows of tile t as stored: its x rows rounded up to whole vectors.
 inline int64_t column_tile_width(int64_t m, int64_t t, int64_t lanes) {
   const int64_t tile = column_tile_rows(lanes);

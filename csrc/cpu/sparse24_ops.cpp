@@ -231,7 +231,8 @@ void parallel_column_tasks(int64_t m, int64_t n, int64_t lanes, const Fn& fn) {
 // run) otherwise.
 template <class Kernel, class Epilogue>
 bool ran_columns(int64_t lanes, int64_t min_rows, const at::Tensor& x, const at::Tensor& values,
-                 const at::Tensor& meta, void* raw, const Kernel& kernel, const Epilogue& epilogue) {
+                 const at::Tensor& meta, void* raw, const Kernel& kernel,
+                 const Epilogue& epilogue) {
   const int64_t m = x.size(0), n = values.size(0);
   if (m < min_rows) return false;
   const at::Tensor xt = column_tiles_x(x, lanes);
@@ -271,8 +272,8 @@ at::Tensor sparse24_matmul(const at::Tensor& x, const at::Tensor& values, const 
   auto epilogue = [&](int64_t n0, int64_t n1, int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       float* row = r + i * n;
-      // In place, one plain loop per case (so they vectorise): the scalar per-element loop
-      // this replaced took a third of a MiniLM-sized fp32 call with bias at M = 256.
+      // In place, one plain loop per case, so that they vectorise (a per-element loop took a
+      // third of a MiniLM-sized fp32 call with bias at M = 256).
       if (!s.empty() && !b.empty()) {
         for (int64_t j = n0; j < n1; ++j) row[j] = row[j] * s[j] + b[j];
       } else if (!s.empty()) {
@@ -310,7 +311,8 @@ at::Tensor sparse24_matmul(const at::Tensor& x, const at::Tensor& values, const 
   const int64_t column_rows = avx512          ? kColumnMinRowsAvx512
                               : isa == Isa::Avx2 ? kColumnMinRowsAvx2
                                                  : INT64_MAX;
-  if (ran_columns(avx512 ? 16 : 8, column_rows, x, values, meta, raw.data_ptr(), columns, epilogue))
+  const int64_t lanes = avx512 ? kColumnLanesAvx512 : kColumnLanesAvx2;
+  if (ran_columns(lanes, column_rows, x, values, meta, raw.data_ptr(), columns, epilogue))
     return out;
   const auto [xs, x_finite] = padded_x_f32(x);
   const Args a{xs.data_ptr(), m, xs.size(1), values.data_ptr(), meta.data_ptr<uint8_t>(), k,
@@ -360,7 +362,8 @@ at::Tensor sparse24_w8a8_matmul(const at::Tensor& x_q, const at::Tensor& values,
   // W8A8 module takes the dense path from 5 rows there).
   const Isa isa = active_isa();
   const int64_t column_rows = isa == Isa::Avx2 ? kColumnMinRowsAvx2 : INT64_MAX;
-  if (ran_columns(8, column_rows, x_q, values, meta, acc.data_ptr(), int_columns_avx2, epilogue))
+  if (ran_columns(kColumnLanesAvx2, column_rows, x_q, values, meta, acc.data_ptr(),
+                  int_columns_avx2, epilogue))
     return out;
   const at::Tensor xs = padded_x_i8(x_q);
   const Args a{xs.data_ptr(), m, xs.size(1), values.data_ptr(), meta.data_ptr<uint8_t>(), k,

@@ -8,8 +8,8 @@ vectorised references are a single pass over the weight and run once per model, 
 Kernel choice by shape: 2:4 pays off while reading the weight dominates (small batches,
 decoding), and also where the multiply-adds dominate (many rows): the column kernel
 (csrc/cpu/sparse24_columns.h, AVX2 and AVX-512) multiplies kept values only, so half the FMAs
-of a dense GEMM disappear. For the row counts in :data:`DENSE_ROWS` the dense path wins instead (torch's
-BLAS for float weights, llmkern's dense int8 kernels for int8 ones), and the kernels here
+of a dense GEMM disappear. For the row counts in :data:`DENSE_ROWS` the dense path wins instead
+(torch's BLAS for float weights, llmkern's dense int8 kernels for int8 ones), and the kernels here
 multiply with a dense form of the weight (for finite x: see ``_goes_dense``): kept in the
 calling module's Prepared forms (built on first use, costing the dense weight's memory; a module
 with ``max_sparse_rows = None`` never builds it), or rebuilt per call for a bare op call.
@@ -29,7 +29,8 @@ from llmkern.ops.sparse24 import decompress_24_ref
 
 # Rows of x (first, last; None: no end) for which the dense path beats the 2:4 kernels on CPU, per
 # ISA family (the C++ kernels differ; "amx" overrides entries of "avx512", see dense_rows_table),
-# weight form (None: float values) and x dtype; a missing entry: never. Measured with bench/bench_sparse24.py and side-by-side op timings, 2 threads.
+# weight form (None: float values) and x dtype; a missing entry: never. Measured with
+# bench/bench_sparse24.py and side-by-side op timings, 2 threads.
 DENSE_ROWS = {
     # fp32 never goes dense: the AVX-512 column kernel (from 16 rows, the row kernels below
     # that) against torch's fp32 GEMM, module against nn.Linear with bias (Intel Xeon with AMX, 2

@@ -15,8 +15,8 @@ REF = {"backend": "reference"}
 # of the 4-row weight tile; K with partial 32- and 128-column chunks (K % 8 == 4 included) and
 # without (64: whole 16-byte value loads only). Float x from 12 rows (AVX2) or 16 (AVX-512) runs
 # the column kernel: M either side of that, partial vectors and 64- and 128-row tiles, tiles of
-# few vectors (several weight rows a step), more than one 64-row weight block, partial 64-column
-# chunks, K past one 1024-column pass (2180).
+# few vectors, more than one 64-row weight block, partial 64-column chunks, K past one
+# 1024-column pass (2180).
 SHAPES = [(1, 1, 4), (1, 7, 36), (2, 13, 100), (3, 9, 132), (4, 33, 260), (5, 6, 516),
           (9, 17, 1028), (1, 130, 2052), (70, 5, 68), (3, 24, 64), (11, 3, 64), (12, 70, 260),
           (130, 9, 388), (64, 130, 128), (20, 9, 2180), (16, 11, 132)]  # fmt: skip
