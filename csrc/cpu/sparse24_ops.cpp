@@ -120,10 +120,10 @@ at::Tensor padded_x_i8(const at::Tensor& x) {
 
 // Float x [M, K] rounded to int16 as the dense weight-only kernel does at few rows
 // (int8::round_x_int16_avx2), as the byte planes of the w8_int16_rows_* kernels: row i's low
-// bytes in row 2 i of a uint8 [2 M, round_up(K, kKPad)], its high bytes in row 2 i + 1, zero past
-// K; and the block scales [M, ceil(K / kW8XBlock)]. Nothing when a block is not finite or too
-// small to scale (the float kernels take the call then).
-std::optional<std::pair<at::Tensor, at::Tensor>> x_int16_planes(const at::Tensor& x) {
+// bytes in row 2 i of a uint8 [2 M, round_up(K, kKPad)], its high bytes in row 2 i + 1 (xor 0x80
+// with flip_high), zero past K; and the block scales [M, ceil(K / kW8XBlock)]. Nothing when a
+// block is not finite or too small to scale (the float kernels take the call then).
+std::optional<std::pair<at::Tensor, at::Tensor>> x_int16_planes(const at::Tensor& x, bool flip_high) {
   using int8::DType;
   const DType dt = x.scalar_type() == at::kFloat      ? DType::F32
                    : x.scalar_type() == at::kBFloat16 ? DType::BF16
@@ -137,11 +137,12 @@ std::optional<std::pair<at::Tensor, at::Tensor>> x_int16_planes(const at::Tensor
     return std::nullopt;
   at::Tensor planes = at::empty({2 * m, kp}, x.options().dtype(at::kByte));
   uint8_t* p = planes.data_ptr<uint8_t>();
+  const uint8_t high_xor = flip_high ? 0x80 : 0;
   for (int64_t i = 0; i < m; ++i)
     for (int64_t j = 0; j < kp; ++j) {
       const auto u = static_cast<uint16_t>(q[i * kp + j]);
       p[2 * i * kp + j] = static_cast<uint8_t>(u);
-      p[(2 * i + 1) * kp + j] = static_cast<uint8_t>(u >> 8);
+      p[(2 * i + 1) * kp + j] = static_cast<uint8_t>(u >> 8) ^ high_xor;
     }
   return std::make_pair(planes, scale);
 }
@@ -290,7 +291,7 @@ at::Tensor sparse24_matmul(const at::Tensor& x, const at::Tensor& values, const 
   const bool avx2_int16 = isa == Isa::Avx2 && m <= int8::kW8Int16Rows;
   const bool vnni_int16 = has_avx512_vnni_vbmi() && m <= int8::kW8Int16RowsVnni;
   if (vt == ValueType::I8 && (avx2_int16 || vnni_int16)) {
-    if (const auto rounded = x_int16_planes(x)) {
+    if (const auto rounded = x_int16_planes(x, /*flip_high=*/!avx2_int16)) {
       const auto& [planes, xscale] = *rounded;
       Args a{planes.data_ptr(), m, planes.size(1), values.data_ptr(), meta.data_ptr<uint8_t>(), k,
              raw.data_ptr(), n, n};
