@@ -42,6 +42,10 @@ non-finite logits or cos < COS_WARN is flagged WARN in the check column (not an 
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # before torch: benchmark.page_policy()
+
 import argparse
 import copy
 import statistics

@@ -31,6 +31,10 @@ slices at their thread barriers (times in multiples of 4 ms); compare with --thr
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # before torch: benchmark.page_policy()
+
 import argparse
 import sys
 

@@ -13,8 +13,11 @@ both) are subtracted, so the number is the working memory of the loss.
 
 from __future__ import annotations
 
-import argparse
 import os
+
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # before torch: benchmark.page_policy()
+
+import argparse
 import sys
 
 import torch
@@ -22,8 +25,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import llmkern  # noqa: E402
-from llmkern.apps.benchmark import Row, format_table, peak_mb, time_fn, with_speedups, write_json  # noqa: E402
+import llmkern
+from llmkern.apps.benchmark import Row, format_table, peak_mb, time_fn, with_speedups, write_json
 
 TAU, ALPHA = 2.0, 0.5
 

@@ -25,6 +25,10 @@ the 2:4 issue follow the table, for the CPU model and ISA path printed in the he
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # before torch: benchmark.page_policy()
+
 import argparse
 import statistics
 import time

@@ -153,8 +153,9 @@ def copy_bandwidth_gbs(nbytes: int = 256 * 2**20, reps: int = 5) -> float:
 def read_bandwidth_gbs(nbytes: int = 256 * 2**20, reps: int = 5, buffers: int = 3) -> float:
     """Measured DRAM read bandwidth (GB/s): one streaming pass on torch's threads over buffers of
     at least 4x the last-level cache (llmkern._C.stream_or; torch's own reductions ran 10-20%
-    below it), the fastest of ``buffers`` of them: on the VMs one allocation can read at 20 GB/s
-    and the next at 28. The floor of memory-bound work (decode, M <= 8) is its weight bytes / this."""
+    below it), the fastest of ``buffers`` of them: on 4 KB pages one allocation can read at
+    19 GB/s and the next at 29 (on huge pages, see :func:`page_policy`, all read at 30-31). The
+    floor of memory-bound work (decode, M <= 8) is its weight bytes / this."""
     from llmkern import _ext
 
     size = max(nbytes, 4 * llc_bytes())
@@ -299,9 +300,28 @@ def environment() -> dict:
         "cpu_model": backends.cpu_model(),
         "cpu_isa": backends.cpu_isa(),
         "threads": torch.get_num_threads(),
+        "pages": page_policy(),
         "gpu": backends.gpu_info(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+
+
+def page_policy() -> str:
+    """How torch backs this process' large CPU buffers, weights and bandwidth probe alike. On the
+    Intel VMs (THP "madvise"), a 1 GB buffer on 4 KB pages streamed at 19-29 GB/s depending on
+    the allocation and on huge pages at 30-31 GB/s, so the bench scripts set torch's own option
+    THP_MEM_ALLOC_ENABLE=1 (huge pages for buffers of 2 MB and more; torch reads it at its first
+    allocation, so the scripts set it before importing torch) unless the caller set it."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            mode = f.read().split("[")[1].split("]")[0]
+    except (OSError, IndexError):
+        return "unknown (no transparent huge pages)"
+    if mode == "always":
+        return "huge (THP always)"
+    if mode == "madvise" and os.environ.get("THP_MEM_ALLOC_ENABLE") == "1":
+        return "huge (THP_MEM_ALLOC_ENABLE=1)"
+    return f"4 KB (THP {mode})"
 
 
 def header() -> str:
@@ -310,7 +330,7 @@ def header() -> str:
 
     return (
         f"cpu {backends.cpu_model()}, isa {backends.cpu_isa()}, threads {torch.get_num_threads()}, "
-        f"torch {torch.__version__}"
+        f"torch {torch.__version__}, pages {page_policy()}"
     )
 
 
