@@ -33,7 +33,8 @@ struct Args {
   int64_t n;             // rows of the weight (prefetching never goes past them)
   bool x_finite = false;  // float kernels: no NaN/inf in x, so pruned zeros may be multiplied
   // w8_int16_rows_*: x is int16 as two byte planes, row i's low bytes at x + 2 i ldx and high
-  // bytes ldx on (for the AVX-512 VNNI kernel xor 0x80, the unsigned form vpdpbusd takes); its columns [128 b, 128 b + 128) scaled by x_scale[i * ceil(k / 128) + b]
+  // bytes ldx on (for the AVX-512 VNNI kernel xor 0x80, the unsigned form vpdpbusd takes); its
+  // columns [128 b, 128 b + 128) scaled by x_scale[i * ceil(k / 128) + b]
   // (int8::round_x_int16_avx2, kW8XBlock columns).
   const float* x_scale = nullptr;
 };

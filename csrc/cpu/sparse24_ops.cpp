@@ -123,7 +123,8 @@ at::Tensor padded_x_i8(const at::Tensor& x) {
 // bytes in row 2 i of a uint8 [2 M, round_up(K, kKPad)], its high bytes in row 2 i + 1 (xor 0x80
 // with flip_high), zero past K; and the block scales [M, ceil(K / kW8XBlock)]. Nothing when a
 // block is not finite or too small to scale (the float kernels take the call then).
-std::optional<std::pair<at::Tensor, at::Tensor>> x_int16_planes(const at::Tensor& x, bool flip_high) {
+std::optional<std::pair<at::Tensor, at::Tensor>> x_int16_planes(const at::Tensor& x,
+                                                                  bool flip_high) {
   using int8::DType;
   const DType dt = x.scalar_type() == at::kFloat      ? DType::F32
                    : x.scalar_type() == at::kBFloat16 ? DType::BF16
@@ -291,12 +292,13 @@ at::Tensor sparse24_matmul(const at::Tensor& x, const at::Tensor& values, const 
   const bool avx2_int16 = isa == Isa::Avx2 && m <= int8::kW8Int16Rows;
   const bool vnni_int16 = has_avx512_vnni_vbmi() && m <= int8::kW8Int16RowsVnni;
   if (vt == ValueType::I8 && (avx2_int16 || vnni_int16)) {
-    if (const auto rounded = x_int16_planes(x, /*flip_high=*/!avx2_int16)) {
+    const bool vnni = !avx2_int16;  // its kernel takes the high bytes flipped to unsigned
+    if (const auto rounded = x_int16_planes(x, /*flip_high=*/vnni)) {
       const auto& [planes, xscale] = *rounded;
       Args a{planes.data_ptr(), m, planes.size(1), values.data_ptr(), meta.data_ptr<uint8_t>(), k,
              raw.data_ptr(), n, n};
       a.x_scale = xscale.data_ptr<float>();
-      const auto kernel = avx2_int16 ? w8_int16_rows_avx2 : w8_int16_rows_avx512_vnni;
+      const auto kernel = vnni ? w8_int16_rows_avx512_vnni : w8_int16_rows_avx2;
       parallel_rows(n, m, k, [&](int64_t n0, int64_t n1) {
         kernel(a, n0, n1);
         epilogue(n0, n1, 0, m);

@@ -17,6 +17,7 @@ with ``max_sparse_rows = None`` never builds it), or rebuilt per call for a bare
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -88,10 +89,14 @@ DENSE_ROWS = {
 
 def dense_rows_table() -> dict:
     """:data:`DENSE_ROWS` of the active ISA: its family's bands, with the ISA's own entries
-    (DENSE_ROWS["amx"]) in place of the family's."""
-    table = DENSE_ROWS[isa_family()]
-    own = DENSE_ROWS.get(_ext._C.active_isa()) if _ext.available() else None
-    return {**table, **own} if own else table
+    (DENSE_ROWS["amx"]) in place of the family's. Read on every module call: merged once per
+    ISA (the ISA can be switched at run time)."""
+    return _dense_rows_of(_ext._C.active_isa() if _ext.available() else "scalar")
+
+
+@functools.cache
+def _dense_rows_of(isa: str) -> dict:
+    return {**DENSE_ROWS[isa_family()], **DENSE_ROWS.get(isa, {})}
 
 
 def runs_dense(rows: int, form: str | None, dtype: torch.dtype, max_rows: int | None = -1) -> bool:
